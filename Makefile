@@ -1,0 +1,36 @@
+# reslab: two set-up commands that work on a fresh machine.
+#   make demo   create .venv if missing, install reslab, train a ResNet on Fashion-MNIST
+#   make test   create .venv if missing, install reslab + test extras, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install data clean
+
+install: $(STAMP)
+
+# Exact tested versions come from constraints.txt; pyproject.toml keeps ranges for users.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package (real data, 60k/10k images); says how to get it otherwise.
+data:
+	@if [ ! -e $(FMNIST) ]; then \
+	  echo "Installing Debian's dataset-fashion-mnist ..."; \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	  || echo "Could not install dataset-fashion-mnist (needs root and apt). Install it, or pass --data-dir DIR holding the four *-idx?-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist"; \
+	fi
+
+demo: $(STAMP) data
+	$(BIN)/reslab demo
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

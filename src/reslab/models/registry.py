@@ -1,0 +1,213 @@
+"""The model registry: every network by name, built through one `create_model`.
+
+Fixed names (`resnet20`, `resnet50_v1`, `wrn28_10`, ...) are registered below; parametric names
+build any valid depth or width: `resnet_cifar_D` / `plain_cifar_D` (D = 6n+2),
+`preact_resnet_cifar_D` (D = 6n+2 basic, or 9n+2 with `bottleneck=True`), `wrn_D_K` (D = 6n+4).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from reslab.errors import ConfigError, UnknownModelError
+from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from reslab.models.resnet import ResNet
+
+# Options a user may pass to create_model(..., **options); everything else is fixed by the name.
+OPTIONS = ("shortcut", "zero_init_last", "drop_rate")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str  # e.g. "resnet-cifar", "resnet-v1", "resnet-v1.5", "plain-cifar", "wide-resnet"
+    depth: int  # weighted layers, as in the papers' names
+    input_size: int  # native resolution: 32 (CIFAR) or 224 (ImageNet)
+    num_classes: int  # default classifier size
+    build: Callable[..., ResNet]  # build(num_classes=..., in_chans=..., **options)
+    paper: str  # where the architecture comes from
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def _register(name: str, family: str, depth: int, input_size: int, num_classes: int,
+              build: Callable[..., ResNet], paper: str) -> None:
+    _REGISTRY[name] = ModelInfo(name, family, depth, input_size, num_classes, build, paper)
+
+
+# ---- CIFAR networks (paper sec. 4.2) -------------------------------------------------------------
+
+def _cifar_n(depth: int, per_block: int, extra: int, what: str) -> int:
+    n, rem = divmod(depth - extra, per_block * 3)
+    if rem or n < 1:
+        raise ConfigError(f"{what} depth must be {per_block * 3}n+{extra} with n >= 1, got {depth}")
+    return n
+
+
+def cifar_resnet(depth: int, *, residual: bool = True, shortcut: str = "A", **kw: Any) -> ResNet:
+    """Paper's CIFAR net: conv3x3(16), 3 stages of n basic blocks (16/32/64), depth 6n+2."""
+    n = _cifar_n(depth, 2, 2, "CIFAR ResNet")
+    return ResNet(BasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
+                  residual=residual, shortcut=shortcut, **kw)
+
+
+def preact_cifar_resnet(depth: int, *, bottleneck: bool = False, shortcut: str = "B", **kw: Any) -> ResNet:
+    """He et al. 2016 CIFAR nets: basic (6n+2, e.g. 110) or bottleneck (9n+2, e.g. 164, 1001)."""
+    if bottleneck:
+        n = _cifar_n(depth, 3, 2, "pre-activation bottleneck ResNet")
+        return ResNet(PreActBottleneck, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
+                      shortcut=shortcut, **kw)
+    n = _cifar_n(depth, 2, 2, "pre-activation ResNet")
+    return ResNet(PreActBasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
+                  shortcut=shortcut, **kw)
+
+
+def wide_resnet(depth: int, k: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
+    """WRN-d-k (Zagoruyko & Komodakis 2016): pre-activation basic blocks, widths 16k/32k/64k, d = 6n+4."""
+    n = _cifar_n(depth, 2, 4, "Wide ResNet")
+    if k < 1:
+        raise ConfigError(f"Wide ResNet widening factor must be >= 1, got {k}")
+    return ResNet(PreActBasicBlock, (n, n, n), (16 * k, 32 * k, 64 * k), stem="cifar",
+                  stem_width=16, shortcut=shortcut, **kw)
+
+
+def resnext29(cardinality: int, width: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
+    """ResNeXt-29 for CIFAR (Xie et al. 2017): conv3x3(64), 3 stages of 3 grouped bottlenecks."""
+    return ResNet(Bottleneck, (3, 3, 3), (64, 128, 256), stem="cifar", stem_width=64,
+                  groups=cardinality, base_width=width, shortcut=shortcut, **kw)
+
+
+for _d in (20, 32, 44, 56, 110, 1202):
+    _register(f"resnet{_d}", "resnet-cifar", _d, 32, 10,
+              lambda d=_d, **kw: cifar_resnet(d, **kw), "He et al. 2015, sec. 4.2")
+for _d in (20, 32, 44, 56, 110):
+    _register(f"plain{_d}", "plain-cifar", _d, 32, 10,
+              lambda d=_d, **kw: cifar_resnet(d, residual=False, **kw), "He et al. 2015, sec. 4.2")
+_register("preact_resnet110", "preact-resnet-cifar", 110, 32, 10,
+          lambda **kw: preact_cifar_resnet(110, **kw), "He et al. 2016")
+for _d in (164, 1001):
+    _register(f"preact_resnet{_d}", "preact-resnet-cifar", _d, 32, 10,
+              lambda d=_d, **kw: preact_cifar_resnet(d, bottleneck=True, **kw), "He et al. 2016")
+for _d, _k in ((16, 8), (28, 10), (40, 4)):
+    _register(f"wrn{_d}_{_k}", "wide-resnet-cifar", _d, 32, 10,
+              lambda d=_d, k=_k, **kw: wide_resnet(d, k, **kw), "Zagoruyko & Komodakis 2016")
+_register("resnext29_8x64d", "resnext-cifar", 29, 32, 10,
+          lambda **kw: resnext29(8, 64, **kw), "Xie et al. 2017")
+
+
+# ---- ImageNet networks (paper Table 1) -----------------------------------------------------------
+
+IMAGENET_LAYERS: dict[int, tuple[bool, tuple[int, ...]]] = {  # depth -> (bottleneck?, blocks/stage)
+    18: (False, (2, 2, 2, 2)),
+    34: (False, (3, 4, 6, 3)),
+    50: (True, (3, 4, 6, 3)),
+    101: (True, (3, 4, 23, 3)),
+    152: (True, (3, 8, 36, 3)),
+}
+
+
+def imagenet_resnet(depth: int, *, version: str = "v1.5", preact: bool = False,
+                    residual: bool = True, shortcut: str = "B", groups: int = 1,
+                    base_width: int = 64, **kw: Any) -> ResNet:
+    """ImageNet ResNet (Table 1). version "v1" strides a bottleneck's first 1x1 (the paper);
+    "v1.5" strides its 3x3 (torchvision). Pre-activation nets stride the 3x3 (He et al. 2016 code)."""
+    if depth not in IMAGENET_LAYERS:
+        raise ConfigError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_LAYERS)}, got {depth}")
+    bottleneck, layers = IMAGENET_LAYERS[depth]
+    if preact:
+        block = PreActBottleneck if bottleneck else PreActBasicBlock
+    else:
+        block = Bottleneck if bottleneck else BasicBlock
+    stride_on = "1x1" if version == "v1" else "3x3"
+    return ResNet(block, layers, (64, 128, 256, 512), stem="imagenet", stem_width=64,
+                  residual=residual, shortcut=shortcut, stride_on=stride_on, groups=groups,
+                  base_width=base_width, **kw)
+
+
+for _d in IMAGENET_LAYERS:
+    _register(f"resnet{_d}", "resnet-v1.5", _d, 224, 1000,
+              lambda d=_d, **kw: imagenet_resnet(d, version="v1.5", **kw),
+              "He et al. 2015, Table 1; stride on 3x3 as torchvision")
+    _register(f"resnet{_d}_v1", "resnet-v1", _d, 224, 1000,
+              lambda d=_d, **kw: imagenet_resnet(d, version="v1", **kw), "He et al. 2015, Table 1")
+    _register(f"preact_resnet{_d}", "preact-resnet", _d, 224, 1000,
+              lambda d=_d, **kw: imagenet_resnet(d, preact=True, **kw), "He et al. 2016")
+for _d in (18, 34):
+    _register(f"plain{_d}", "plain", _d, 224, 1000,
+              lambda d=_d, **kw: imagenet_resnet(d, version="v1", residual=False, **kw),
+              "He et al. 2015, Table 1 (plain)")
+_register("resnext50_32x4d", "resnext", 50, 224, 1000,
+          lambda **kw: imagenet_resnet(50, groups=32, base_width=4, **kw), "Xie et al. 2017")
+_register("resnext101_32x8d", "resnext", 101, 224, 1000,
+          lambda **kw: imagenet_resnet(101, groups=32, base_width=8, **kw), "Xie et al. 2017")
+for _d in (50, 101):
+    _register(f"wide_resnet{_d}_2", "wide-resnet", _d, 224, 1000,
+              lambda d=_d, **kw: imagenet_resnet(d, base_width=128, **kw),
+              "Zagoruyko & Komodakis 2016, torchvision's bottleneck variant")
+
+
+# ---- Parametric names ----------------------------------------------------------------------------
+
+_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], ModelInfo]]] = [
+    (re.compile(r"resnet_cifar_(\d+)"), lambda m: ModelInfo(
+        m[0], "resnet-cifar", int(m[1]), 32, 10,
+        lambda **kw: cifar_resnet(int(m[1]), **kw), "He et al. 2015, sec. 4.2")),
+    (re.compile(r"plain_cifar_(\d+)"), lambda m: ModelInfo(
+        m[0], "plain-cifar", int(m[1]), 32, 10,
+        lambda **kw: cifar_resnet(int(m[1]), residual=False, **kw), "He et al. 2015, sec. 4.2")),
+    (re.compile(r"preact_resnet_cifar_(\d+)"), lambda m: ModelInfo(
+        m[0], "preact-resnet-cifar", int(m[1]), 32, 10,
+        lambda **kw: preact_cifar_resnet(int(m[1]), **kw), "He et al. 2016")),
+    (re.compile(r"wrn_(\d+)_(\d+)"), lambda m: ModelInfo(
+        m[0], "wide-resnet-cifar", int(m[1]), 32, 10,
+        lambda **kw: wide_resnet(int(m[1]), int(m[2]), **kw), "Zagoruyko & Komodakis 2016")),
+]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for `name`; unknown names raise an error listing the closest ones."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for pattern, make in _PATTERNS:
+        match = pattern.fullmatch(name)
+        if match:
+            return make(match)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}.{hint} `reslab models` lists all "
+        f"({len(_REGISTRY)} registered, plus resnet_cifar_D, plain_cifar_D, wrn_D_K)."
+    )
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, e.g. list_models("resnet*")."""
+    return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **options: Any) -> ResNet:
+    """Build a registered network with fresh (paper) initialisation.
+
+    Options: shortcut ("A"/"B"/"C"), zero_init_last (bool), drop_rate (float, Wide ResNets).
+    Extra keyword `bottleneck=True` is accepted by preact_resnet_cifar_D.
+    """
+    info = model_info(name)
+    unknown = sorted(set(options) - set(OPTIONS) - {"bottleneck"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for {name}; valid: {list(OPTIONS)}")
+    if "shortcut" in options and options["shortcut"] not in ("A", "B", "C"):
+        raise ConfigError(f"shortcut must be 'A', 'B' or 'C', got {options['shortcut']!r}")
+    if "shortcut" in options and info.family.startswith("plain"):
+        options.pop("shortcut")  # plain nets have no shortcuts to choose
+    if in_chans < 1:
+        raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
+    model = info.build(num_classes=info.num_classes if num_classes is None else num_classes,
+                       in_chans=in_chans, **options)
+    model.name = name
+    return model

@@ -1,0 +1,170 @@
+"""One `ResNet` class for the whole family: CIFAR and ImageNet stems, basic and bottleneck blocks,
+post- and pre-activation, plain twins, grouped (ResNeXt) and widened (Wide ResNet) variants.
+
+Every network exposes the same small interface, so one trainer, evaluator and exporter serve all:
+`forward_features(x) -> (B, C, h, w)`, `forward_head(features, pre_logits=False) -> (B, classes)`,
+`reset_classifier(num_classes)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from reslab.errors import InputShapeError
+from reslab.models.blocks import Block, Shortcut, StrideOn
+
+Stem = Literal["cifar", "imagenet"]
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network.
+
+    Args:
+        block: block class; its `preact` flag selects pre-activation ordering for the whole net.
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50 or (n, n, n) on CIFAR.
+        planes: base width of each stage (output width = planes * block.expansion).
+        stem: "cifar" = conv3x3 stride 1 (paper sec. 4.2); "imagenet" = conv7x7/2 + maxpool3x3/2.
+        stem_width: channels out of the stem conv (16 on CIFAR, 64 on ImageNet and ResNeXt-29).
+        num_classes: classifier outputs; 0 leaves the head as identity (features only).
+        in_chans: input channels (3 RGB, 1 grey).
+        shortcut: "A" zero-pad identity, "B" project where shape changes, "C" project always.
+        residual: False builds the plain twin (same layers, no shortcuts; paper sec. 4.1).
+        stride_on: where a bottleneck downsamples: "1x1" paper (v1), "3x3" torchvision (v1.5).
+        groups, base_width: ResNeXt cardinality and group width; base_width 128 = Wide ResNet-50-2.
+        zero_init_last: zero the last BN of each branch (last conv for pre-activation blocks), so
+            each block starts as identity (Goyal et al. 2017). Off by default: not in the paper.
+        drop_rate: dropout between the convs of pre-activation basic blocks (Wide ResNet option).
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        planes: Sequence[int],
+        *,
+        stem: Stem,
+        stem_width: int,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        shortcut: Shortcut = "B",
+        residual: bool = True,
+        stride_on: StrideOn = "3x3",
+        groups: int = 1,
+        base_width: int = 64,
+        zero_init_last: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(layers) != len(planes):
+            raise ValueError(f"layers {tuple(layers)} and planes {tuple(planes)} differ in length")
+        self.in_chans = in_chans
+        self.preact = block.preact
+        self.name = "resnet"  # set by the registry
+
+        # Stem. Pre-activation nets leave BN-ReLU to the first block (He et al. 2016 code).
+        self.conv1 = (
+            nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
+            if stem == "cifar"
+            else nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+        )
+        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
+        self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+
+        # Stages: the first keeps the resolution, each later one halves it in its first block.
+        in_ch = stem_width
+        stages = []
+        for i, (n_blocks, width) in enumerate(zip(layers, planes, strict=True)):
+            blocks = []
+            for j in range(n_blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(
+                    block(
+                        in_ch,
+                        width,
+                        stride,
+                        shortcut=shortcut,
+                        residual=residual,
+                        groups=groups,
+                        base_width=base_width,
+                        stride_on=stride_on,
+                        drop_rate=drop_rate,
+                    )
+                )
+                in_ch = width * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        for i, stage in enumerate(stages):
+            self.add_module(f"layer{i + 1}", stage)
+        self.num_stages = len(stages)
+        # A pre-activation net ends with BN-ReLU, since no block normalises its own output.
+        self.final_bn = nn.BatchNorm2d(in_ch) if self.preact else None
+        self.num_features = in_ch
+        self.total_stride = (4 if stem == "imagenet" else 1) * 2 ** (len(stages) - 1)
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc: nn.Module = nn.Linear(in_ch, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        self._init_weights(zero_init_last)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        # Paper sec. 3.4: "initialize the weights as in [13]" = Kaiming normal, fan_out for convs.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if hasattr(m, "last_norm") and getattr(m, "residual", False):
+                    nn.init.zeros_(m.last_norm().weight)
+                elif hasattr(m, "last_conv") and getattr(m, "residual", False):
+                    nn.init.zeros_(m.last_conv().weight)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest H, W for which the last stage sees at least one pixel that is not padding."""
+        return self.total_stride
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise `InputShapeError` naming the expected shape unless x is (B, in_chans, H, W)."""
+        size = self.min_input_size
+        if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[2] < size or x.shape[3] < size:
+            raise InputShapeError(
+                f"{self.name} expects input of shape (B, {self.in_chans}, H, W) with H, W >= {size}; "
+                f"got {tuple(x.shape)}"
+                + (" (wrong channel count: rebuild with in_chans=...)" if x.dim() == 4
+                   and x.shape[1] != self.in_chans else "")
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H / total_stride, W / total_stride)."""
+        self.check_input(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages:
+            x = stage(x)
+        if self.final_bn is not None:
+            x = torch.relu(self.final_bn(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C) pooled features, or (B, num_classes) logits."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (num_classes=0: no classifier)."""
+        device = next(self.parameters()).device
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
