@@ -8,16 +8,34 @@ Every network exposes the same small interface, so one trainer, evaluator and ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from reslab.errors import InputShapeError
 from reslab.models.blocks import Block, Shortcut, StrideOn
 
 Stem = Literal["cifar", "imagenet"]
+
+
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Recomputation under activation checkpointing must not update BN running stats a second
+    time: momentum 0 leaves them exactly as the first forward pass set them."""
+    norms = [(m, m.momentum, m.num_batches_tracked.clone()) for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m, _, _ in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in norms:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 class ResNet(nn.Module):
@@ -108,6 +126,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(in_ch, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
+        self.grad_checkpointing = False
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -145,12 +164,22 @@ class ResNet(nn.Module):
                    and x.shape[1] != self.in_chans else "")
             )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (training only):
+        memory falls to about one tensor per block, at roughly one more forward pass of compute."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H / total_stride, W / total_stride)."""
         self.check_input(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages:
-            x = stage(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False,
+                                   context_fn=lambda b=block: (contextlib.nullcontext(), _frozen_bn_stats(b)))
+            else:
+                x = stage(x)
         if self.final_bn is not None:
             x = torch.relu(self.final_bn(x))
         return x

@@ -1,0 +1,125 @@
+"""`ArrayDataset`: a whole dataset as one uint8 tensor in memory, and what can be done to it whole.
+
+Every small-image dataset (CIFAR, MNIST, a small ImageFolder tree, the synthetic one) decodes to
+this one shape, so the cache, the fast batch loader and the tests deal with a single type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reslab.errors import DataError
+
+# ITU-R 601-2 luma weights, the ones PIL's convert("L") uses, so that a CIFAR image turned grey
+# here matches the same PNG turned grey by PIL.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Images resized per chunk so that the float copy stays small (chunk * C * H * W * 4 bytes).
+_RESIZE_CHUNK = 1024
+
+
+@dataclass
+class ArrayDataset:
+    """Images and labels held whole in memory (or memory-mapped from the cache)."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8, contiguous
+    labels: torch.Tensor  # (N,) int64, each in [0, len(classes))
+    classes: list[str]  # class names; index = label
+    name: str  # "cifar10", "fashion-mnist", "imagefolder:/path", "synthetic", ...
+    synthetic: bool = False  # True only for made-up data; results on it mean nothing
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} "
+                f"{self.images.dtype}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"labels must be ({len(self.images)},) int64, got {tuple(self.labels.shape)} "
+                f"{self.labels.dtype}"
+            )
+        if not self.images.is_contiguous():
+            self.images = self.images.contiguous()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        _, c, h, w = self.images.shape
+        return (c, h, w)
+
+    def subset(self, indices: torch.Tensor, name: str | None = None) -> ArrayDataset:
+        """The images at `indices` (copied, so the result is contiguous and owns its memory)."""
+        return ArrayDataset(
+            images=self.images[indices].contiguous(),
+            labels=self.labels[indices].clone(),
+            classes=list(self.classes),
+            name=name or self.name,
+            synthetic=self.synthetic,
+        )
+
+
+def train_val_split(
+    ds: ArrayDataset, val_size: int, seed: int
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Hold out `val_size` images at random: the paper's CIFAR-10 split is 45k train / 5k val.
+
+    The permutation comes from its own `torch.Generator`, so the split depends on `seed` only,
+    never on the global RNG or on what ran before. Both halves keep the original order within.
+    """
+    if not 0 < val_size < len(ds):
+        raise ValueError(f"val_size must be in (0, {len(ds)}), got {val_size}")
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds), generator=generator)
+    val_idx, _ = perm[:val_size].sort()
+    train_idx, _ = perm[val_size:].sort()
+    return ds.subset(train_idx, f"{ds.name}[train-split]"), ds.subset(
+        val_idx, f"{ds.name}[val-split]"
+    )
+
+
+def convert_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, in_chans, H, W) uint8: grey to RGB by copying, RGB to grey by luma."""
+    channels = images.shape[1]
+    if channels == in_chans:
+        return images
+    if channels == 1:
+        return images.expand(-1, in_chans, -1, -1).contiguous()
+    if channels == 3 and in_chans == 1:
+        weights = torch.tensor(_LUMA_WEIGHTS).view(1, 3, 1, 1)
+        grey = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
+        for start in range(0, len(images), _RESIZE_CHUNK):
+            chunk = images[start : start + _RESIZE_CHUNK].float()
+            grey[start : start + _RESIZE_CHUNK] = (chunk * weights).sum(1, keepdim=True).round_()
+        return grey
+    raise DataError(f"cannot convert {channels}-channel images to {in_chans} channels; use 1 or 3")
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, C, size, size) uint8: shorter side to `size`, then centre crop.
+
+    Bilinear with antialiasing, computed in float and rounded back; chunked to bound memory.
+    """
+    n, c, h, w = images.shape
+    if h == size and w == size:
+        return images
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)
+    for start in range(0, n, _RESIZE_CHUNK):
+        chunk = images[start : start + _RESIZE_CHUNK].float()
+        resized = F.interpolate(chunk, size=(new_h, new_w), mode="bilinear", antialias=True)
+        crop = resized[:, :, top : top + size, left : left + size]
+        out[start : start + _RESIZE_CHUNK] = crop.round_().clamp_(0, 255)
+    return out

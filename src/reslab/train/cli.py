@@ -1,0 +1,117 @@
+"""`reslab train` and `reslab demo`: parse, resolve the config, hand it to the loop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from reslab.config import list_recipes, load_config
+from reslab.errors import DataError
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Shorthand flags are --set overrides; explicit --set comes last and wins."""
+    pairs = [("model.name", args.model), ("data.dataset", args.data), ("data.data_dir", args.data_dir),
+             ("train.epochs", args.epochs), ("train.iterations", args.iterations),
+             ("train.seed", args.seed), ("train.device", args.device)]
+    out = [f"{k}={v}" for k, v in pairs if v is not None]
+    if args.epochs is not None:
+        out.append("train.iterations=0")
+    if args.iterations is not None:
+        out.append("train.epochs=0")
+    if args.deterministic:
+        out.append("train.deterministic=true")
+    if args.no_progress:
+        out.append("train.progress=false")
+    return out + list(args.set or [])
+
+
+def print_summary(summary: dict) -> None:
+    final = summary["final"]
+    rows = [("model", summary["model"]), ("data", summary["dataset"] + (" (SYNTHETIC)" if summary["synthetic_data"] else "")),
+            ("steps / epochs", f"{summary['steps']} / {summary['epochs']}")]
+    for key in sorted(final):
+        if key.endswith("error"):
+            rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
+    rows += [("wall time", f"{summary['wall_time_s']:.1f} s"), ("run dir", summary["run_dir"])]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from reslab.train.loop import resolve_resume, train
+
+    if args.resume:
+        if args.recipe or args.set:
+            print("note: --resume uses the run's saved config.yaml; --recipe/--set are ignored", file=sys.stderr)
+        cfg = resolve_resume(Path(args.resume))
+        summary = train(cfg, args.resume, resume=True)
+    else:
+        cfg = load_config(args.recipe, _overrides(args))
+        summary = train(cfg, args.run_dir)
+    if "stopped" in summary:
+        return 3
+    print_summary(summary)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    overrides = ([f"train.epochs={args.epochs}", "train.iterations=0"] if args.epochs else []) + (
+        [f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    cfg = load_config("fast", overrides)
+    from reslab.train.loop import train
+
+    try:
+        summary = train(cfg, args.run_dir)
+    except DataError as exc:
+        raise DataError(f"{exc}\nThe demo trains on Fashion-MNIST: `apt-get install dataset-fashion-mnist` "
+                        "(Debian) or pass --data-dir DIR with the four *-ubyte.gz files") from None
+    print_summary(summary)
+    test_error = summary["final"]["test_top1_error"]
+    print(f"\nResNet-20 on Fashion-MNIST ({cfg.train.epochs:g} epochs, fast recipe): "
+          f"test accuracy {100 * (1 - test_error):.2f}%, wall time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="run directory (default: train.out_dir/TIMESTAMP-MODEL-DATA)")
+    p.add_argument("--data-dir", help="where the dataset files are (data.data_dir)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a network (recipes: " + ", ".join(list_recipes()) + ")",
+        description="Train a network. Settings layer: defaults < --recipe < shorthand flags < --set. "
+                    "Every setting is section.key (model, data, optim, schedule, train); "
+                    "see src/reslab/config.py or a recipe file for the list.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  reslab train --recipe cifar-paper --model resnet110 --data-dir ~/data\n"
+               "  reslab train --recipe fast --epochs 10 --set optim.lr=0.1\n"
+               "  reslab train --resume runs/20261122-101500-resnet20-cifar10\n"
+               "  torchrun --nproc_per_node=2 -m reslab train --recipe cifar-paper")
+    p.add_argument("--recipe", help=f"built-in ({', '.join(list_recipes())}) or a .yaml path")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--model", help="model.name, e.g. resnet56 (`reslab models` lists them)")
+    p.add_argument("--data", help="data.dataset: cifar10, cifar100, fashion-mnist, mnist, imagefolder, synthetic")
+    p.add_argument("--epochs", type=float, help="train.epochs (clears train.iterations)")
+    p.add_argument("--iterations", type=int, help="train.iterations (clears train.epochs)")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--device", help="train.device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
+    _add_common(p)
+    p.set_defaults(func=_train)
+
+    d = subparsers.add_parser(
+        "demo", help="train ResNet-20 on Fashion-MNIST with the fast recipe",
+        description="Train ResNet-20 on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
+                    "`fast` recipe; prints test accuracy and wall time.")
+    d.add_argument("--epochs", type=float, default=None, help="epochs (default: the fast recipe's)")
+    _add_common(d)
+    d.set_defaults(func=_demo)

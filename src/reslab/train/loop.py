@@ -1,0 +1,443 @@
+"""One training run from a resolved `Config`: data, model, the loop, evaluation, checkpoints, logs.
+
+Run directory layout:
+    config.yaml           the resolved configuration
+    metrics.jsonl         one JSON line per evaluation
+    tb/                   TensorBoard event files
+    checkpoints/          ckpt-STEP.pt (+ .sha256), newest K kept
+    weights.safetensors   final weights with preprocessing and metrics (for eval/predict/export)
+    summary.json          final metrics, wall time, software and hardware
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reslab.config import Config, config_from_dict, save_config
+from reslab.data import InMemoryBatches, NormStats, load_cached, train_val_split
+from reslab.errors import ConfigError, ReslabError
+from reslab.models import ResNet, create_model
+from reslab.train import checkpoint as ckpt
+from reslab.train.engine import StepContext, TrainState, evaluate, train_one_epoch
+from reslab.train.optim import build_ema, build_optimizer
+from reslab.train.schedule import ScheduleState
+from reslab.weights import WeightsMeta, save_weights
+
+
+# ---- Environment ---------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; then gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device_name.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    return Dist(rank, world, local)
+
+
+def pick_device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+        if dist.world_size > 1:
+            name = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(torch.device(name))
+    return torch.device(name)
+
+
+def set_determinism(cfg: Config) -> None:
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def environment() -> dict[str, Any]:
+    from reslab import __version__
+
+    return {"reslab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
+# ---- Data ----------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    train: InMemoryBatches
+    evals: dict[str, InMemoryBatches]  # "val" (paper split) and/or "test"
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    stats: NormStats
+    name: str
+    synthetic: bool
+
+
+def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
+    d = cfg.data
+    if not d.in_memory:
+        raise ConfigError("data.in_memory=false (DataLoader workers for large ImageFolders) is not wired into "
+                          "`reslab train` yet; use data.in_memory=true with data.image_size set")
+    load = dict(cache_dir=d.cache_dir, download=d.download, image_size=d.image_size,
+                synthetic_size=d.synthetic_size)
+    train = load_cached(d.dataset, "train", d.data_dir, **load)
+    test = load_cached(d.dataset, "test", d.data_dir, **load)
+    evals_ds = {"test": test}
+    if d.split == "paper":
+        if d.val_size >= len(train):
+            raise ConfigError(f"data.val_size={d.val_size} leaves no training images ({len(train)} in all)")
+        train, val = train_val_split(train, d.val_size, seed=cfg.train.seed)
+        evals_ds = {"val": val, "test": test}
+    if cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
+    common = dict(device=device, channels_last=cfg.train.channels_last)
+    train_batches = InMemoryBatches(train, cfg.train.batch_size // dist.world_size, train=True,
+                                    augment=d.augment, pad=d.pad, normalize=d.normalize,
+                                    seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, **common)
+    eval_bs = max(256, cfg.train.batch_size)
+    evals = {k: InMemoryBatches(ds, eval_bs, train=False, stats=train_batches.stats,
+                                normalize=d.normalize, **common) for k, ds in evals_ds.items()}
+    c, h, w = train.image_shape
+    return Data(train_batches, evals, list(train.classes), c, h, train_batches.stats, train.name,
+                bool(train.synthetic))
+
+
+# ---- Model ---------------------------------------------------------------------------------------
+
+def build_model(cfg: Config, data: Data) -> ResNet:
+    m = cfg.model
+    options: dict[str, Any] = {"zero_init_last": m.zero_init_last}
+    if m.shortcut is not None:
+        options["shortcut"] = m.shortcut
+    if m.drop_rate:
+        options["drop_rate"] = m.drop_rate
+    model = create_model(m.name, num_classes=len(data.classes), in_chans=data.in_chans, **options)
+    if m.pretrained:
+        load_pretrained(model, m.pretrained)
+    if m.activation_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def load_pretrained(model: ResNet, source: str) -> None:
+    """Weights for fine-tuning: a reslab weights file / run dir, or a torchvision file.
+    The classifier is kept when its shape fits and re-initialised otherwise."""
+    from reslab.models.interop import read_state_dict
+    from reslab.weights import load_weights, resolve_weights
+
+    try:
+        path = resolve_weights(source)
+        sd = load_weights(path)[0].state_dict() if path.suffix == ".safetensors" else read_state_dict(path)
+    except ReslabError:
+        sd = read_state_dict(source)
+    own = model.state_dict()
+    head = {k for k in sd if k.startswith("fc.")}
+    if any(k in own and own[k].shape != sd[k].shape for k in head):
+        sd = {k: v for k, v in sd.items() if k not in head}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ConfigError(f"model.pretrained={source} does not fit {model.name}: missing {missing[:4]}, "
+                          f"unexpected {unexpected[:4]}")
+
+
+def apply_depth_rules(cfg: Config) -> None:
+    """The paper warms up only its deepest CIFAR nets (ResNet-110, 1202): drop the error-based
+    warm-up for shallower models, as recipes state with schedule.warmup_min_depth."""
+    from reslab.models import model_info
+
+    if cfg.schedule.warmup_until_error > 0 and model_info(cfg.model.name).depth < cfg.schedule.warmup_min_depth:
+        cfg.schedule.warmup_until_error = 0.0
+
+
+# ---- Logging -------------------------------------------------------------------------------------
+
+class RunLog:
+    """metrics.jsonl + TensorBoard + progress bar; silent on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
+                 synthetic: bool) -> None:
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.synthetic = synthetic
+        self.writer = None
+        self.bar = None
+        self._last = (time.perf_counter(), start_step)
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc="train" + (" [SYNTHETIC DATA]" if synthetic else ""), file=sys.stderr)
+
+    def step(self, state: TrainState, m: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            now = time.perf_counter()
+            if now - self._last[0] > 1.0:
+                rate = (state.step - self._last[1]) * m["batch"] / (now - self._last[0])
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.4g}", img_s=f"{rate:.0f}",
+                                     refresh=False)
+                self._last = (now, state.step)
+        if self.writer is not None and state.step % 50 == 0:
+            self.writer.add_scalar("train/loss", m["loss"], state.step)
+            self.writer.add_scalar("train/lr", m["lr"], state.step)
+
+    def eval(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self.synthetic:
+            record = {"data": "SYNTHETIC (smoke test, not a result)", **record}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
+        self.writer.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- The run -------------------------------------------------------------------------------------
+
+def new_run_dir(cfg: Config, run_dir: str | None) -> Path:
+    if run_dir:
+        path = Path(run_dir)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(cfg.train.out_dir) / f"{stamp}-{cfg.model.name}-{cfg.data.dataset}"
+    if (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
+        raise ConfigError(f"{path} already holds a run; resume it with `reslab train --resume {path}` "
+                          "or choose another --run-dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_resume(run_dir: Path) -> Config:
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a reslab run directory (no config.yaml); nothing to resume")
+    import yaml
+
+    return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM only set a flag; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.state, self.previous = state, {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.state.stop_requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
+    if cfg.train.iterations > 0:
+        return cfg.train.iterations
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Train per `cfg` (or resume the run in `run_dir`); returns the final summary."""
+    wall_start = time.perf_counter()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    dist = init_distributed(cfg.train.device)
+    device = pick_device(cfg.train.device, dist)
+    set_determinism(cfg)
+    run_path = Path(run_dir) if resume else (new_run_dir(cfg, str(run_dir) if run_dir else None)
+                                             if dist.main else Path(run_dir or "."))
+    if dist.world_size > 1 and not resume:  # every rank must use rank 0's directory
+        holder = [str(run_path)]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        run_path = Path(holder[0])
+    data = build_data(cfg, device, dist)
+    apply_depth_rules(cfg)
+    model = build_model(cfg, data).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.world_size > 1 and cfg.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    ema = build_ema(model, cfg.optim.ema_decay)
+    state = TrainState(schedule=ScheduleState())
+    steps_per_epoch = len(data.train)
+    total = total_steps_of(cfg, steps_per_epoch)
+    ckpt_dir = run_path / "checkpoints"
+
+    if resume:
+        path, payload = ckpt.load_latest_good(ckpt_dir)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None and "ema" in payload:
+            ema.load_state_dict(payload["ema"])
+        s = payload["state"]
+        state = TrainState(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch_in_epoch"],
+                           skipped_steps=s["skipped_steps"], schedule=ScheduleState(**s["schedule"]))
+        ckpt.set_rng_states(payload["rng"])
+        wall_start -= payload.get("elapsed", 0.0)
+        if dist.main:
+            print(f"resuming {run_path} from {path.name} (step {state.step}/{total})", file=sys.stderr)
+    elif dist.main:
+        save_config(cfg, run_path / "config.yaml")
+
+    train_model: nn.Module = model
+    if dist.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    log = RunLog(run_path, dist.main, total, state.step, cfg.train.progress, data.synthetic)
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else model
+
+    def run_evals(epoch_float: float) -> dict:
+        record: dict[str, Any] = {"step": state.step, "epoch": round(epoch_float, 4),
+                                  "elapsed_s": round(time.perf_counter() - wall_start, 2)}
+        for split, batches in data.evals.items():
+            m = evaluate(eval_model(), batches.epoch(0), len(data.classes), device=device,
+                         precision=cfg.train.precision, tta_flip=cfg.train.tta_flip)
+            record.update({f"{split}_top1_error": m["top1_error"], f"{split}_top5_error": m["top5_error"],
+                           f"{split}_loss": m["loss"]})
+        watch = "val" if "val" in data.evals else "test"
+        state.schedule.observe_eval(record[f"{watch}_loss"], cfg.schedule)
+        return record
+
+    def save(tag: str = "") -> None:
+        if not dist.main:
+            return
+        payload = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "state": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                      "skipped_steps": state.skipped_steps, "schedule": asdict(state.schedule)},
+            "rng": ckpt.rng_states(), "config": cfg.to_dict(), "elapsed": time.perf_counter() - wall_start,
+            "reslab_version": environment()["reslab"], "world_size": dist.world_size,
+        }
+        if ema is not None:
+            payload["ema"] = ema.state_dict()
+        ckpt.save_checkpoint(ckpt_dir, state.step, payload, keep=cfg.train.keep_checkpoints)
+
+    last_train: dict = {}
+
+    def after_step(st: TrainState, m: dict) -> None:
+        log.step(st, m)
+        if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0 and st.step < total:
+            save()
+        if cfg.train.eval_every and st.step % cfg.train.eval_every == 0 and st.step < total:
+            record = run_evals(st.step / steps_per_epoch)
+            log.eval(record)
+            model.train()
+
+    ctx = StepContext(train_model, optimizer, cfg, device, total, ema=ema, scaler=scaler, after_step=after_step)
+    history = []
+    try:
+        with _StopOnSignal(state):
+            while state.step < total and not state.stop_requested:
+                batches = data.train.epoch(state.epoch, start_batch=state.batch_in_epoch)
+                last_train = train_one_epoch(ctx, batches, state, progress=None)
+                if state.stop_requested:
+                    break
+                if state.batch_in_epoch >= steps_per_epoch:  # epoch finished
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    if not cfg.train.eval_every or state.step >= total:
+                        record = run_evals(state.step / steps_per_epoch)
+                        record.update({"train_loss": last_train["loss"], "train_error": last_train["error"],
+                                       "train_img_per_s": round(last_train["img_per_s"], 1)})
+                        log.eval(record)
+                        history.append(record)
+                    if state.step < total:
+                        save()
+            if state.stop_requested:
+                save()
+                log.message(f"stopped by {state.stop_requested} at step {state.step}; checkpoint written. "
+                            f"Resume with: reslab train --resume {run_path}")
+                log.close()
+                return {"stopped": state.stop_requested, "step": state.step, "run_dir": str(run_path)}
+    except BaseException:
+        log.close()
+        raise
+
+    if state.batch_in_epoch:  # an iteration budget that ended mid-epoch: evaluate once more
+        record = run_evals(state.step / steps_per_epoch)
+        log.eval(record)
+        history.append(record)
+    final = history[-1] if history else run_evals(state.step / steps_per_epoch)
+    wall = time.perf_counter() - wall_start
+    summary = {"run_dir": str(run_path), "model": cfg.model.name, "dataset": data.name,
+               "synthetic_data": data.synthetic, "steps": state.step, "epochs": round(state.step / steps_per_epoch, 3),
+               "wall_time_s": round(wall, 2), "final": final, "skipped_steps": state.skipped_steps,
+               "environment": environment()}
+    if dist.main:
+        save()
+        metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
+        meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
+                           options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
+                           classes=data.classes, input_size=data.image_size, dataset=data.name,
+                           metrics=metrics, command=environment()["command"])
+        save_weights(run_path / "weights.safetensors", eval_model(), meta, data.stats.mean, data.stats.std)
+        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.close()
+    return summary

@@ -1,0 +1,99 @@
+"""Learning-rate schedules as pure functions of the optimizer step.
+
+`lr_at(step, total_steps, cfg, base_lr, state)` is all the engine calls. Two schedules depend on
+what training observed, and keep it in a small `ScheduleState` saved in checkpoints:
+plateau (how many decays happened) and the paper's ResNet-110 warm-up (lr 0.01 "until the
+training error is below 80%", sec. 4.2), whose end is recorded as a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from reslab.config import ScheduleConfig
+
+
+def constant(step: int, lr: float) -> float:
+    return lr
+
+
+def step_decay(step: int, lr: float, step_size: int, gamma: float) -> float:
+    return lr * gamma ** (step // step_size)
+
+
+def multistep(step: int, lr: float, milestones: list[int], gamma: float) -> float:
+    """lr * gamma^(milestones passed); the paper: 0.1, /10 at 32k and 48k iterations."""
+    return lr * gamma ** sum(step >= m for m in milestones)
+
+
+def cosine(step: int, total: int, lr: float, final_lr: float) -> float:
+    t = min(step, total) / max(total, 1)
+    return final_lr + (lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def linear(step: int, total: int, lr: float, final_lr: float) -> float:
+    t = min(step, total) / max(total, 1)
+    return lr + (final_lr - lr) * t
+
+
+def onecycle(step: int, total: int, lr: float, start_lr: float, final_lr: float, pct_start: float) -> float:
+    """Linear rise from start_lr to lr over pct_start of the steps, then linear decay to final_lr."""
+    peak = max(1, round(total * pct_start))
+    if step < peak:
+        return start_lr + (lr - start_lr) * step / peak
+    return lr + (final_lr - lr) * min(step - peak, total - peak) / max(total - peak, 1)
+
+
+def linear_warmup(step: int, warmup_steps: int, warmup_lr: float, target: float) -> float:
+    """From warmup_lr at step 0 to the schedule's target at step warmup_steps."""
+    return warmup_lr + (target - warmup_lr) * step / warmup_steps
+
+
+@dataclass
+class ScheduleState:
+    plateau_decays: int = 0  # times the plateau schedule has decayed
+    plateau_best: float = math.inf  # best monitored value (validation loss / error) so far
+    plateau_bad_evals: int = 0  # evaluations since it improved
+    warmup_done_step: int = -1  # step at which train error first fell below warmup_until_error
+
+    def observe_eval(self, value: float, cfg: ScheduleConfig) -> None:
+        """Plateau bookkeeping after an evaluation (lower value = better)."""
+        if value < self.plateau_best - 1e-12:
+            self.plateau_best, self.plateau_bad_evals = value, 0
+            return
+        self.plateau_bad_evals += 1
+        if self.plateau_bad_evals >= cfg.patience:
+            self.plateau_decays += 1
+            self.plateau_bad_evals = 0
+
+    def observe_train_error(self, step: int, error: float, cfg: ScheduleConfig) -> None:
+        if cfg.warmup_until_error > 0 and self.warmup_done_step < 0 and error < cfg.warmup_until_error:
+            self.warmup_done_step = step
+
+
+def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: ScheduleState | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`."""
+    state = state or ScheduleState()
+    if cfg.warmup_until_error > 0 and state.warmup_done_step < 0:
+        return cfg.warmup_lr  # paper: hold the small lr until training error < threshold
+    name = cfg.name
+    if name == "constant":
+        lr = constant(step, base_lr)
+    elif name == "step":
+        lr = step_decay(step, base_lr, cfg.step_size, cfg.gamma)
+    elif name == "multistep":
+        lr = multistep(step, base_lr, cfg.milestones, cfg.gamma)
+    elif name == "cosine":
+        lr = cosine(step, total, base_lr, cfg.final_lr)
+    elif name == "linear":
+        lr = linear(step, total, base_lr, cfg.final_lr)
+    elif name == "onecycle":
+        return onecycle(step, total, base_lr, cfg.warmup_lr, cfg.final_lr, cfg.pct_start)
+    elif name == "plateau":
+        lr = base_lr * cfg.gamma ** state.plateau_decays
+    else:
+        raise ValueError(f"unknown schedule {name!r}")
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return linear_warmup(step, cfg.warmup_steps, cfg.warmup_lr, lr)
+    return lr

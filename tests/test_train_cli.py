@@ -1,0 +1,150 @@
+"""`reslab train` and `reslab eval` end to end on tiny files in the real on-disk formats (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dataset_files import write_cifar, write_idx, write_image_tree
+
+from reslab.cli import main
+from reslab.weights import read_meta
+
+FAST = ["--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full",
+        "--set", "train.threads=2"]
+
+
+def train_then_eval(tmp_path: Path, capsys, data: str, data_dir: Path, model: str, extra: list[str] = ()) -> dict:
+    run = tmp_path / "run"
+    cache = ["--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    rc = main(["train", "--data", data, "--data-dir", str(data_dir), "--model", model, "--epochs", "2",
+               "--run-dir", str(run), *FAST, *cache, *extra])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "test top1 error" in out
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1.0, 2.0]
+    assert all(0.0 <= r["test_top1_error"] <= 1.0 for r in lines)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == lines[-1]["step"] and summary["synthetic_data"] is False
+    assert (run / "config.yaml").is_file() and list((run / "tb").iterdir())
+    meta = read_meta(run)
+    assert meta.model == model
+    # Evaluate the run directory through the CLI; the numbers must equal the run's own final eval.
+    rc = main(["eval", str(run), "--data", data, "--data-dir", str(data_dir), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert report["top1_error"] == pytest.approx(lines[-1]["test_top1_error"])
+    assert (run / f"eval-{data}" / "confusion.png").stat().st_size > 1000
+    assert len(report["per_class_accuracy"]) == meta.num_classes
+    return report
+
+
+def test_cifar10_pickles(tmp_path, capsys) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=8)
+    report = train_then_eval(tmp_path, capsys, "cifar10", tmp_path / "data", "resnet_cifar_8")
+    assert report["images"] == 8
+    assert "airplane" in report["per_class_accuracy"]
+
+
+def test_cifar100_pickles(tmp_path, capsys) -> None:
+    write_cifar(tmp_path / "data", "cifar100", per_batch=24)
+    report = train_then_eval(tmp_path, capsys, "cifar100", tmp_path / "data", "resnet_cifar_8")
+    assert len(report["per_class_accuracy"]) == 100
+
+
+def test_fashion_mnist_idx(tmp_path, capsys) -> None:
+    write_idx(tmp_path / "fm", n_train=32, n_test=10)
+    report = train_then_eval(tmp_path, capsys, "fashion-mnist", tmp_path / "fm", "resnet_cifar_8")
+    assert report["images"] == 10 and "Ankle boot" in report["per_class_accuracy"]
+    meta = read_meta(tmp_path / "run")
+    assert meta.in_chans == 1 and meta.input_size == 28
+
+
+def test_image_folder_tree(tmp_path, capsys) -> None:
+    write_image_tree(tmp_path / "tree", size=(20, 18), per_class=8, classes=("cat", "dog", "emu"))
+    report = train_then_eval(tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8",
+                             ["--set", "data.image_size=16"])
+    assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
+
+
+def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=8)
+    run = tmp_path / "run"
+    rc = main(["train", "--recipe", "cifar-paper", "--data-dir", str(tmp_path / "data"), "--model",
+               "resnet_cifar_8", "--iterations", "6", "--run-dir", str(run), "--no-progress",
+               "--set", "train.batch_size=8", "--set", "data.val_size=8", "--set", "train.eval_every=3",
+               "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [3, 6]
+    assert {"val_top1_error", "test_top1_error"} <= set(lines[0])
+
+
+def test_synthetic_is_labelled_as_such(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    rc = main(["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--epochs", "1", "--run-dir",
+               str(run), *FAST, "--set", "data.synthetic_size=32"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "SYNTHETIC" in out
+    assert all("SYNTHETIC" in line for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+# ---- Bad input: one clear line, exit status 2, no traceback --------------------------------------
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_missing_dataset_names_the_file_and_how_to_get_it(tmp_path) -> None:
+    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "data_batch_1" in result.stderr or "cifar-10-batches-py" in result.stderr
+    assert "download" in result.stderr
+
+
+def test_corrupt_dataset_file_is_named(tmp_path) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=4)
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data_batch_3" in result.stderr
+
+
+def test_setting_typo_names_key_and_valid_ones(tmp_path) -> None:
+    result = run_cli("train", "--recipe", "fast", "--set", "optim.lrate=0.1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "optim.lrate" in result.stderr and "lr, momentum" in result.stderr
+
+
+def test_nan_loss_stops_at_that_step(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    rc = main(["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--iterations", "40",
+               "--run-dir", str(run), *FAST, "--set", "data.synthetic_size=64", "--set", "optim.lr=1e30",
+               "--set", "train.checkpoint_every=1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "non-finite" in err and "at step" in err
+    step = int(err.split("at step ")[1].split()[0])
+    checkpoints = sorted((run / "checkpoints").glob("ckpt-*.pt"))
+    # The newest checkpoint is the last good step, written before the bad one, and it loads.
+    assert checkpoints and int(checkpoints[-1].stem.split("-")[1]) == step
+    from reslab.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(checkpoints[-1])["state"]["step"] == step
+
+
+def test_unknown_model_on_the_cli(tmp_path) -> None:
+    result = run_cli("models", "resnt50", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Closest: resnet50" in result.stderr
