@@ -24,6 +24,8 @@ COMMANDS = {
     "predict": "reslab.infer.commands",
     "export": "reslab.infer.commands",
     "serve": "reslab.infer.commands",
+    "reproduce": "reslab.analysis.commands",
+    "report": "reslab.analysis.commands",
 }
 
 

@@ -1,12 +1,14 @@
 """Training checkpoints: full state, written atomically, checked before use, loaded safely.
 
 A checkpoint `ckpt-00001234.pt` holds model, optimizer, EMA, schedule state, step/epoch/batch
-position, every RNG state, the resolved config and the reslab version, all as tensors and plain
-Python values, so it loads with `torch.load(weights_only=True)`: nothing in it can run code.
-Beside it, `ckpt-00001234.pt.sha256` holds the file's SHA-256, so a truncated or damaged file is
-detected before it is used. Writes go to a temp file in the same directory, are flushed and
-fsynced, renamed into place, and the directory is fsynced: a crash or a full disk mid-write
-leaves the previous checkpoint intact.
+position, the data order of the current epoch, every RNG state (per process under torchrun), the
+resolved config and the reslab version, all as tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: nothing in it can run code. Beside it, `ckpt-00001234.pt.sha256`
+holds the file's SHA-256, so a truncated or damaged file is detected before it is used.
+
+Writes go to a temp file in the same directory, are flushed and fsynced, renamed into place, and
+the directory is fsynced: a crash, kill -9 or a full disk mid-write leaves the previous
+checkpoint intact (a half-written temp file is never picked up and is removed by the next save).
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ from reslab.errors import CheckpointError
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
 
+# Globals a checkpoint may name beyond torch's own weights_only set (tensors, storages, dtypes,
+# OrderedDict, plain containers and numbers). reslab needs none: RNG states and the data order are
+# stored as tensors and lists. Anything added here is code the unpickler may call, so add only
+# classes whose construction cannot run arbitrary code, and say why.
+CHECKPOINT_SAFE_GLOBALS: list[Any] = []
+
+
+# ---- RNG states ----------------------------------------------------------------------------------
 
 def rng_states() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA RNG states as weights_only-loadable values."""
+    """Python, NumPy, torch CPU and CUDA RNG states of this process as weights_only-loadable values."""
+    version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {
-        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "python": [list(internal), version, gauss],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
         "torch": torch.get_rng_state(),
@@ -53,6 +64,8 @@ def set_rng_states(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---- Writing -------------------------------------------------------------------------------------
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -65,6 +78,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, write, flush, fsync, rename over `path`, fsync the directory."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -82,65 +96,94 @@ def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"{PREFIX}{step:08d}{SUFFIX}"
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint `step` atomically with its checksum; keep the newest `keep` ones.
 
     On failure (e.g. no space left) the previous checkpoints are untouched and a CheckpointError
-    says what happened.
+    says what happened and which checkpoint is still good.
     """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(ckpt_dir, step)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
     try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
-        atomic_write_bytes(path.with_name(path.name + ".sha256"),
-                           (hashlib.sha256(data).hexdigest() + "\n").encode())
+        atomic_write_bytes(_digest_path(path), (hashlib.sha256(data).hexdigest() + "\n").encode())
     except OSError as exc:
-        path.unlink(missing_ok=True)
+        # The new file may have landed without its checksum: remove both so nothing half-done stays.
+        for leftover in (path, _digest_path(path)):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+        previous = [p.name for p in list_checkpoints(ckpt_dir) if p != path] if ckpt_dir.is_dir() else []
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint "
-            "is intact. Free some space or point train.out_dir elsewhere, then resume."
+            f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}. "
+            "Free some space (or fix the directory), then resume."
         ) from exc
+    for stale in ckpt_dir.glob(f".{PREFIX}*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        _digest_path(old).unlink(missing_ok=True)
     return path
 
 
+# ---- Reading -------------------------------------------------------------------------------------
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Checkpoints oldest first."""
+    """Checkpoints oldest first (the zero-padded step makes name order step order)."""
     return sorted(ckpt_dir.glob(f"{PREFIX}*{SUFFIX}"))
 
 
 def verify(path: Path) -> str | None:
     """None when the file matches its checksum; otherwise what is wrong."""
-    digest_file = path.with_name(path.name + ".sha256")
+    digest_file = _digest_path(path)
     if not digest_file.is_file():
-        return "its .sha256 checksum file is missing"
+        return "its .sha256 checksum file is missing (the write was cut short?)"
     expected = digest_file.read_text().strip()
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     return None if actual == expected else "its content does not match the stored checksum (damaged or truncated)"
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names of the code a pickle would call beyond the weights_only set; found without running it."""
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a torch zip file (e.g. a bare pickle): no names to give
+        return []
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load one checkpoint after checking its checksum; never unpickles code."""
+    path = Path(path)
     problem = verify(path)
     if problem:
         raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        unsafe = _unsafe_globals(path)
+        what = f"it would call {', '.join(unsafe)}" if unsafe else f"{type(exc).__name__}"
         raise CheckpointError(
-            f"checkpoint {path} holds more than plain tensors and values and was refused "
-            f"({type(exc).__name__}); reslab never runs code from a checkpoint"
+            f"checkpoint {path} was refused: it holds more than tensors and plain values ({what}); "
+            "reslab never runs code from a checkpoint"
         ) from exc
 
 
-def load_latest_good(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+def load_latest_good(ckpt_dir: str | Path, map_location: str | torch.device = "cpu"
+                     ) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint that passes its checksum, warning about each damaged newer one."""
-    candidates = list_checkpoints(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir)
+    candidates = list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
     if not candidates:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; nothing to resume")
     problems = []
@@ -152,4 +195,17 @@ def load_latest_good(ckpt_dir: Path, map_location: str | torch.device = "cpu") -
             warnings.warn(f"{exc}; falling back to an older checkpoint", stacklevel=2)
             continue
         return path, payload
-    raise CheckpointError("no usable checkpoint in " + str(ckpt_dir) + ": " + "; ".join(problems))
+    raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: " + "; ".join(problems))
+
+
+def set_aside_newer(ckpt_dir: Path, good: Path) -> list[Path]:
+    """Rename checkpoints newer than `good` (they failed to load) to *.damaged, so that keep-K
+    pruning never deletes the good one in their favour and resume does not try them again."""
+    moved = []
+    for path in list_checkpoints(ckpt_dir):
+        if path.name > good.name:
+            for f in (path, _digest_path(path)):
+                if f.exists():
+                    f.replace(f.with_name(f.name + ".damaged"))
+            moved.append(path)
+    return moved

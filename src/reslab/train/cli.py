@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(cfg, args.run_dir)
     if "stopped" in summary:
         return 3
-    print_summary(summary)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print_summary(summary)
     return 0
 
 

@@ -56,6 +56,18 @@ class StepContext:
     ema: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
     after_step: Callable[[TrainState, dict], None] | None = None  # checkpoints, mid-epoch evals
+    on_skip: Callable[[TrainState, str], None] | None = None  # told of each skipped non-finite step
+
+
+def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
+    """What is not finite ("" when all is well), agreed by every process under torchrun: a NaN on
+    one rank must stop or skip the step on all of them, or the others would wait forever."""
+    flags = torch.stack([~torch.isfinite(loss.detach().float()), ~torch.isfinite(grad_norm.float())]).float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    bad_loss, bad_grad = flags.tolist()
+    return "loss" if bad_loss else "gradient norm" if bad_grad else ""
 
 
 def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -65,6 +77,10 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     cfg, model = ctx.cfg, ctx.model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    # Under on_nonfinite=skip a bad batch must not leave NaN in the BN running statistics that its
+    # forward pass already updated: keep a copy of the buffers (small) to put back on a skip.
+    skip_mode = cfg.train.on_nonfinite == "skip" and ctx.scaler is None
+    buffers = list(model.buffers()) if skip_mode else []
     loss_sum = torch.zeros((), device=ctx.device)
     wrong_sum = torch.zeros((), device=ctx.device)
     images, start = 0, time.perf_counter()
@@ -73,6 +89,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             break
         lr = lr_at(state.step, ctx.total_steps, cfg.schedule, cfg.optim.lr, state.schedule)
         set_lr(ctx.optimizer, lr)
+        saved_buffers = [b.detach().clone() for b in buffers]
         with autocast(ctx.device, cfg.train.precision):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
@@ -85,16 +102,28 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         loss_value = loss.item()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())) and ctx.scaler is None:
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            if cfg.train.on_nonfinite == "stop" or state.skipped_steps >= cfg.train.max_skips:
+        what = _nonfinite(loss, grad_norm) if ctx.scaler is None else ""  # fp16: the scaler skips
+        if what:
+            value = loss_value if what == "loss" else grad_norm.item()
+            value_text = value if not math.isfinite(value) else "on another process"
+            where = (f"non-finite {what} ({value_text}) at step {state.step} "
+                     f"(epoch {state.epoch}, batch {state.batch_in_epoch})")
+            if not skip_mode:
                 raise NonFiniteError(
-                    f"non-finite {what} ({loss_value if what == 'loss' else grad_norm.item()}) at step "
-                    f"{state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}); stopped. The last "
-                    "good checkpoint is untouched; lower optim.lr, set optim.grad_clip, or "
-                    "train.on_nonfinite=skip")
+                    f"{where}; stopped. The last good checkpoint is untouched; lower optim.lr, set "
+                    "optim.grad_clip, or train.on_nonfinite=skip")
+            if state.skipped_steps >= cfg.train.max_skips:
+                raise NonFiniteError(
+                    f"{where}; stopped after {state.skipped_steps} skipped steps (train.max_skips="
+                    f"{cfg.train.max_skips}). The last good checkpoint is untouched; lower optim.lr or set "
+                    "optim.grad_clip")
+            ctx.optimizer.zero_grad(set_to_none=True)
+            for b, saved in zip(buffers, saved_buffers):
+                b.copy_(saved)
             state.skipped_steps += 1
             state.batch_in_epoch += 1
+            if ctx.on_skip is not None:
+                ctx.on_skip(state, where)
             continue
         if ctx.scaler is not None:
             ctx.scaler.step(ctx.optimizer)

@@ -4,13 +4,14 @@ Run directory layout:
     config.yaml           the resolved configuration
     metrics.jsonl         one JSON line per evaluation
     tb/                   TensorBoard event files
-    checkpoints/          ckpt-STEP.pt (+ .sha256), newest K kept
+    checkpoints/          ckpt-STEP.pt (+ .sha256), newest K kept; *.damaged: set aside by a resume
     weights.safetensors   final weights with preprocessing and metrics (for eval/predict/export)
     summary.json          final metrics, wall time, software and hardware
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,17 +19,18 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from reslab.config import Config, config_from_dict, save_config
 from reslab.data import InMemoryBatches, NormStats, load_cached, train_val_split
-from reslab.errors import ConfigError, ReslabError
+from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.models import ResNet, create_model
 from reslab.train import checkpoint as ckpt
 from reslab.train.engine import StepContext, TrainState, evaluate, train_one_epoch
@@ -44,6 +46,8 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run started the process group, so it ends it
+    backend: str = ""  # gloo | nccl
 
     @property
     def main(self) -> bool:
@@ -56,10 +60,87 @@ def init_distributed(device_name: str) -> Dist:
     if world <= 1:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if device_name.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
-    return Dist(rank, world, local)
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if torch.distributed.is_initialized():
+        return Dist(rank, world, local, False, torch.distributed.get_backend())
+    if cuda:
+        torch.cuda.set_device(local)  # before NCCL starts, so that it knows this process's GPU
+    backend = "nccl" if cuda else "gloo"
+    torch.distributed.init_process_group(backend)
+    return Dist(rank, world, local, True, backend)
+
+
+T = TypeVar("T")
+
+
+def on_rank0(dist: Dist, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only (file writes, evaluation); every rank gets its result or its error,
+    so that a failure on rank 0 stops all ranks with the same message instead of a hang."""
+    if dist.world_size == 1:
+        return fn()
+    box: list[Any] = [None]
+    error: Exception | None = None
+    if dist.main:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:
+            error = exc
+            box[0] = ("error", str(exc) if isinstance(exc, ReslabError) else f"rank 0 failed: {exc!r}")
+    torch.distributed.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise ReslabError(value)
+    return value
+
+
+def gather_to_rank0(dist: Dist, obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on rank 0; [] on the others."""
+    if dist.world_size == 1:
+        return [obj]
+    out: list[Any] | None = [None] * dist.world_size if dist.main else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out or []
+
+
+def agree_on_stop(dist: Dist, state: TrainState, pending: str, device: torch.device) -> None:
+    """Take up a pending stop signal at a step boundary, the same step on every rank.
+
+    Under torchrun a signal can reach one rank only, or ranks a moment apart; a rank that stopped
+    alone would leave the others waiting in the gradient all-reduce. The warm-up end observed on
+    any rank's shard is shared the same way, so every rank keeps the same learning rate.
+    """
+    if dist.world_size == 1:
+        state.stop_requested = state.stop_requested or pending
+        return
+    signum = signal.Signals[pending].value if pending else 0
+    flags = torch.tensor([signum, state.schedule.warmup_done_step], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    signum, warmup_done = flags.tolist()
+    if signum and not state.stop_requested:
+        state.stop_requested = signal.Signals(signum).name
+    state.schedule.warmup_done_step = warmup_done
+
+
+def combine_train_metrics(dist: Dist, m: dict, device: torch.device) -> dict:
+    """An epoch's train loss and error over all shards (ranks see equal numbers of images);
+    throughput summed over ranks."""
+    if dist.world_size == 1:
+        return m
+    t = torch.tensor([m["loss"], m["error"], m["img_per_s"]], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    loss, error, img_per_s = t.tolist()
+    return {**m, "loss": loss / dist.world_size, "error": error / dist.world_size, "img_per_s": img_per_s}
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers, to check that all ranks hold the same weights."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
@@ -203,7 +284,8 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        self.writer = SummaryWriter(str(run_dir / "tb"))
+        # A resumed run purges events logged after its checkpoint, so curves have no doubled stretch.
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             desc="train" + (" [SYNTHETIC DATA]" if synthetic else ""), file=sys.stderr)
@@ -270,10 +352,11 @@ def resolve_resume(run_dir: Path) -> Config:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM only set a flag; the loop finishes its step, checkpoints and exits."""
+    """SIGINT/SIGTERM only record the signal (no I/O in the handler); the loop takes it up at the
+    next step boundary, writes a checkpoint and exits. A second Ctrl-C quits at once."""
 
-    def __init__(self, state: TrainState) -> None:
-        self.state, self.previous = state, {}
+    def __init__(self) -> None:
+        self.pending, self.previous = "", {}
 
     def __enter__(self) -> _StopOnSignal:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -284,11 +367,66 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.state.stop_requested = signal.Signals(signum).name
+        if self.pending and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.pending = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: a handler installed outside Python, cannot be put back
+                signal.signal(sig, handler)
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume: forget evaluations logged after the checkpoint (they will be run again) and a
+    line cut short by a kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except json.JSONDecodeError:
+            pass
+    ckpt.atomic_write_bytes(path, "".join(kept).encode())
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """section.key of each setting that differs between a checkpoint's config and the current one."""
+    return [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
+            for key, value in values.items() if saved.get(section, {}).get(key) != value]
+
+
+def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+            scaler: torch.amp.GradScaler | None, dist: Dist) -> TrainState:
+    """Put a checkpoint's state back into the objects of a fresh run; returns the loop state."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if ema is not None and "ema" in payload:
+        ema.load_state_dict(payload["ema"])
+    if scaler is not None and "scaler" in payload:
+        scaler.load_state_dict(payload["scaler"])
+    same_world = payload["world_size"] == dist.world_size
+    ckpt.set_rng_states(payload["rng"][dist.rank if same_world else 0])
+    s = payload["state"]
+    return TrainState(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch_in_epoch"],
+                      skipped_steps=s["skipped_steps"], schedule=ScheduleState(**s["schedule"]))
+
+
+def resume_mismatches(payload: dict, cfg: Config, dist: Dist, order: torch.Tensor, epoch: int) -> list[str]:
+    """Why a resumed run would not match an uninterrupted one, if it would not."""
+    notes = []
+    if payload["world_size"] != dist.world_size:
+        notes.append(f"the checkpoint was written by {payload['world_size']} process(es), this run has "
+                     f"{dist.world_size}: it continues, but will not match an uninterrupted run exactly")
+    elif not torch.equal(payload["data_order"][dist.rank], order):
+        notes.append(f"the data order of epoch {epoch} differs from the checkpoint's (another dataset "
+                     "or torch version?): the run will not match an uninterrupted one exactly")
+    changed = config_changes(payload["config"], cfg.to_dict())
+    if changed:
+        notes.append(f"config.yaml differs from the checkpoint's config in {', '.join(changed)}; using config.yaml")
+    return notes
 
 
 def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
@@ -298,20 +436,38 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
-    """Train per `cfg` (or resume the run in `run_dir`); returns the final summary."""
-    wall_start = time.perf_counter()
+    """Train per `cfg` (or resume the run in `run_dir`); returns the final summary, or
+    {"stopped": SIGNAL, "step", "run_dir"} when a signal stopped it (a checkpoint was written)."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     dist = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, dist, run_dir, resume)
+    finally:
+        if dist.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) -> dict[str, Any]:
+    from reslab import __version__
+
+    wall_start = time.perf_counter()
     device = pick_device(cfg.train.device, dist)
     set_determinism(cfg)
-    run_path = Path(run_dir) if resume else (new_run_dir(cfg, str(run_dir) if run_dir else None)
-                                             if dist.main else Path(run_dir or "."))
-    if dist.world_size > 1 and not resume:  # every rank must use rank 0's directory
-        holder = [str(run_path)]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        run_path = Path(holder[0])
+    if dist.world_size > 1 and cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); "
+                          "leave it off for CPU/gloo runs")
+    if resume:
+        run_path = Path(run_dir)
+    else:  # every rank uses the directory rank 0 made
+        run_path = on_rank0(dist, lambda: new_run_dir(cfg, str(run_dir) if run_dir else None))
+    # One process per machine decodes (or downloads) the dataset into the cache first; the others
+    # then read that cache instead of writing it at the same time.
+    if dist.world_size > 1 and dist.local_rank != 0:
+        torch.distributed.barrier()
     data = build_data(cfg, device, dist)
+    if dist.world_size > 1 and dist.local_rank == 0:
+        torch.distributed.barrier()
     apply_depth_rules(cfg)
     model = build_model(cfg, data).to(device)
     if cfg.train.channels_last:
@@ -320,24 +476,28 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim)
     ema = build_ema(model, cfg.optim.ema_decay)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     state = TrainState(schedule=ScheduleState())
     steps_per_epoch = len(data.train)
     total = total_steps_of(cfg, steps_per_epoch)
     ckpt_dir = run_path / "checkpoints"
 
     if resume:
-        path, payload = ckpt.load_latest_good(ckpt_dir)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        if ema is not None and "ema" in payload:
-            ema.load_state_dict(payload["ema"])
-        s = payload["state"]
-        state = TrainState(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch_in_epoch"],
-                           skipped_steps=s["skipped_steps"], schedule=ScheduleState(**s["schedule"]))
-        ckpt.set_rng_states(payload["rng"])
+        def load() -> tuple[Path, dict, list[Path]]:
+            path, payload = ckpt.load_latest_good(ckpt_dir)
+            return path, payload, ckpt.set_aside_newer(ckpt_dir, path)
+
+        # Rank 0 reads and checks the file and hands the payload to the others.
+        path, payload, damaged = on_rank0(dist, load)
+        state = restore(payload, model, optimizer, ema, scaler, dist)
+        notes = [f"set aside damaged {p.name} as {p.name}.damaged" for p in damaged]
+        notes += resume_mismatches(payload, cfg, dist, data.train.order(state.epoch), state.epoch)
         wall_start -= payload.get("elapsed", 0.0)
         if dist.main:
+            for note in notes:
+                print(f"warning: {note}", file=sys.stderr)
             print(f"resuming {run_path} from {path.name} (step {state.step}/{total})", file=sys.stderr)
+            drop_metrics_after(run_path / "metrics.jsonl", state.step)
     elif dist.main:
         save_config(cfg, run_path / "config.yaml")
 
@@ -347,59 +507,86 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     log = RunLog(run_path, dist.main, total, state.step, cfg.train.progress, data.synthetic)
+    stopper = _StopOnSignal()
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
 
     def run_evals(epoch_float: float) -> dict:
-        record: dict[str, Any] = {"step": state.step, "epoch": round(epoch_float, 4),
-                                  "elapsed_s": round(time.perf_counter() - wall_start, 2)}
-        for split, batches in data.evals.items():
-            m = evaluate(eval_model(), batches.epoch(0), len(data.classes), device=device,
-                         precision=cfg.train.precision, tta_flip=cfg.train.tta_flip)
-            record.update({f"{split}_top1_error": m["top1_error"], f"{split}_top5_error": m["top5_error"],
-                           f"{split}_loss": m["loss"]})
+        """Rank 0 evaluates (the test set is not sharded) and shares the record."""
+        def compute() -> dict:
+            record: dict[str, Any] = {"step": state.step, "epoch": round(epoch_float, 4),
+                                      "elapsed_s": round(time.perf_counter() - wall_start, 2)}
+            for split, batches in data.evals.items():
+                m = evaluate(eval_model(), batches.epoch(0), len(data.classes), device=device,
+                             precision=cfg.train.precision, tta_flip=cfg.train.tta_flip)
+                record.update({f"{split}_top1_error": m["top1_error"], f"{split}_top5_error": m["top5_error"],
+                               f"{split}_loss": m["loss"]})
+            return record
+
+        record = on_rank0(dist, compute)
         watch = "val" if "val" in data.evals else "test"
         state.schedule.observe_eval(record[f"{watch}_loss"], cfg.schedule)
         return record
 
-    def save(tag: str = "") -> None:
-        if not dist.main:
-            return
-        payload = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "state": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                      "skipped_steps": state.skipped_steps, "schedule": asdict(state.schedule)},
-            "rng": ckpt.rng_states(), "config": cfg.to_dict(), "elapsed": time.perf_counter() - wall_start,
-            "reslab_version": environment()["reslab"], "world_size": dist.world_size,
-        }
-        if ema is not None:
-            payload["ema"] = ema.state_dict()
-        ckpt.save_checkpoint(ckpt_dir, state.step, payload, keep=cfg.train.keep_checkpoints)
+    last_saved = [-1]  # step of the newest checkpoint this process took part in
 
-    last_train: dict = {}
+    def save() -> None:
+        if last_saved[0] == state.step:
+            return
+        # RNG states and data order are per process; rank 0 collects them and writes the file.
+        ranks = gather_to_rank0(dist, (ckpt.rng_states(), data.train.order(state.epoch)))
+
+        def write() -> None:
+            payload = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                          "skipped_steps": state.skipped_steps, "schedule": asdict(state.schedule)},
+                "rng": [rng for rng, _ in ranks], "data_order": [order for _, order in ranks],
+                "config": cfg.to_dict(), "elapsed": time.perf_counter() - wall_start,
+                "reslab_version": __version__, "world_size": dist.world_size,
+            }
+            if ema is not None:
+                payload["ema"] = ema.state_dict()
+            if scaler is not None:
+                payload["scaler"] = scaler.state_dict()
+            try:
+                ckpt.save_checkpoint(ckpt_dir, state.step, payload, keep=cfg.train.keep_checkpoints)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc} Resume with: reslab train --resume {run_path}") from exc
+
+        on_rank0(dist, write)
+        last_saved[0] = state.step
 
     def after_step(st: TrainState, m: dict) -> None:
         log.step(st, m)
-        if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0 and st.step < total:
-            save()
+        agree_on_stop(dist, st, stopper.pending, device)
         if cfg.train.eval_every and st.step % cfg.train.eval_every == 0 and st.step < total:
-            record = run_evals(st.step / steps_per_epoch)
-            log.eval(record)
+            log.eval(run_evals(st.step / steps_per_epoch))
             model.train()
+        # Evaluate before saving, so the checkpoint holds the schedule state after this step's
+        # evaluation; an epoch's last step is saved by the epoch end, after its evaluation.
+        if (cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0 and st.step < total
+                and st.batch_in_epoch < steps_per_epoch):
+            save()
 
-    ctx = StepContext(train_model, optimizer, cfg, device, total, ema=ema, scaler=scaler, after_step=after_step)
+    def on_skip(st: TrainState, what: str) -> None:
+        log.message(f"skipped: {what} ({st.skipped_steps} of at most {cfg.train.max_skips} skips)")
+
+    ctx = StepContext(train_model, optimizer, cfg, device, total, ema=ema, scaler=scaler,
+                      after_step=after_step, on_skip=on_skip)
     history = []
     try:
-        with _StopOnSignal(state):
-            while state.step < total and not state.stop_requested:
-                batches = data.train.epoch(state.epoch, start_batch=state.batch_in_epoch)
-                last_train = train_one_epoch(ctx, batches, state, progress=None)
+        with stopper:
+            while state.step < total:
+                agree_on_stop(dist, state, stopper.pending, device)
                 if state.stop_requested:
                     break
-                if state.batch_in_epoch >= steps_per_epoch:  # epoch finished
+                batches = data.train.epoch(state.epoch, start_batch=state.batch_in_epoch)
+                last_train = train_one_epoch(ctx, batches, state)
+                if state.batch_in_epoch >= steps_per_epoch:  # epoch finished (even if a stop is pending)
+                    last_train = combine_train_metrics(dist, last_train, device)
                     state.epoch += 1
                     state.batch_in_epoch = 0
                     if not cfg.train.eval_every or state.step >= total:
@@ -410,34 +597,52 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
                         history.append(record)
                     if state.step < total:
                         save()
-            if state.stop_requested:
+            if state.stop_requested and state.step < total:
                 save()
-                log.message(f"stopped by {state.stop_requested} at step {state.step}; checkpoint written. "
-                            f"Resume with: reslab train --resume {run_path}")
-                log.close()
+                log.message(f"stopped by {state.stop_requested} at step {state.step}/{total}; checkpoint "
+                            f"written. Resume with: reslab train --resume {run_path}")
                 return {"stopped": state.stop_requested, "step": state.step, "run_dir": str(run_path)}
-    except BaseException:
-        log.close()
-        raise
 
-    if state.batch_in_epoch:  # an iteration budget that ended mid-epoch: evaluate once more
-        record = run_evals(state.step / steps_per_epoch)
-        log.eval(record)
-        history.append(record)
-    final = history[-1] if history else run_evals(state.step / steps_per_epoch)
-    wall = time.perf_counter() - wall_start
-    summary = {"run_dir": str(run_path), "model": cfg.model.name, "dataset": data.name,
-               "synthetic_data": data.synthetic, "steps": state.step, "epochs": round(state.step / steps_per_epoch, 3),
-               "wall_time_s": round(wall, 2), "final": final, "skipped_steps": state.skipped_steps,
-               "environment": environment()}
-    if dist.main:
+        if state.batch_in_epoch:  # an iteration budget that ended mid-epoch: evaluate once more
+            record = run_evals(state.step / steps_per_epoch)
+            log.eval(record)
+            history.append(record)
+        final = history[-1] if history else run_evals(state.step / steps_per_epoch)
         save()
-        metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
-        meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
-                           options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
-                           classes=data.classes, input_size=data.image_size, dataset=data.name,
-                           metrics=metrics, command=environment()["command"])
-        save_weights(run_path / "weights.safetensors", eval_model(), meta, data.stats.mean, data.stats.std)
-        (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+        digests = None
+        if dist.world_size > 1:
+            # BN statistics are rank 0's (DDP broadcasts them before each forward, but the last
+            # forward updated each rank's own); then check that every rank holds the same weights.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+            digests = gather_to_rank0(dist, state_digest(model))
+        wall = time.perf_counter() - wall_start
+        summary = {"run_dir": str(run_path), "model": cfg.model.name, "dataset": data.name,
+                   "synthetic_data": data.synthetic, "steps": state.step,
+                   "epochs": round(state.step / steps_per_epoch, 3), "wall_time_s": round(wall, 2),
+                   "final": final, "skipped_steps": state.skipped_steps, "environment": environment()}
+        if dist.world_size > 1:
+            summary["distributed"] = {"world_size": dist.world_size, "backend": dist.backend,
+                                      "weights_sha256_per_rank": digests}
+
+        def write_results() -> None:
+            if digests and len(set(digests)) > 1:
+                log.message(f"warning: the {dist.world_size} processes ended with different weights; "
+                            "rank 0's are saved")
+            metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
+            meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
+                               options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
+                               classes=data.classes, input_size=data.image_size, dataset=data.name,
+                               metrics=metrics, command=environment()["command"])
+            try:
+                save_weights(run_path / "weights.safetensors", eval_model(), meta, data.stats.mean, data.stats.std)
+                (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
+            except OSError as exc:
+                raise CheckpointError(
+                    f"could not write the final weights to {run_path} ({exc.strerror or exc}); the last "
+                    f"checkpoint is intact: free some space, then `reslab train --resume {run_path}`") from exc
+
+        on_rank0(dist, write_results)
+        return summary
+    finally:
         log.close()
-    return summary

@@ -1,0 +1,82 @@
+"""Time to accuracy on real Fashion-MNIST with the `fast` recipe, on this machine's CPU cores.
+
+For each epoch budget and seed, runs the whole command `reslab train --recipe fast --epochs E
+--seed S` in a fresh process and reports wall time from the command's start to the end of its
+final evaluation (inclusive: start-up, data loading, training, test evaluation with flip TTA,
+writing weights), and the final test accuracy on the 10,000 test images. Prints mean +- std
+over seeds and whether each budget met its target.
+
+    python benchmarks/bench_fashion_mnist.py --budget 5:3 --budget 10:6 --seeds 0 1 2
+    (--budget MINUTES:EPOCHS, checked against >= 93% within 5 min and >= 94% within 10 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TARGETS = {5: 0.93, 10: 0.94}  # minutes -> test accuracy (issue 3)
+
+
+def run_once(epochs: float, seed: int, extra: list[str], out: Path) -> tuple[float, float]:
+    run_dir = out / f"e{epochs:g}-s{seed}"
+    cmd = [sys.executable, "-m", "reslab", "train", "--recipe", "fast", "--epochs", str(epochs),
+           "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress", *extra]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return wall, 1.0 - summary["final"]["test_top1_error"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", action="append", default=[],
+                        help="MINUTES:EPOCHS, e.g. 5:3 (default: 5:3 and 10:6)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], help="extra --set overrides for the recipe")
+    parser.add_argument("--out", help="where to keep the runs (default: a temp dir)")
+    args = parser.parse_args()
+    budgets = [tuple(float(v) for v in b.split(":")) for b in (args.budget or ["5:3", "10:6"])]
+    extra = [arg for s in args.set for arg in ("--set", s)]
+    out = Path(args.out or tempfile.mkdtemp(prefix="reslab-fmnist-"))
+    from reslab.config import load_config
+
+    cfg = load_config("fast", args.set)
+    print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"recipe:   fast: model {cfg.model.name}, batch {cfg.train.batch_size}, {cfg.schedule.name} lr {cfg.optim.lr}, "
+          f"precision {cfg.train.precision}, channels_last {cfg.train.channels_last}, flip TTA {cfg.train.tta_flip}")
+    rows = []
+    for minutes, epochs in budgets:
+        results = []
+        for seed in args.seeds:
+            wall, acc = run_once(epochs, seed, extra, out)
+            results.append((wall, acc))
+            print(f"  {epochs:g} epochs, seed {seed}: test accuracy {100 * acc:.2f}%, wall {wall:.1f} s", flush=True)
+        walls, accs = [r[0] for r in results], [r[1] for r in results]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        target = TARGETS.get(int(minutes))
+        ok = all(w <= minutes * 60 for w in walls) and (target is None or min(accs) >= target)
+        rows.append((minutes, epochs, statistics.mean(accs), sd, min(accs), max(walls), target, ok))
+    print()
+    print(f"{'budget':>7} {'epochs':>6} {'test accuracy (mean +- std, min)':>34} {'max wall':>9} {'target':>7}  met")
+    for minutes, epochs, mean, sd, lo, wall, target, ok in rows:
+        tgt = f">={100 * target:.0f}%" if target else "-"
+        print(f"{minutes:>5g} m {epochs:>6g} {100 * mean:>20.2f} +- {100 * sd:.2f} ({100 * lo:.2f}) {wall:>8.1f}s "
+              f"{tgt:>7}  {'yes' if ok else 'NO'}")
+    print(f"runs kept in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""ResNet-20 training throughput, end to end (data + augmentation + step): reslab vs a reference loop.
+
+reslab: `InMemoryBatches` (uint8 tensor in memory, batched pad-crop + flip + normalisation) feeding
+reslab's own `train_one_epoch` with the `fast` recipe's engine settings (fp32, channels_last).
+Reference, written the way torchvision's reference scripts do it: `torch.utils.data.DataLoader`
+over the same images held as PIL images, `RandomCrop(size, padding=4)`, `RandomHorizontalFlip()`,
+`ToTensor()`, `Normalize(...)`, eager float32 NCHW, SGD with momentum; num_workers 0 or 2,
+whichever is faster here (measured in the warm-up and printed).
+
+Same model (reslab resnet20, same parameter count), batch size, image count, threads, optimizer.
+Rounds are interleaved A, B, A, B ... after a warm-up; we print the median img/s of each side and
+the median, min and max of the per-round ratios (see ../shared/BENCHMARKING.md).
+
+    python benchmarks/bench_train_throughput.py [--data fashion-mnist|synthetic-cifar] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from reslab import create_model
+from reslab.config import load_config
+from reslab.data import InMemoryBatches, load_cached, make_synthetic
+from reslab.train.engine import StepContext, TrainState, train_one_epoch
+from reslab.train.optim import build_optimizer
+
+
+class PILDataset(Dataset):
+    """The same uint8 images as PIL images, as a user of torchvision datasets would hold them."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        mode = "L" if images.shape[1] == 1 else "RGB"
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        self.images = [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def reference_round(model, optimizer, loader, steps: int) -> float:
+    """img/s of `steps` steps: DataLoader + PIL transforms, eager fp32 NCHW."""
+    model.train()
+    done, start = 0, time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if done == steps:
+            break
+    return steps * loader.batch_size / (time.perf_counter() - start)
+
+
+def reslab_round(ctx: StepContext, batches: InMemoryBatches, steps: int, epoch: int) -> float:
+    state = TrainState(step=0)
+    ctx.total_steps = steps
+    start = time.perf_counter()
+    metrics = train_one_epoch(ctx, batches.epoch(epoch), state)
+    assert metrics["images"] == steps * batches.batch_size
+    return metrics["images"] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "synthetic-cifar"],
+                        help="real Fashion-MNIST (28x28 grey) or random 32x32 RGB uint8 (CIFAR-shaped)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    if args.data == "fashion-mnist":
+        ds = load_cached("fashion-mnist", "train", None)
+    else:
+        ds = make_synthetic("train", 20_000, image_size=32, in_chans=3)
+    c, h, _ = ds.image_shape
+    n_images = args.steps * args.batch_size * (args.rounds + 1)
+    ds = ds.subset(torch.arange(min(len(ds), n_images)))
+
+    cfg = load_config("fast", ["model.name=resnet20", f"train.batch_size={args.batch_size}",
+                               "optim.label_smoothing=0.0", "data.normalize=channel"])
+    batches = InMemoryBatches(ds, args.batch_size, train=True, augment="crop-flip", pad=4, normalize="channel",
+                              channels_last=cfg.train.channels_last)
+    ours = create_model("resnet20", num_classes=10, in_chans=c).to(memory_format=torch.channels_last)
+    ctx = StepContext(ours, build_optimizer(ours, cfg.optim), cfg, torch.device("cpu"), args.steps)
+
+    mean, std = batches.stats.mean.flatten().tolist(), batches.stats.std.flatten().tolist()
+    transform = T.Compose([T.RandomCrop(h, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    pil = PILDataset(ds.images, ds.labels, transform)
+    ref = create_model("resnet20", num_classes=10, in_chans=c)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+
+    # Warm-up; pick the reference's faster worker count.
+    loaders = {w: DataLoader(pil, batch_size=args.batch_size, shuffle=True, num_workers=w, drop_last=True,
+                             persistent_workers=w > 0) for w in (0, 2)}
+    warm = {w: reference_round(ref, ref_opt, loader, max(5, args.steps // 3)) for w, loader in loaders.items()}
+    workers = max(warm, key=warm.get)
+    loader = loaders[workers]
+    reslab_round(ctx, batches, max(5, args.steps // 3), epoch=0)
+
+    ours_rates, ref_rates = [], []
+    for r in range(args.rounds):
+        ours_rates.append(reslab_round(ctx, batches, args.steps, epoch=r + 1))
+        ref_rates.append(reference_round(ref, ref_opt, loader, args.steps))
+        print(f"round {r + 1}: reslab {ours_rates[-1]:7.1f} img/s   reference {ref_rates[-1]:7.1f} img/s   "
+              f"ratio {ours_rates[-1] / ref_rates[-1]:.2f}x", flush=True)
+    ratios = [a / b for a, b in zip(ours_rates, ref_rates)]
+    print()
+    print(f"command:   {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
+    print(f"hardware:  {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__}, Python {platform.python_version()}")
+    print(f"work:      resnet20 ({sum(p.numel() for p in ours.parameters()):,} params), {args.data} {c}x{h}x{h}, "
+          f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, pad-4 crop + flip + normalise")
+    print(f"reference: DataLoader + PIL transforms, num_workers={workers} "
+          f"(warm-up: 0 -> {warm[0]:.0f} img/s, 2 -> {warm[2]:.0f} img/s), eager fp32 NCHW, SGD momentum")
+    print(f"reslab:    InMemoryBatches + train_one_epoch, fp32 channels_last")
+    print(f"median img/s: reslab {statistics.median(ours_rates):.1f}, reference {statistics.median(ref_rates):.1f}")
+    print(f"ratio reslab/reference: median {statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
