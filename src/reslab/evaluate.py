@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reslab.data import InMemoryBatches, NormStats, load_cached, make_folder_loader
+from reslab.data import InMemoryBatches, NormStats, load_cached
 from reslab.errors import ConfigError
 from reslab.train.engine import evaluate
 from reslab.weights import WeightsMeta, load_weights, resolve_weights
@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     weights_path = resolve_weights(args.weights)
     model, meta, mean, std = load_weights(weights_path, device)
     stats = NormStats(mean, std)
+    from reslab.data import make_folder_loader  # torchvision: imported only when used
     dataset = args.data or meta.dataset.split(":")[0] or ""
     if not dataset:
         raise ConfigError("say which dataset to evaluate on with --data (cifar10, fashion-mnist, imagefolder, ...)")

@@ -37,7 +37,8 @@ class WeightsMeta:
     classes: list[str] = field(default_factory=list)  # names, index = class id
     input_size: int = 32  # images are resized / cropped to input_size x input_size
     resize: str = "shorter-center-crop"  # how a photo of another size is brought to input_size
-    dataset: str = ""  # what the weights were trained on (name, checksum)
+    dataset: str = ""  # what the weights were trained on
+    data_sha256: str = ""  # SHA-256 over the dataset's source files (train + test), in name order
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"test_top1": 0.93}
     command: str = ""  # the command that produced them
     reslab_version: str = ""

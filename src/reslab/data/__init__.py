@@ -17,18 +17,25 @@ from reslab.data.batches import (
 )
 from reslab.data.cache import default_cache_dir, load_cached
 from reslab.data.datasets import DATASET_NAMES, load_dataset, make_synthetic, source_files
-from reslab.data.folder_loader import make_folder_loader, set_folder_epoch
-from reslab.data.folder_transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Lighting,
-    MultiScale,
-    RandomShorterSideResize,
-    eval_transform,
-    imagenet_norm_stats,
-    train_transform,
-)
 from reslab.data.norm import NORMALIZE_KINDS, NormStats, compute_norm_stats
+
+# The folder loader needs torchvision (about 2 s to import); load it only when asked for.
+_LAZY = {
+    "make_folder_loader": "folder_loader", "set_folder_epoch": "folder_loader",
+    "IMAGENET_MEAN": "folder_transforms", "IMAGENET_STD": "folder_transforms", "Lighting": "folder_transforms",
+    "MultiScale": "folder_transforms", "RandomShorterSideResize": "folder_transforms",
+    "eval_transform": "folder_transforms", "imagenet_norm_stats": "folder_transforms",
+    "train_transform": "folder_transforms",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"reslab.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'reslab.data' has no attribute {name!r}")
+
 
 __all__ = [
     "AUGMENT_KINDS",

@@ -19,11 +19,10 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,112 +35,13 @@ from reslab.train import checkpoint as ckpt
 from reslab.train.engine import StepContext, TrainState, evaluate, train_one_epoch
 from reslab.train.optim import build_ema, build_optimizer
 from reslab.train.schedule import ScheduleState
+from reslab.train.distributed import (Dist, agree_on_stop, combine_train_metrics, gather_to_rank0,
+                                      init_distributed, on_rank0, state_digest)
+from reslab.train.runlog import RunLog
 from reslab.weights import WeightsMeta, save_weights
 
 
 # ---- Environment ---------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this run started the process group, so it ends it
-    backend: str = ""  # gloo | nccl
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; then gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-    if torch.distributed.is_initialized():
-        return Dist(rank, world, local, False, torch.distributed.get_backend())
-    if cuda:
-        torch.cuda.set_device(local)  # before NCCL starts, so that it knows this process's GPU
-    backend = "nccl" if cuda else "gloo"
-    torch.distributed.init_process_group(backend)
-    return Dist(rank, world, local, True, backend)
-
-
-T = TypeVar("T")
-
-
-def on_rank0(dist: Dist, fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 only (file writes, evaluation); every rank gets its result or its error,
-    so that a failure on rank 0 stops all ranks with the same message instead of a hang."""
-    if dist.world_size == 1:
-        return fn()
-    box: list[Any] = [None]
-    error: Exception | None = None
-    if dist.main:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as exc:
-            error = exc
-            box[0] = ("error", str(exc) if isinstance(exc, ReslabError) else f"rank 0 failed: {exc!r}")
-    torch.distributed.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error
-    kind, value = box[0]
-    if kind == "error":
-        raise ReslabError(value)
-    return value
-
-
-def gather_to_rank0(dist: Dist, obj: Any) -> list[Any]:
-    """[obj of rank 0, obj of rank 1, ...] on rank 0; [] on the others."""
-    if dist.world_size == 1:
-        return [obj]
-    out: list[Any] | None = [None] * dist.world_size if dist.main else None
-    torch.distributed.gather_object(obj, out, dst=0)
-    return out or []
-
-
-def agree_on_stop(dist: Dist, state: TrainState, pending: str, device: torch.device) -> None:
-    """Take up a pending stop signal at a step boundary, the same step on every rank.
-
-    Under torchrun a signal can reach one rank only, or ranks a moment apart; a rank that stopped
-    alone would leave the others waiting in the gradient all-reduce. The warm-up end observed on
-    any rank's shard is shared the same way, so every rank keeps the same learning rate.
-    """
-    if dist.world_size == 1:
-        state.stop_requested = state.stop_requested or pending
-        return
-    signum = signal.Signals[pending].value if pending else 0
-    flags = torch.tensor([signum, state.schedule.warmup_done_step], dtype=torch.long, device=device)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    signum, warmup_done = flags.tolist()
-    if signum and not state.stop_requested:
-        state.stop_requested = signal.Signals(signum).name
-    state.schedule.warmup_done_step = warmup_done
-
-
-def combine_train_metrics(dist: Dist, m: dict, device: torch.device) -> dict:
-    """An epoch's train loss and error over all shards (ranks see equal numbers of images);
-    throughput summed over ranks."""
-    if dist.world_size == 1:
-        return m
-    t = torch.tensor([m["loss"], m["error"], m["img_per_s"]], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    loss, error, img_per_s = t.tolist()
-    return {**m, "loss": loss / dist.world_size, "error": error / dist.world_size, "img_per_s": img_per_s}
-
-
-def state_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers, to check that all ranks hold the same weights."""
-    h = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
 
 def pick_device(name: str, dist: Dist) -> torch.device:
     if name == "auto":
@@ -257,6 +157,24 @@ def load_pretrained(model: ResNet, source: str) -> None:
                           f"unexpected {unexpected[:4]}")
 
 
+def data_checksum(cfg: Config) -> str:
+    """SHA-256 over the dataset's source files (train and test, sorted by path), so weights name
+    exactly the data they were trained on; "synthetic" for the smoke-test set."""
+    from reslab.data import source_files
+
+    if cfg.data.dataset == "synthetic":
+        return "synthetic"
+    digest = hashlib.sha256()
+    files = {*source_files(cfg.data.dataset, "train", cfg.data.data_dir),
+             *source_files(cfg.data.dataset, "test", cfg.data.data_dir)}
+    for path in sorted(files):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def apply_depth_rules(cfg: Config) -> None:
     """The paper warms up only its deepest CIFAR nets (ResNet-110, 1202): drop the error-based
     warm-up for shallower models, as recipes state with schedule.warmup_min_depth."""
@@ -264,68 +182,6 @@ def apply_depth_rules(cfg: Config) -> None:
 
     if cfg.schedule.warmup_until_error > 0 and model_info(cfg.model.name).depth < cfg.schedule.warmup_min_depth:
         cfg.schedule.warmup_until_error = 0.0
-
-
-# ---- Logging -------------------------------------------------------------------------------------
-
-class RunLog:
-    """metrics.jsonl + TensorBoard + progress bar; silent on ranks other than 0."""
-
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
-                 synthetic: bool) -> None:
-        self.enabled = enabled
-        self.run_dir = run_dir
-        self.synthetic = synthetic
-        self.writer = None
-        self.bar = None
-        self._last = (time.perf_counter(), start_step)
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        # A resumed run purges events logged after its checkpoint, so curves have no doubled stretch.
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
-        if progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            desc="train" + (" [SYNTHETIC DATA]" if synthetic else ""), file=sys.stderr)
-
-    def step(self, state: TrainState, m: dict) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            now = time.perf_counter()
-            if now - self._last[0] > 1.0:
-                rate = (state.step - self._last[1]) * m["batch"] / (now - self._last[0])
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.4g}", img_s=f"{rate:.0f}",
-                                     refresh=False)
-                self._last = (now, state.step)
-        if self.writer is not None and state.step % 50 == 0:
-            self.writer.add_scalar("train/loss", m["loss"], state.step)
-            self.writer.add_scalar("train/lr", m["lr"], state.step)
-
-    def eval(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        if self.synthetic:
-            record = {"data": "SYNTHETIC (smoke test, not a result)", **record}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
-        self.writer.flush()
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 # ---- The run -------------------------------------------------------------------------------------
@@ -633,7 +489,8 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
             meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
                                options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
                                classes=data.classes, input_size=data.image_size, dataset=data.name,
-                               metrics=metrics, command=environment()["command"])
+                               metrics=metrics, command=environment()["command"],
+                               data_sha256=data_checksum(cfg))
             try:
                 save_weights(run_path / "weights.safetensors", eval_model(), meta, data.stats.mean, data.stats.std)
                 (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
