@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data test-deps clean
 
 install: $(STAMP)
 
@@ -26,10 +26,18 @@ data:
 	  || echo "Could not install dataset-fashion-mnist (needs root and apt). Install it, or pass --data-dir DIR holding the four *-idx?-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist"; \
 	fi
 
+# Headless Chromium renders report.html in the report tests (Debian's package; skipped if apt is unavailable).
+test-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "Installing Debian's chromium for the report rendering test ..."; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "Could not install chromium (needs root and apt); the report rendering test will be skipped"; \
+	fi
+
 demo: $(STAMP) data
 	$(BIN)/reslab demo
 
-test: $(STAMP) data
+test: $(STAMP) data test-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,0 +1,180 @@
+"""The degradation experiment (paper sec. 4.1-4.2, Fig. 1 and Fig. 6): plain nets versus ResNets.
+
+Plain-D and ResNet-D (default D = 20, 56) train with the same recipe. The paper's finding: the
+deeper PLAIN net has the higher training error (degradation), while the deeper ResNet has the
+lower one. The figures plot, against iterations, the training error (thin dashed; the top-1 error
+on a fixed subset of training images, evaluated from the checkpoint kept at each evaluation step)
+and the test error (bold), averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reslab.analysis import paper
+from reslab.analysis.experiment import Execution, ExperimentDir
+from reslab.analysis.figures import Panel, Series, curves_figure, palette
+from reslab.analysis.plan import check_data, check_depths, cifar_model, training_plan
+from reslab.analysis.report_page import Page, environment
+from reslab.analysis.runs import Run, mean_curve, mean_std, pct
+from reslab.analysis.train_error import training_error_curve
+from reslab.analysis.training_experiment import (
+    claims_section,
+    commands_section,
+    method_section,
+    not_reproduced_reasons,
+    runs_section,
+    train_experiment,
+    write_run_reports,
+)
+
+NAME = "degradation"
+DEFAULT_DATA = "cifar10"
+DEFAULT_DEPTHS = [20, 56]
+TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides", "train_images"}
+SUMMARY = "plain-D versus ResNet-D training/test error curves (Fig. 1, Fig. 6)"
+
+
+def label(residual: bool, depth: int) -> str:
+    return f"{'ResNet' if residual else 'plain'}-{depth}"
+
+
+def run(exp: ExperimentDir, execution: Execution) -> Path:
+    s = exp.settings
+    check_depths(s.depths)
+    check_data(s)
+    plan = training_plan(s, checkpoint_each_eval=True)
+    exp.start()
+    nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in sorted(set(s.depths))]
+    specs = [plan.spec(model, seed) for _, _, model in nets for seed in range(s.seeds)]
+    runs, states = train_experiment(exp, specs, execution.parallel)
+    train_images = min(training_error_curve(r.path, s.train_images)["images"] for r in runs)
+    write_run_reports(runs)
+
+    by_net: dict[tuple[bool, int], list[Run]] = {}
+    for (residual, depth, model) in nets:
+        by_net[(residual, depth)] = [r for r in runs if r.model == model]
+    synthetic = any(r.synthetic for r in runs)
+    stats = {key: _net_stats(group) for key, group in by_net.items()}
+    claims = _claims(stats, sorted(set(s.depths)))
+    reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
+
+    fig6, fig1 = _figures(exp.path, stats, sorted(set(s.depths)), s.data, synthetic)
+    what_train = runs[0].train_error_curve()[1]
+
+    # ---- results.json
+    table = [{"model": label(res, d), "name": cifar_model(d, res), "residual": res, "depth": d,
+              "seeds": len(by_net[(res, d)]), **{k: v for k, v in st.items() if k not in ("train", "test")}}
+             for (res, d), st in sorted(stats.items())]
+    results = {"experiment": NAME, "synthetic_data": synthetic, "data": s.data, "iterations": plan.iterations,
+               "milestones": plan.milestones, "eval_every": plan.eval_every, "settings": s.to_dict(),
+               "training_error_plotted": what_train, "table": table, "claims": claims,
+               "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
+               "curves": {label(res, d): {"train": {"steps": st["train"].steps, "values": st["train"].values},
+                                          "test": {"steps": st["test"].steps, "values": st["test"].values}}
+                          for (res, d), st in stats.items()},
+               "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
+               "environment": environment()}
+    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
+
+    # ---- report.html
+    page = Page(f"Degradation: plain vs residual networks on {s.data}", synthetic=synthetic)
+    page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
+    claims_section(page, claims, reasons)
+    page.heading("Summary")
+    page.table(["model", "seeds", "final training error %", "final test error %", "best test error %", "params"],
+               [[row["model"], row["seeds"], pct(row["train_error_mean"], row["train_error_std"]),
+                 pct(row["test_error_mean"], row["test_error_std"]), pct(row["best_test_error_mean"]),
+                 f"{row['params']:,}" if row["params"] else "n/a"] for row in table],
+               caption="Degradation summary (mean \u00b1 std over seeds)", id="degradation-summary")
+    page.figure(fig6, "Fig. 6 style: plain nets (left) and ResNets (right); thin dashed = training error, "
+                      "bold = test error")
+    page.figure(fig1, "Fig. 1 style: plain nets, training error (left) and test error (right)")
+    page.paragraph(f"Training error plotted: {what_train}. Test error: top-1 error on the whole test set, "
+                   f"from metrics.jsonl.")
+    method_section(page, plan, runs[0], s.seeds, [
+        f"Training error: every {plan.eval_every:,} iterations a checkpoint is kept; after training each is "
+        f"evaluated on {train_images:,} fixed training images (--train-images), then the checkpoints are "
+        "pruned to the newest two. The paper's curves may instead show the running mini-batch error."])
+    runs_section(page, exp, runs, states)
+    commands_section(page, exp, specs)
+    page.paragraph(f"Next: layer responses (Fig. 7) of these runs: reslab reproduce layer-responses --from {exp.path}")
+    page.environment((runs[0].summary or {}).get("environment"))
+    return page.write(exp.path / "report.html")
+
+
+def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bool) -> tuple[Path, Path]:
+    """Fig. 6 style (plain left, ResNets right) and Fig. 1 style (plain nets: training | test error)."""
+    colors = palette(depths)
+    title = "SYNTHETIC DATA" if synthetic else None
+    fig6 = curves_figure(
+        [Panel(f"plain networks ({data})", _series(stats, False, colors)),
+         Panel(f"ResNets ({data})", _series(stats, True, colors))],
+        out / "fig6_plain_vs_resnet.png", title=title,
+        note="thin dashed: training error, bold: test error (mean over seeds)")
+    fig1 = curves_figure(
+        [Panel("training error", [Series(label(False, d), *_xy(stats[(False, d)]["train"]), colors[d], "train")
+                                  for d in depths]),
+         Panel("test error", [Series(label(False, d), *_xy(stats[(False, d)]["test"]), colors[d], "test")
+                              for d in depths])],
+        out / "fig1_plain_train_test.png", title=title)
+    return fig6, fig1
+
+
+def _net_stats(group: list[Run]) -> dict:
+    """Means over seeds of one network's final errors and curves."""
+    train_curves = [r.train_error_curve()[0] for r in group]
+    test_curves = [r.curve("test_top1_error") for r in group]
+    train_final = [c.last for c in train_curves if c]
+    test_final = [r.final["test_top1_error"] for r in group if "test_top1_error" in r.final]
+    best = [min(c.values) for c in test_curves if c]
+    tm, ts = mean_std(train_final)
+    em, es = mean_std(test_final)
+    params = None
+    if group and (group[0].path / "weights.safetensors").is_file():
+        from reslab.weights import load_weights
+
+        params = sum(p.numel() for p in load_weights(group[0].path)[0].parameters())
+    return {"train_error_mean": tm, "train_error_std": ts, "test_error_mean": em, "test_error_std": es,
+            "best_test_error_mean": mean_std(best)[0], "params": params,
+            "train": mean_curve(train_curves), "test": mean_curve(test_curves)}
+
+
+def _series(stats: dict, residual: bool, colors: dict) -> list[Series]:
+    out = []
+    for (res, depth), st in sorted(stats.items()):
+        if res == residual:
+            out.append(Series(label(res, depth), *_xy(st["train"]), colors[depth], "train"))
+            out.append(Series(label(res, depth), *_xy(st["test"]), colors[depth], "test"))
+    return out
+
+
+def _xy(curve) -> tuple[list[int], list[float]]:
+    return curve.steps, curve.values
+
+
+def _claims(stats: dict, depths: list[int]) -> list[dict]:
+    """Each of the paper's claims, with our numbers and whether they bear it out."""
+    claims = []
+    shallow, deep = depths[0], depths[-1]
+
+    def train(res: bool, d: int) -> float:
+        return stats[(res, d)]["train_error_mean"]
+
+    def test(res: bool, d: int) -> float:
+        return stats[(res, d)]["test_error_mean"]
+
+    if deep != shallow:
+        p_s, p_d = train(False, shallow), train(False, deep)
+        claims.append({"claim": paper.CLAIM_PLAIN, "reproduced": bool(p_d > p_s),
+                       "detail": f"training error plain-{deep} {pct(p_d)}% vs plain-{shallow} {pct(p_s)}%"})
+        r_s, r_d = train(True, shallow), train(True, deep)
+        claims.append({"claim": paper.CLAIM_RESNET, "reproduced": bool(r_d < r_s),
+                       "detail": f"training error ResNet-{deep} {pct(r_d)}% vs ResNet-{shallow} {pct(r_s)}%"})
+    ok = train(True, deep) < train(False, deep) and test(True, deep) < test(False, deep)
+    claims.append({"claim": paper.CLAIM_RESIDUAL_WINS, "reproduced": bool(ok),
+                   "detail": f"depth {deep}: training error ResNet {pct(train(True, deep))}% vs plain "
+                             f"{pct(train(False, deep))}%; test error ResNet {pct(test(True, deep))}% vs plain "
+                             f"{pct(test(False, deep))}%"})
+    return claims

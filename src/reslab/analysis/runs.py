@@ -1,0 +1,156 @@
+"""Reading finished (or half-finished) training runs: config, metrics curves, summary.
+
+A run directory is what `reslab.train.loop.train` writes (config.yaml, metrics.jsonl,
+checkpoints/, weights.safetensors, summary.json). The analysis adds train_error.json (the
+training-set error curve evaluated from checkpoints, see `train_error.py`) and a per-run report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from reslab.errors import DataError
+
+RunState = Literal["finished", "partial", "new"]
+TRAIN_ERROR_FILE = "train_error.json"
+
+
+def run_state(run_dir: Path) -> RunState:
+    """finished: summary.json exists; partial: checkpoints to resume from; new: anything else."""
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir() and any(ckpt_dir.glob("ckpt-*.pt")):
+        return "partial"
+    return "new"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records by step. A resumed run may have logged a step twice (evaluations after
+    its last checkpoint are repeated); the later record wins."""
+    by_step: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            by_step[int(record["step"])] = {**by_step.get(int(record["step"]), {}), **record}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+@dataclass
+class Curve:
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # fractions (0.07 = 7%)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def last(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+
+@dataclass
+class Run:
+    """One training run, read back from its directory."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["train"]["seed"])
+
+    @property
+    def dataset(self) -> str:
+        return self.config["data"]["dataset"]
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def synthetic(self) -> bool:
+        if self.summary is not None:
+            return bool(self.summary.get("synthetic_data"))
+        return self.dataset == "synthetic"
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return (self.summary or {}).get("final") or (self.metrics[-1] if self.metrics else {})
+
+    def curve(self, key: str) -> Curve:
+        """(steps, values) of a metrics.jsonl key, e.g. "test_top1_error" or "train_error"."""
+        points = [(r["step"], r[key]) for r in self.metrics if isinstance(r.get(key), (int, float))]
+        return Curve([s for s, _ in points], [v for _, v in points])
+
+    def train_error_curve(self) -> tuple[Curve, str]:
+        """The training error curve and what it is: the training-set error evaluated from
+        checkpoints (train_error.json) when present, else the running error of each epoch."""
+        path = self.path / TRAIN_ERROR_FILE
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return Curve(data["steps"], data["train_top1_error"]), (
+                f"top-1 error on {data['images']} fixed training images, eval mode, no augmentation")
+        return self.curve("train_error"), "running error over each epoch's augmented mini-batches (train mode)"
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory; a DataError says what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such run directory")
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        hint = " (an experiment directory: pass its runs/*, or the directory itself to `reslab report`)" \
+            if (path / "experiment.json").is_file() else ""
+        raise DataError(f"{path} is not a reslab run directory: it has no config.yaml{hint}")
+    config = yaml.safe_load(config_path.read_text())
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return Run(path, config, read_metrics(path / "metrics.jsonl"), summary)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    if not values:
+        return float("nan"), None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def pct(value: float | None, std: float | None = None, digits: int = 2) -> str:
+    """0.0875 -> '8.75'; with a std: '8.75 +- 0.16'."""
+    if value is None or value != value:
+        return "n/a"
+    text = f"{100 * value:.{digits}f}"
+    return text if std is None else f"{text} \u00b1 {100 * std:.{digits}f}"
+
+
+def mean_curve(curves: list[Curve]) -> Curve:
+    """Pointwise mean over seeds, on the steps all of them have."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return Curve()
+    common = sorted(set.intersection(*(set(c.steps) for c in curves)))
+    lookup = [dict(zip(c.steps, c.values)) for c in curves]
+    return Curve(common, [statistics.fmean(d[s] for d in lookup) for s in common])
