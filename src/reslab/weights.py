@@ -44,6 +44,13 @@ class WeightsMeta:
     reslab_version: str = ""
 
 
+def default_file_mode() -> int:
+    """What open() would give a new file under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta,
                  mean: torch.Tensor, std: torch.Tensor) -> Path:
     """Write weights atomically (temp file in the same directory, fsync, rename)."""
@@ -61,6 +68,7 @@ def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta,
         save_file(tensors, tmp, metadata={"reslab": json.dumps(asdict(meta)), "format": str(FORMAT_VERSION)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from reslab.errors import CheckpointError
+from reslab.weights import default_file_mode
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
 
@@ -85,6 +86,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
