@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[],
+                        help="override the reslab side's settings, e.g. train.precision=bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -97,10 +99,12 @@ def main() -> None:
     ds = ds.subset(torch.arange(min(len(ds), n_images)))
 
     cfg = load_config("fast", ["model.name=resnet20", f"train.batch_size={args.batch_size}",
-                               "optim.label_smoothing=0.0", "data.normalize=channel"])
+                               "optim.label_smoothing=0.0", "data.normalize=channel", *args.set])
     batches = InMemoryBatches(ds, args.batch_size, train=True, augment="crop-flip", pad=4, normalize="channel",
                               channels_last=cfg.train.channels_last)
-    ours = create_model("resnet20", num_classes=10, in_chans=c).to(memory_format=torch.channels_last)
+    ours = create_model("resnet20", num_classes=10, in_chans=c)
+    if cfg.train.channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
     ctx = StepContext(ours, build_optimizer(ours, cfg.optim), cfg, torch.device("cpu"), args.steps)
 
     mean, std = batches.stats.mean.flatten().tolist(), batches.stats.std.flatten().tolist()
@@ -133,7 +137,8 @@ def main() -> None:
           f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, pad-4 crop + flip + normalise")
     print(f"reference: DataLoader + PIL transforms, num_workers={workers} "
           f"(warm-up: 0 -> {warm[0]:.0f} img/s, 2 -> {warm[2]:.0f} img/s), eager fp32 NCHW, SGD momentum")
-    print(f"reslab:    InMemoryBatches + train_one_epoch, fp32 channels_last")
+    print(f"reslab:    InMemoryBatches + train_one_epoch, {cfg.train.precision}, "
+          f"{'channels_last' if cfg.train.channels_last else 'NCHW'}")
     print(f"median img/s: reslab {statistics.median(ours_rates):.1f}, reference {statistics.median(ref_rates):.1f}")
     print(f"ratio reslab/reference: median {statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
 

@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
                         "(Debian) or pass --data-dir DIR with the four *-ubyte.gz files") from None
     print_summary(summary)
     test_error = summary["final"]["test_top1_error"]
-    print(f"\nResNet-20 on Fashion-MNIST ({cfg.train.epochs:g} epochs, fast recipe): "
+    print(f"\n{cfg.model.name} on Fashion-MNIST ({cfg.train.epochs:g} epochs, fast recipe): "
           f"test accuracy {100 * (1 - test_error):.2f}%, wall time {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -111,8 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser(
-        "demo", help="train ResNet-20 on Fashion-MNIST with the fast recipe",
-        description="Train ResNet-20 on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
+        "demo", help="train a ResNet on Fashion-MNIST with the fast recipe",
+        description="Train a residual network (the fast recipe's, wrn_10_2) on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
                     "`fast` recipe; prints test accuracy and wall time.")
     d.add_argument("--epochs", type=float, default=None, help="epochs (default: the fast recipe's)")
     _add_common(d)
