@@ -1,0 +1,229 @@
+"""Inference speed on this CPU: reslab's fast path vs torchvision eager fp32 vs onnxruntime.
+
+What is timed (BENCHMARKING.md, "count what a user waits for"): from a batch of decoded images
+in memory, a uint8 tensor (B, C, H, W), to float32 logits, normalisation included on every side.
+
+Sides, all with the same weights (random init; no pretrained weights on this machine):
+  reference     torchvision.models.resnet50() in eval mode under torch.inference_mode(), eager
+                float32, NCHW (for ResNet-20, which torchvision lacks: the same reslab network,
+                unfused, eager float32)
+  reslab fast   FastPredictor(compile=True): BN folded, channels_last, torch.compile with Inductor
+                weight freezing, bf16 only where the CPU has native bf16 ("auto")
+  reslab eager  FastPredictor(compile=False): folded + channels_last, no compilation
+  onnxruntime   the file written by `reslab export --format onnx` (folded float32), default CPU
+                provider, intra_op_num_threads = torch.get_num_threads()
+
+Protocol: one warm-up round (it also pays torch.compile's cold start, reported separately),
+then interleaved rounds A, B, C, D, A, B, ...; per side the median time per batch; per round the
+ratio reference / side, reported as min / median / max. Numerical difference of each side from
+the float32 reference is printed with the speed.
+
+Usage:  python benchmarks/bench_inference.py [--quick] [--rounds N] [--case NAME ...] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reslab.infer.export import export_model
+from reslab.infer.fast import FastPredictor, native_bf16_supported, resolve_precision
+from reslab.models import count_macs, create_model, to_torchvision
+from reslab.weights import WeightsMeta
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+@dataclass
+class Case:
+    name: str  # registry name
+    input_size: int
+    batch: int
+    repeats: int  # model calls per side per round, so each timing is long enough to trust
+
+
+CASES = {
+    "resnet50-b16": Case("resnet50", 224, 16, 1),
+    "resnet50-b1": Case("resnet50", 224, 1, 8),
+    "resnet20-b256": Case("resnet20", 32, 256, 2),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
+    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
+
+
+def load() -> str:
+    """1/5/15-minute load averages: a shared machine's other work shows up here."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def print_header(args: argparse.Namespace) -> None:
+    import onnxruntime
+
+    print("reslab inference benchmark")
+    print(f"command:      {shlex.join([sys.executable, *sys.argv])}")
+    print(f"hardware:     {cpu_name()}, {os.cpu_count()} logical CPUs; flags: {cpu_flags()}")
+    print(f"software:     torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+          f"python {platform.python_version()}, {torch.backends.cpu.get_cpu_capability()} kernels")
+    print(f"threads:      torch.get_num_threads() = {torch.get_num_threads()} (onnxruntime intra-op: same)")
+    print(f"precision:    fast path '{args.precision}' -> {resolve_precision(args.precision)} "
+          f"(native bf16 on this CPU: {native_bf16_supported()})")
+    print(f"rounds:       1 warm-up + {args.rounds} interleaved; timed = uint8 batch in memory -> float32 logits")
+    print(f"load average: {load()} at start (other processes on these cores distort absolute times)")
+    print()
+
+
+def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """torchvision's ResNet-50 (eager fp32, NCHW) holding the same weights; else the reslab net unfused."""
+    if case.name == "resnet50":
+        import torchvision
+
+        tv = torchvision.models.resnet50()
+        tv.load_state_dict(to_torchvision(model))
+        tv.eval()
+        net, label = tv, "torchvision eager fp32"
+    else:
+        net, label = model, f"reslab {case.name} eager fp32 (unfused)"
+
+    def run(u8: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net((u8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+
+    return label, run
+
+
+def onnx_side(model: torch.nn.Module, case: Case, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    meta = WeightsMeta(model=case.name, num_classes=model.num_classes, in_chans=3, input_size=case.input_size)
+    result = export_model(model, meta, IMAGENET_MEAN, IMAGENET_STD, "onnx", workdir / f"{case.name}.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    scale = (1.0 / (255.0 * IMAGENET_STD)).numpy()[None].astype(np.float32)
+    shift = (-IMAGENET_MEAN / IMAGENET_STD).numpy()[None].astype(np.float32)
+
+    def run(u8: torch.Tensor) -> torch.Tensor:
+        x = u8.numpy().astype(np.float32) * scale + shift
+        return torch.from_numpy(session.run(["logits"], {"input": x})[0])
+
+    return run
+
+
+def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    return (time.perf_counter() - start) / repeats
+
+
+def numerics(out: torch.Tensor, ref: torch.Tensor) -> str:
+    diff = (out.float() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    agree = (out.argmax(1) == ref.argmax(1)).sum().item()
+    return f"max |logit diff| {diff:.2e} (logit scale {scale:.2f}), top-1 agreement {agree}/{len(ref)}"
+
+
+def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model(case.name).eval()
+    macs = count_macs(model, case.input_size) / 1e9
+    print(f"== {key}: {case.name} {case.input_size}x{case.input_size}, batch {case.batch}, "
+          f"{macs:.3f} GMAC/image, {case.repeats} call(s) per side per round")
+    u8 = torch.randint(0, 256, (case.batch, 3, case.input_size, case.input_size), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(1))
+
+    ref_label, ref_fn = reference_side(case, model)
+    sides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {ref_label: ref_fn}
+    start = time.perf_counter()
+    fast = FastPredictor(model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision,
+                         compile=not args.no_compile, dynamic=False)
+    fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
+    sides[fast_label] = fast
+    sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, IMAGENET_MEAN, IMAGENET_STD,
+                                                                       precision=args.precision)
+    sides["onnxruntime (exported, fp32)"] = onnx_side(model, case, workdir)
+
+    # Warm-up round: first calls build oneDNN primitives, compile, allocate; not timed as speed.
+    with torch.inference_mode():
+        expected = model((u8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)  # reslab unfused fp32
+    for label, fn in sides.items():
+        t0 = time.perf_counter()
+        out = fn(u8)
+        warm = time.perf_counter() - t0
+        print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
+    print(f"   (setup incl. ONNX export and warm-up: {time.perf_counter() - start:.1f} s)")
+
+    times: dict[str, list[float]] = {label: [] for label in sides}
+    for _ in range(args.rounds):
+        for label, fn in sides.items():
+            times[label].append(timed(fn, u8, case.repeats))
+
+    ref = times[ref_label]
+    print(f"   {'side':<40} {'median ms/batch':>15} {'images/s':>9}   ratio reference/side per round: min / median / max")
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        ratios = [r / t for r, t in zip(ref, ts)]
+        print(f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
+              f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x")
+    ort_ratios = [o / f for o, f in zip(times["onnxruntime (exported, fp32)"], times[fast_label])]
+    print(f"   {fast_label} vs onnxruntime, per round (onnxruntime time / fast time): "
+          f"{min(ort_ratios):.2f}x / {statistics.median(ort_ratios):.2f}x / {max(ort_ratios):.2f}x")
+    print(f"   load average after the case: {load()}")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed rounds instead of 5")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, --quick 3)")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="cases to run (default: all)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (and onnxruntime intra-op threads); default: torch's")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    print_header(args)
+    with tempfile.TemporaryDirectory(prefix="reslab-bench-") as tmp:
+        for key in args.case or list(CASES):
+            run_case(key, CASES[key], args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

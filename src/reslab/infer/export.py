@@ -1,0 +1,201 @@
+"""Export a network for other runtimes: ONNX, TorchScript, torch.export ExportedProgram (.pt2).
+
+What is exported is the BN-folded float32 network on *normalised* input:
+  input  "input"  float32 (B, C, S, S), x = (pixel / 255 - mean) / std, batch dimension dynamic
+  output "logits" float32 (B, num_classes)
+The preprocessing (mean, std, input size, resize rule, class names) travels with the file: in
+the ONNX metadata_props (keys "reslab.*"), in the TorchScript / .pt2 extra file "reslab.json",
+and always in a sidecar JSON next to the output (`<out>.json`).
+
+Every export is verified right away: the exported file is loaded back (onnxruntime's
+CPUExecutionProvider for ONNX) and run on the same random inputs as the PyTorch network at two
+batch sizes; the export fails with `ExportError` when max |logit diff| exceeds
+`tolerance * max(1, max |logit|)` (tolerance 1e-4 by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reslab.errors import ReslabError
+from reslab.infer.fast import fold_batchnorm
+from reslab.models.resnet import ResNet
+from reslab.weights import WeightsMeta
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+DEFAULT_TOLERANCE = 1e-4  # max |logit diff| / max(1, max |logit|)
+CHECK_BATCHES = (1, 7)  # batch sizes run through the exported file to verify it
+
+
+class ExportError(ReslabError):
+    """An export that failed or whose output does not match PyTorch."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    format: str
+    exporter: str  # which code path wrote the file (e.g. "torch.onnx dynamo")
+    max_abs_diff: float  # over CHECK_BATCHES, exported file vs the unfolded PyTorch network
+    logit_scale: float  # max |logit| of the reference, the scale the tolerance is relative to
+    notes: list[str] = field(default_factory=list)
+
+
+def preprocessing_info(meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor) -> dict[str, object]:
+    """Everything a runtime needs to feed the exported graph, as plain JSON values."""
+    return {
+        "model": meta.model,
+        "num_classes": meta.num_classes,
+        "classes": list(meta.classes),
+        "in_chans": meta.in_chans,
+        "input_size": meta.input_size,
+        "resize": meta.resize,
+        "color": "L" if meta.in_chans == 1 else "RGB",
+        "mean": mean.float().tolist(),  # pixel/255 units, shape (C, 1, 1) or (C, H, W)
+        "std": std.float().tolist(),
+        "input": {"name": "input", "dtype": "float32", "layout": "NCHW",
+                  "shape": ["batch", meta.in_chans, meta.input_size, meta.input_size],
+                  "normalisation": "x = (pixel / 255 - mean) / std"},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", meta.num_classes]},
+        "torch_version": torch.__version__,
+        "reslab_version": meta.reslab_version,
+    }
+
+
+def _compare(reference: ResNet, run: Callable[[torch.Tensor], np.ndarray], in_chans: int, size: int,
+             tolerance: float, what: str) -> tuple[float, float]:
+    """(max |diff|, max |logit|) of `run` against `reference` on seeded random normalised inputs."""
+    gen = torch.Generator().manual_seed(0)
+    worst, scale = 0.0, 0.0
+    for batch in CHECK_BATCHES:
+        x = torch.randn(batch, in_chans, size, size, generator=gen)
+        with torch.inference_mode():
+            expected = reference(x).numpy()
+        got = np.asarray(run(x))
+        if got.shape != expected.shape:
+            raise ExportError(f"{what}: output shape {got.shape} at batch {batch}, expected {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+        scale = max(scale, float(np.abs(expected).max()))
+    if not worst <= tolerance * max(1.0, scale):  # also catches NaN
+        raise ExportError(f"{what} does not match PyTorch: max |logit diff| {worst:.3g} > "
+                          f"{tolerance:g} x max(1, max |logit| = {scale:.3g})")
+    return worst, scale
+
+
+def _onnx_export(net: ResNet, example: torch.Tensor, out: Path) -> str:
+    """Write ONNX with a dynamic batch axis: torch.export-based exporter first, TorchScript's after."""
+    log = io.StringIO()
+    try:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(net, (example,), dynamo=True, input_names=["input"],
+                                        output_names=["logits"], dynamic_shapes={"x": {0: batch}},
+                                        verbose=False)
+            program.save(str(out))
+        return "torch.onnx.export(dynamo=True)"
+    except Exception as first:  # an exporter limitation on this torch version: try the legacy one
+        try:
+            with contextlib.redirect_stdout(log), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (example,), str(out), dynamo=False, input_names=["input"],
+                                  output_names=["logits"], opset_version=17,
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            return f"torch.onnx.export(dynamo=False) after the dynamo exporter failed: {type(first).__name__}"
+        except Exception as second:
+            raise ExportError(f"ONNX export failed with both exporters: dynamo: {first}; legacy: {second}") from second
+
+
+def export_onnx(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
+                tolerance: float) -> ExportResult:
+    import onnx
+    import onnxruntime as ort
+
+    size, chans = int(info["input_size"]), int(info["in_chans"])
+    exporter = _onnx_export(net, torch.randn(2, chans, size, size), out)
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in info.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"reslab.{key}", value if isinstance(value, str) else json.dumps(value)
+    proto.doc_string = "reslab export: input is normalised float32 (B, C, S, S); see reslab.* metadata"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    diff, scale = _compare(reference, lambda x: session.run(None, {input_name: x.numpy()})[0], chans, size,
+                           tolerance, f"ONNX file {out} under onnxruntime")
+    return ExportResult(out, Path(), "onnx", exporter, diff, scale)
+
+
+def export_torchscript(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
+                       tolerance: float) -> ExportResult:
+    size, chans = int(info["input_size"]), int(info["in_chans"])
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings about the input-shape check (a constant here); TorchScript's deprecation.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, torch.randn(2, chans, size, size))
+        torch.jit.save(traced, str(out), _extra_files={"reslab.json": json.dumps(info)})
+        loaded = torch.jit.load(str(out), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        diff, scale = _compare(reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance,
+                               f"TorchScript file {out}")
+    return ExportResult(out, Path(), "torchscript", "torch.jit.trace", diff, scale)
+
+
+def export_exported_program(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
+                            tolerance: float) -> ExportResult:
+    size, chans = int(info["input_size"]), int(info["in_chans"])
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.export.export(net, (torch.randn(2, chans, size, size),), dynamic_shapes={"x": {0: batch}})
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {str(exc).splitlines()[0]}") from exc
+    torch.export.save(program, str(out), extra_files={"reslab.json": json.dumps(info)})
+    loaded = torch.export.load(str(out)).module()
+    diff, scale = _compare(reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance,
+                           f"ExportedProgram {out}")
+    return ExportResult(out, Path(), "exported-program", "torch.export.export", diff, scale)
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_exported_program}
+
+
+def export_model(model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor, fmt: str,
+                 out: str | Path | None = None, *, tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
+    """Fold, export, write the sidecar JSON and verify; `out` defaults to ./<model name><suffix>."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    default_name = f"{meta.model}{FORMATS[fmt]}"
+    if out is None:
+        out = Path(default_name)
+    elif Path(out).is_dir() or str(out).endswith(("/", os.sep)):  # a folder, existing or meant
+        out = Path(out) / default_name
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reference = copy.deepcopy(model).float().eval()
+    net = fold_batchnorm(reference)
+    info = preprocessing_info(meta, mean, std)
+    result = EXPORTERS[fmt](net, reference, info, out, tolerance)
+    result.sidecar = out.with_name(out.name + ".json")
+    sidecar = dict(info, format=fmt, exporter=result.exporter,
+                   verification={"max_abs_logit_diff": result.max_abs_diff, "logit_scale": result.logit_scale,
+                                 "batches": list(CHECK_BATCHES), "tolerance": tolerance,
+                                 "reference": "unfolded float32 PyTorch network"})
+    result.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return result

@@ -1,0 +1,278 @@
+"""An HTTP prediction service: FastAPI on uvicorn, with a bounded queue and micro-batching.
+
+This module imports fastapi at the top: only `reslab serve` imports it, never `reslab predict`.
+
+Endpoints:
+  POST /predict   multipart upload, field "file"; query top_k (default 5) -> top-k JSON
+  GET  /health    {"status": "ok", ...} once the model is loaded and warmed up
+  GET  /metadata  model name, classes, input size, parameter count, serving settings
+
+Flow of one request: the body is capped (413 beyond --max-upload-bytes, checked from the
+Content-Length header before reading and again while reading); the image is decoded in a worker
+thread (415 not an image, 422 empty/damaged, 413 too many pixels: never a 500 for a bad image);
+the uint8 tensor goes into a bounded asyncio queue (503 when full). One batching task takes the
+first waiting image, gathers more until --max-batch or --batch-wait-ms, runs the model in its
+own thread (the event loop keeps serving) and resolves each request's future with its logits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
+from reslab.infer.fast import FastPredictor
+from reslab.infer.predict import class_names, top_k
+from reslab.infer.preprocess import load_input
+from reslab.weights import WeightsMeta
+
+MULTIPART_SLACK = 16 * 1024  # bytes of multipart framing allowed on top of the file itself
+
+
+@dataclass
+class ServeConfig:
+    max_upload_bytes: int = 10 * 1024 * 1024  # largest accepted file, bytes (413 beyond)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # largest accepted image, width x height (413 beyond)
+    max_batch: int = 16  # images per model call
+    batch_wait_ms: float = 5.0  # how long a batch waits for more images after its first, ms
+    queue_size: int = 256  # decoded images waiting for the model (503 beyond)
+    default_top_k: int = 5
+
+
+class QueueFullError(Exception):
+    """The request queue is at capacity; the client should retry later."""
+
+
+class MicroBatcher:
+    """Collects single images from many requests into batches for one model call at a time."""
+
+    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int,
+                 batch_wait_ms: float, queue_size: int) -> None:
+        self.run_batch = run_batch  # uint8 (B, C, H, W) -> logits (B, classes); called in a thread
+        self.max_batch = max_batch
+        self.wait_s = batch_wait_ms / 1000.0
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue(maxsize=queue_size)
+        self._arrived = asyncio.Event()  # set on every submit; lets the batcher wait without polling
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reslab-model")
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.images = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """uint8 (C, H, W) -> (logits (classes,), size of the batch it ran in). Raises QueueFullError."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((image, future))
+        except asyncio.QueueFull:
+            raise QueueFullError from None
+        self._arrived.set()
+        return await future
+
+    async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
+        batch = [await self.queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while len(batch) < self.max_batch:
+            self._arrived.clear()  # no await between clear and get_nowait: no lost wake-up
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [(x, f) for x, f in await self._gather() if not f.done()]  # done = client gone
+            if not batch:
+                continue
+            images = torch.stack([x for x, _ in batch])
+            try:
+                logits = await loop.run_in_executor(self._executor, self.run_batch, images)
+            except Exception as exc:  # a model failure fails this batch's requests, not the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            for row, (_, future) in zip(logits, batch):
+                if not future.done():
+                    future.set_result((row, len(batch)))
+
+
+class _BodyTooLarge(Exception):
+    """Raised from `receive` once a request body passes the limit."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for request bodies over `max_body` bytes, read or announced."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def _reply_413(self, send: Callable) -> None:
+        body = json.dumps({"detail": f"upload too large: the limit is {self.max_body - MULTIPART_SLACK} "
+                                     "bytes per file (server option --max-upload-bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._reply_413(send)
+        state = {"received": 0, "exceeded": False, "replied": False}
+
+        async def limited_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body:
+                    state["exceeded"] = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if state["exceeded"]:  # whatever the app answers (a 400 from the form parser): 413
+                if not state["replied"]:
+                    state["replied"] = True
+                    await self._reply_413(send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            if not state["replied"]:
+                state["replied"] = True
+                await self._reply_413(send)
+
+
+def create_app(predictor: FastPredictor, meta: WeightsMeta, config: ServeConfig | None = None,
+               *, num_params: int = 0) -> Any:
+    """The FastAPI application serving `predictor` (see the module docstring)."""
+    config = config or ServeConfig()
+    names = class_names(meta)
+    shape = (meta.in_chans, meta.input_size, meta.input_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Warm-up before the first request. A compiled predictor sees batch sizes 1, 2 and
+        # max_batch now, so torch.compile builds its batch-1 graph and its dynamic-batch graph
+        # here rather than while requests wait.
+        for batch in sorted({1, 2, config.max_batch} if predictor.compiled else {1}):
+            await run_in_threadpool(predictor, torch.zeros((batch, *shape), dtype=torch.uint8))
+        batcher = MicroBatcher(predictor, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms,
+                               queue_size=config.queue_size)
+        batcher.start()
+        app.state.batcher = batcher
+        app.state.started = time.time()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="reslab", description=f"{meta.model} image classifier", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_body=config.max_upload_bytes + MULTIPART_SLACK)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        batcher: MicroBatcher = app.state.batcher
+        return {"status": "ok", "model": meta.model, "queued": batcher.queue.qsize(),
+                "batches": batcher.batches, "images": batcher.images,
+                "uptime_s": round(time.time() - app.state.started, 3)}
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        return {"model": meta.model, "classes": names, "num_classes": meta.num_classes,
+                "in_chans": meta.in_chans, "input_size": meta.input_size, "resize": meta.resize,
+                "params": num_params, "dataset": meta.dataset, "metrics": meta.metrics,
+                "predictor": predictor.describe(),
+                "limits": {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
+                           "max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms,
+                           "queue_size": config.queue_size}}
+
+    @app.post("/predict")
+    async def predict(file: UploadFile = File(..., description="an image file"),
+                      top_k_: int = Query(config.default_top_k, alias="top_k", ge=1)) -> JSONResponse:
+        label = file.filename or "upload"
+        data = await file.read(config.max_upload_bytes + 1)
+        if len(data) > config.max_upload_bytes:
+            raise HTTPException(413, f"{label}: upload too large: the limit is {config.max_upload_bytes} "
+                                     "bytes per file (server option --max-upload-bytes)")
+        try:
+            image = await run_in_threadpool(load_input, data, in_chans=meta.in_chans, input_size=meta.input_size,
+                                            resize=meta.resize, max_pixels=config.max_pixels, name=label)
+        except ImageTooLargeError as exc:
+            raise HTTPException(413, str(exc)) from None
+        except NotAnImageError as exc:
+            raise HTTPException(415, str(exc)) from None
+        except ImageDecodeError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except Exception as exc:  # a decoder bug on hostile input is still the input's fault
+            raise HTTPException(422, f"{label}: cannot decode ({type(exc).__name__})") from None
+        try:
+            logits, batch_size = await app.state.batcher.submit(image)
+        except QueueFullError:
+            return JSONResponse({"detail": "server busy: request queue full, retry shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        top = top_k(logits.unsqueeze(0), names, min(top_k_, meta.num_classes))[0]
+        return JSONResponse({"file": label, "model": meta.model, "batch_size": batch_size,
+                             "predictions": [{"class_id": i, "class": n, "probability": round(p, 6)}
+                                             for i, n, p in top]})
+
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket; port 0 picks a free port (read it from getsockname())."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(app: Any, sock: socket.socket, *, access_log: bool = False, log_level: str = "info") -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
