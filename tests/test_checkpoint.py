@@ -80,7 +80,7 @@ def test_full_disk_leaves_previous_checkpoint_usable(tmp_path, monkeypatch, fail
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt.os, failing, no_space)
+    monkeypatch.setattr(os, failing, no_space)
     with pytest.raises(CheckpointError) as info:
         ckpt.save_checkpoint(ckpt_dir, 2, {"w": torch.zeros(3)})
     monkeypatch.undo()
@@ -100,7 +100,7 @@ def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     capsys.readouterr()
     assert train(run) == 2
     err = capsys.readouterr().err

@@ -10,17 +10,16 @@ strings only, so loading one never runs code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from safetensors import safe_open
 
+from reslab.atomic import atomic_write_bytes
 from reslab.errors import CheckpointError
 from reslab.models import ResNet, create_model
 
@@ -44,16 +43,9 @@ class WeightsMeta:
     reslab_version: str = ""
 
 
-def default_file_mode() -> int:
-    """What open() would give a new file under the current umask (0644 under umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta,
                  mean: torch.Tensor, std: torch.Tensor) -> Path:
-    """Write weights atomically (temp file in the same directory, fsync, rename)."""
+    """Write weights atomically (see reslab.atomic)."""
     from reslab import __version__
 
     path = Path(path)
@@ -62,17 +54,8 @@ def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta,
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors["_preprocess.mean"] = mean.detach().to("cpu", torch.float32).contiguous()
     tensors["_preprocess.std"] = std.detach().to("cpu", torch.float32).contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"reslab": json.dumps(asdict(meta)), "format": str(FORMAT_VERSION)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = save(tensors, metadata={"reslab": json.dumps(asdict(meta)), "format": str(FORMAT_VERSION)})
+    atomic_write_bytes(path, payload)
     return path
 
 

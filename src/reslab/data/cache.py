@@ -24,14 +24,12 @@ import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from reslab.atomic import atomic_write, fsync_dir
 from reslab.data.array_dataset import ArrayDataset
 from reslab.data.datasets import Split, load_dataset, source_files
 
@@ -68,34 +66,6 @@ def cache_stem(cache_dir: Path, name: str, split: Split, key: str) -> Path:
     return cache_dir / f"{slug}-{split}-{key}"
 
 
-def _write_atomically(final: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through `write(file)` to a temp file beside `final`, fsync, then rename over it."""
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames themselves durable; not possible on every platform, hence best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_cache(ds: ArrayDataset, stem: Path) -> None:
     """Write `ds` as the three files of one cache entry, the .json last."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -109,12 +79,12 @@ def save_cache(ds: ArrayDataset, stem: Path) -> None:
         "images_shape": list(images.shape),
         "num_samples": len(labels),
     }
-    _write_atomically(stem.with_name(stem.name + ".images.npy"), lambda f: np.save(f, images))
-    _write_atomically(stem.with_name(stem.name + ".labels.npy"), lambda f: np.save(f, labels))
-    _write_atomically(
-        stem.with_name(stem.name + ".json"), lambda f: f.write(json.dumps(meta).encode())
+    atomic_write(stem.with_name(stem.name + ".images.npy"), lambda f: np.save(f, images), sync_dir=False)
+    atomic_write(stem.with_name(stem.name + ".labels.npy"), lambda f: np.save(f, labels), sync_dir=False)
+    atomic_write(
+        stem.with_name(stem.name + ".json"), lambda f: f.write(json.dumps(meta).encode()), sync_dir=False
     )
-    _fsync_dir(stem.parent)
+    fsync_dir(stem.parent)
 
 
 def open_cache(stem: Path) -> ArrayDataset | None:

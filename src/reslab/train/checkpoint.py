@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 from reslab.errors import CheckpointError
-from reslab.weights import default_file_mode
+from reslab.atomic import atomic_write_bytes
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
 
@@ -66,33 +64,6 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 
 # ---- Writing -------------------------------------------------------------------------------------
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, write, flush, fsync, rename over `path`, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"{PREFIX}{step:08d}{SUFFIX}"
