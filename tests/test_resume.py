@@ -172,7 +172,27 @@ def test_second_ctrl_c_quits_at_once(tmp_path: Path, monkeypatch, capsys) -> Non
     from reslab.cli import main
 
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
-    signal_during_evaluation(monkeypatch, signal.SIGINT, signal.SIGINT)
-    assert main([*IN_PROCESS, "--run-dir", str(tmp_path / "run")]) == 130
+    # A shell's background job starts with SIGINT ignored, which reslab keeps; test the usual case.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal_during_evaluation(monkeypatch, signal.SIGINT, signal.SIGINT)
+        assert main([*IN_PROCESS, "--run-dir", str(tmp_path / "run")]) == 130
+    finally:
+        restored = signal.signal(signal.SIGINT, outer)
     assert "interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert restored is signal.default_int_handler  # reslab put back the handler it found
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path: Path, monkeypatch) -> None:
+    """nohup / background jobs: a SIGINT ignored by the parent is not turned into a stop request."""
+    from reslab.train.loop import _StopOnSignal
+
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.pending == ""
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
