@@ -148,3 +148,11 @@ def test_unknown_model_on_the_cli(tmp_path) -> None:
     result = run_cli("models", "resnt50", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Closest: resnet50" in result.stderr
+
+
+def test_too_small_images_name_the_expected_shape(tmp_path) -> None:
+    result = run_cli("train", "--data", "synthetic", "--model", "resnet18", "--set", "data.image_size=16",
+                     "--set", "data.synthetic_size=64", "--set", "data.split=full", "--set", "train.batch_size=8",
+                     "--epochs", "1", "--no-progress", "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "resnet18 expects input of shape (B, 3, H, W) with H, W >= 32; got (8, 3, 16, 16)" in result.stderr
