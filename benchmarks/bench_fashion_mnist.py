@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from reslab.machine import cpu_model
+
 TARGETS = {5: 0.93, 10: 0.94}  # minutes -> test accuracy (issue 3)
 
 
@@ -53,7 +55,7 @@ def main() -> None:
 
     cfg = load_config("fast", args.set)
     print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+    print(f"hardware: {cpu_model()}, {torch.get_num_threads()} threads; "
           f"torch {torch.__version__}, Python {platform.python_version()}")
     print(f"recipe:   fast: model {cfg.model.name}, batch {cfg.train.batch_size}, {cfg.schedule.name} lr {cfg.optim.lr}, "
           f"precision {cfg.train.precision}, channels_last {cfg.train.channels_last}, flip TTA {cfg.train.tta_flip}")

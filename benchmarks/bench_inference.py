@@ -40,6 +40,7 @@ import torch
 
 from reslab.infer.export import export_model
 from reslab.infer.fast import FastPredictor, native_bf16_supported, resolve_precision
+from reslab.machine import cpu_model
 from reslab.models import count_macs, create_model, to_torchvision
 from reslab.weights import WeightsMeta
 
@@ -60,16 +61,6 @@ CASES = {
     "resnet50-b1": Case("resnet50", 224, 1, 8),
     "resnet20-b256": Case("resnet20", 32, 256, 2),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> str:
@@ -95,7 +86,7 @@ def print_header(args: argparse.Namespace) -> None:
 
     print("reslab inference benchmark")
     print(f"command:      {shlex.join([sys.executable, *sys.argv])}")
-    print(f"hardware:     {cpu_name()}, {os.cpu_count()} logical CPUs; flags: {cpu_flags()}")
+    print(f"hardware:     {cpu_model()}, {os.cpu_count()} logical CPUs; flags: {cpu_flags()}")
     print(f"software:     torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"python {platform.python_version()}, {torch.backends.cpu.get_cpu_capability()} kernels")
     print(f"threads:      torch.get_num_threads() = {torch.get_num_threads()} (onnxruntime intra-op: same)")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import torch
+
+from reslab.machine import cpu_model
 
 
 def one_config(model_name: str, batch: int, steps: int, checkpointing: bool) -> dict:
@@ -68,7 +69,7 @@ def main() -> None:
         results[mode] = json.loads(out.strip().splitlines()[-1])
     total_gib = int(open("/proc/meminfo").read().split()[1]) / 2**20
     print(f"command:  {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
-    print(f"hardware: {platform.processor() or platform.machine()}, {args.threads} threads, "
+    print(f"hardware: {cpu_model()}, {args.threads} threads, "
           f"{total_gib:.1f} GiB RAM; torch {torch.__version__}")
     print(f"work:     {args.model} ({results['plain']['params']:,} params), one SGD step, batch {args.batch_size}, "
           "3x32x32, float32")

@@ -31,6 +31,7 @@ from torchvision import transforms as T
 from reslab import create_model
 from reslab.config import load_config
 from reslab.data import InMemoryBatches, load_cached, make_synthetic
+from reslab.machine import cpu_model
 from reslab.train.engine import StepContext, TrainState, train_one_epoch
 from reslab.train.optim import build_optimizer
 
@@ -131,7 +132,7 @@ def main() -> None:
     ratios = [a / b for a, b in zip(ours_rates, ref_rates)]
     print()
     print(f"command:   {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
-    print(f"hardware:  {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+    print(f"hardware:  {cpu_model()}, {torch.get_num_threads()} threads; "
           f"torch {torch.__version__}, Python {platform.python_version()}")
     print(f"work:      resnet20 ({sum(p.numel() for p in ours.parameters()):,} params), {args.data} {c}x{h}x{h}, "
           f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, pad-4 crop + flip + normalise")

@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reslab.machine import cpu_model
+
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem; margin: 2rem auto;
        padding: 0 1rem; color: #1a1a1a; line-height: 1.45; }
@@ -115,16 +117,6 @@ def _cell(value: Any) -> str:
         verdict, text = value
         return f'<td class="{"yes" if verdict == "yes" else "no"}">{html.escape(str(text))}</td>'
     return f"<td>{html.escape(str(value))}</td>"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, str]:

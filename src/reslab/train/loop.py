@@ -30,16 +30,23 @@ from torch import nn
 from reslab.config import Config, config_from_dict, save_config
 from reslab.data import InMemoryBatches, NormStats, load_cached, train_val_split
 from reslab.errors import CheckpointError, ConfigError, ReslabError
+from reslab.machine import cpu_model
 from reslab.models import ResNet, create_model
 from reslab.train import checkpoint as ckpt
+from reslab.train.distributed import (
+    Dist,
+    agree_on_stop,
+    combine_train_metrics,
+    gather_to_rank0,
+    init_distributed,
+    on_rank0,
+    state_digest,
+)
 from reslab.train.engine import StepContext, TrainState, evaluate, train_one_epoch
 from reslab.train.optim import build_ema, build_optimizer
-from reslab.train.schedule import ScheduleState
-from reslab.train.distributed import (Dist, agree_on_stop, combine_train_metrics, gather_to_rank0,
-                                      init_distributed, on_rank0, state_digest)
 from reslab.train.runlog import RunLog
+from reslab.train.schedule import ScheduleState
 from reslab.weights import WeightsMeta, save_weights
-
 
 # ---- Environment ---------------------------------------------------------------------------------
 
@@ -69,7 +76,7 @@ def environment() -> dict[str, Any]:
     from reslab import __version__
 
     return {"reslab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "machine": cpu_model(), "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
