@@ -56,6 +56,11 @@ def test_degradation_report(degradation: Path) -> None:
     assert "reslab train --recipe cifar-paper" in html and "torchrun" in html and "torch" in html
     for png in ("fig6_plain_vs_resnet.png", "fig1_plain_train_test.png"):
         assert (degradation / png).stat().st_size > 10_000
+    # The same page as Markdown for docs/results/: tables as Markdown, figures as links to the PNGs.
+    md = (degradation / "report.md").read_text()
+    assert "**SYNTHETIC:**" in md and "| plain-8 |" in md and "| ResNet-14 |" in md
+    assert "](fig6_plain_vs_resnet.png)" in md and "](fig1_plain_train_test.png)" in md
+    assert "<table" not in md and "base64" not in md
     results = read_json(degradation / "results.json")
     assert results["synthetic_data"] is True and results["iterations"] == 3
     assert [row["model"] for row in results["table"]] == ["plain-8", "plain-14", "ResNet-8", "ResNet-14"]

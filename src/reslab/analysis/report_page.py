@@ -2,6 +2,8 @@
 
 A page is built top-down (`Page.heading`, `.banner`, `.table`, `.figure`, ...) and written with
 `Page.write`; it needs no other file and no JavaScript, so it can be mailed or archived as is.
+`Page.write` also writes the same page as Markdown (`report.md` beside `report.html`), whose
+figures link to the PNG files next to it: the form to commit into a repository (docs/results/).
 """
 
 from __future__ import annotations
@@ -45,21 +47,26 @@ class Page:
     def __init__(self, title: str, *, synthetic: bool = False) -> None:
         self.title = title
         self.parts: list[str] = []
+        self.md: list[str] = []  # the same page as Markdown blocks
         if synthetic:
             self.banner("synthetic", SYNTHETIC_TEXT)
 
     def heading(self, text: str, level: int = 2) -> None:
         self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append(f"{'#' * level} {text}")
 
     def paragraph(self, text: str) -> None:
         self.parts.append(f"<p>{html.escape(text)}</p>")
+        self.md.append(_md_text(text))
 
     def bullets(self, items: list[str]) -> None:
         self.parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        self.md.append("\n".join(f"- {_md_text(i)}" for i in items))
 
     def banner(self, kind: str, text: str) -> None:
         """kind: synthetic | failed | ok | note."""
         self.parts.append(f'<div class="banner {kind}">{html.escape(text)}</div>')
+        self.md.append(f"> **{kind.upper()}:** {_md_text(text)}")
 
     def table(self, header: list[str], rows: list[list[Any]], caption: str | None = None,
               id: str | None = None) -> None:
@@ -69,24 +76,33 @@ class Page:
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         ident = f' id="{html.escape(id)}"' if id else ""
         self.parts.append(f"<table{ident}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        lines = [f"**{_md_text(caption)}**", ""] if caption else []
+        lines += ["| " + " | ".join(_md_cell(h) for h in header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+        self.md.append("\n".join(lines))
 
     def figure(self, png: Path, caption: str) -> None:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         self.parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
                           f"<figcaption>{html.escape(png.name)}: {html.escape(caption)}</figcaption></figure>")
+        self.md.append(f"![{_md_text(png.name)}]({png.name})\n\n*{png.name}: {_md_text(caption)}*")
 
     def code(self, lines: list[str]) -> None:
         self.parts.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
+        self.md.append("```\n" + "\n".join(lines) + "\n```")
 
     def details(self, summary: str, text: str) -> None:
         """A collapsed block of preformatted text (e.g. a config file)."""
         self.parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
                           "</details>")
+        self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n\n```\n{text}\n```\n\n</details>")
 
     def link_list(self, links: list[tuple[str, str]]) -> None:
         """[(href, text)]: relative links to other reports."""
         items = "".join(f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for h, t in links)
         self.parts.append(f"<ul>{items}</ul>")
+        self.md.append("\n".join(f"- [{_md_text(t)}]({h})" for h, t in links))
 
     def environment(self, training_env: dict[str, Any] | None = None) -> None:
         """Software versions and hardware of this machine, and of the training runs if known."""
@@ -104,11 +120,17 @@ class Page:
                 f"<h1>{html.escape(self.title)}</h1>\n<p>Generated {html.escape(stamp)} by reslab.</p>\n"
                 + "\n".join(self.parts) + "\n</body>\n</html>\n")
 
+    def render_markdown(self) -> str:
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        return f"# {self.title}\n\nGenerated {stamp} by reslab.\n\n" + "\n\n".join(self.md) + "\n"
+
     def write(self, path: Path) -> Path:
+        """Write the HTML page to `path` and the Markdown page beside it (same name, .md)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
+        for target, text in ((path, self.render()), (path.with_suffix(".md"), self.render_markdown())):
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
         return path
 
 
@@ -117,6 +139,18 @@ def _cell(value: Any) -> str:
         verdict, text = value
         return f'<td class="{"yes" if verdict == "yes" else "no"}">{html.escape(str(text))}</td>'
     return f"<td>{html.escape(str(value))}</td>"
+
+
+def _md_text(text: str) -> str:
+    """Plain text safe inside a Markdown line: no HTML tags, no table breaks."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_cell(value: Any) -> str:
+    if isinstance(value, tuple):
+        verdict, text = value
+        return f"**{_md_text(text)}**" if verdict == "yes" else f"*{_md_text(text)}*"
+    return _md_text(value)
 
 
 def environment() -> dict[str, str]:
