@@ -495,6 +495,7 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
                 log.message(f"warning: the {dist.world_size} processes ended with different weights; "
                             "rank 0's are saved")
             metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
+            metrics["eval_tta_flip"] = float(cfg.train.tta_flip)  # how the test metrics were measured
             meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
                                options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
                                classes=data.classes, input_size=data.image_size, dataset=data.name,
