@@ -1,4 +1,4 @@
-"""Inference speed on this CPU: reslab's fast path vs torchvision eager fp32 vs onnxruntime.
+"""Inference speed on this CPU: reslab's fast path and int8 file vs torchvision eager fp32 vs onnxruntime.
 
 What is timed (BENCHMARKING.md, "count what a user waits for"): from a batch of decoded images
 in memory, a uint8 tensor (B, C, H, W), to float32 logits, normalisation included on every side.
@@ -12,11 +12,18 @@ Sides, all with the same weights (random init; no pretrained weights on this mac
   reslab eager  FastPredictor(compile=False): folded + channels_last, no compilation
   onnxruntime   the file written by `reslab export --format onnx` (folded float32), default CPU
                 provider, intra_op_num_threads = torch.get_num_threads()
+  reslab int8   that file quantised as `reslab export --int8` does (reslab.infer.quantize: static
+                QDQ, per-channel int8 weights, uint8 activations, stem conv float32), run through
+                `OnnxPredictor` as `reslab predict model.int8.onnx` runs it. Calibrated on random
+                uint8 images other than the timed ones (the weights are random too); its numerical
+                difference from fp32 is printed with the speed, and the accuracy of the method on
+                real data is measured by benchmarks/bench_int8_accuracy.py.
 
 Protocol: one warm-up round (it also pays torch.compile's cold start, reported separately),
-then interleaved rounds A, B, C, D, A, B, ...; per side the median time per batch; per round the
-ratio reference / side, reported as min / median / max. Numerical difference of each side from
-the float32 reference is printed with the speed.
+then interleaved rounds A, B, C, D, E, A, B, ...; per side the median time per batch; per round
+the ratio reference / side, reported as min / median / max, and for reslab fast and reslab int8
+also onnxruntime fp32 / side. Numerical difference of each side from the float32 reference is
+printed with the speed.
 
 Usage:  python benchmarks/bench_inference.py [--quick] [--rounds N] [--case NAME ...] [--threads N]
 """
@@ -31,15 +38,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from reslab.infer.backends import OnnxPredictor
 from reslab.infer.export import export_model
 from reslab.infer.fast import FastPredictor, native_bf16_supported, resolve_precision
+from reslab.infer.quantize import write_int8
 from reslab.machine import cpu_model
 from reslab.models import count_macs, create_model, to_torchvision
 from reslab.weights import WeightsMeta
@@ -54,13 +63,16 @@ class Case:
     input_size: int
     batch: int
     repeats: int  # model calls per side per round, so each timing is long enough to trust
+    calibration: int  # random images the int8 side is calibrated on (set-up time, not timed)
 
 
 CASES = {
-    "resnet50-b16": Case("resnet50", 224, 16, 1),
-    "resnet50-b1": Case("resnet50", 224, 1, 8),
-    "resnet20-b256": Case("resnet20", 32, 256, 2),
+    "resnet50-b16": Case("resnet50", 224, 16, 1, 32),
+    "resnet50-b1": Case("resnet50", 224, 1, 8, 32),
+    "resnet20-b256": Case("resnet20", 32, 256, 2, 256),
 }
+ONNX_LABEL = "onnxruntime (exported, fp32)"
+INT8_LABEL = "reslab int8 (onnxruntime)"
 
 
 def cpu_flags() -> str:
@@ -116,11 +128,17 @@ def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Callable[[t
     return label, run
 
 
-def onnx_side(model: torch.nn.Module, case: Case, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_sides(model: torch.nn.Module, case: Case, workdir: Path
+               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(onnxruntime on the fp32 export, reslab's int8 file through OnnxPredictor)."""
     import onnxruntime as ort
 
     meta = WeightsMeta(model=case.name, num_classes=model.num_classes, in_chans=3, input_size=case.input_size)
     result = export_model(model, meta, IMAGENET_MEAN, IMAGENET_STD, "onnx", workdir / f"{case.name}.onnx")
+    calibration = torch.randint(0, 256, (case.calibration, 3, case.input_size, case.input_size), dtype=torch.uint8,
+                                generator=torch.Generator().manual_seed(2))  # not the timed images (seed 1)
+    int8_path = workdir / f"{case.name}.int8.onnx"
+    write_int8(result.path, int8_path, calibration, IMAGENET_MEAN, IMAGENET_STD)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
@@ -131,7 +149,7 @@ def onnx_side(model: torch.nn.Module, case: Case, workdir: Path) -> Callable[[to
         x = u8.numpy().astype(np.float32) * scale + shift
         return torch.from_numpy(session.run(["logits"], {"input": x})[0])
 
-    return run
+    return run, OnnxPredictor(int8_path)
 
 
 def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
@@ -145,7 +163,14 @@ def numerics(out: torch.Tensor, ref: torch.Tensor) -> str:
     diff = (out.float() - ref).abs().max().item()
     scale = ref.abs().max().item()
     agree = (out.argmax(1) == ref.argmax(1)).sum().item()
-    return f"max |logit diff| {diff:.2e} (logit scale {scale:.2f}), top-1 agreement {agree}/{len(ref)}"
+    return (f"max |logit diff| {diff:.2e} ({100 * diff / scale:.2g}% of the logit scale {scale:.2f}), "
+            f"top-1 agreement {agree}/{len(ref)}")
+
+
+def ratio_line(label: str, times: dict[str, list[float]]) -> str:
+    ratios = [o / t for o, t in zip(times[ONNX_LABEL], times[label])]
+    return (f"   {label} vs onnxruntime fp32, per round (onnxruntime time / its time): "
+            f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x")
 
 
 def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> None:
@@ -166,7 +191,7 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
     sides[fast_label] = fast
     sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, IMAGENET_MEAN, IMAGENET_STD,
                                                                        precision=args.precision)
-    sides["onnxruntime (exported, fp32)"] = onnx_side(model, case, workdir)
+    sides[ONNX_LABEL], sides[INT8_LABEL] = onnx_sides(model, case, workdir)
 
     # Warm-up round: first calls build oneDNN primitives, compile, allocate; not timed as speed.
     with torch.inference_mode():
@@ -176,7 +201,8 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
         out = fn(u8)
         warm = time.perf_counter() - t0
         print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
-    print(f"   (setup incl. ONNX export and warm-up: {time.perf_counter() - start:.1f} s)")
+    print(f"   (setup incl. ONNX export, int8 calibration on {case.calibration} images and warm-up: "
+          f"{time.perf_counter() - start:.1f} s)")
 
     times: dict[str, list[float]] = {label: [] for label in sides}
     for _ in range(args.rounds):
@@ -190,9 +216,8 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
         ratios = [r / t for r, t in zip(ref, ts)]
         print(f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
               f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x")
-    ort_ratios = [o / f for o, f in zip(times["onnxruntime (exported, fp32)"], times[fast_label])]
-    print(f"   {fast_label} vs onnxruntime, per round (onnxruntime time / fast time): "
-          f"{min(ort_ratios):.2f}x / {statistics.median(ort_ratios):.2f}x / {max(ort_ratios):.2f}x")
+    print(ratio_line(fast_label, times))
+    print(ratio_line(INT8_LABEL, times))
     print(f"   load average after the case: {load()}")
     print()
 

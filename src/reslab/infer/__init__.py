@@ -3,24 +3,29 @@
   decode      any common image file -> upright 8-bit L/RGB image, with a pixel limit
   preprocess  image -> the uint8 (C, S, S) tensor the weights expect (resize, centre crop)
   fast        fold_batchnorm, FastPredictor (channels_last, bf16 where native, torch.compile)
+  backends    the Predictor interface; OnnxPredictor runs an exported .onnx file (fp32 or int8)
   predict     files/folders/globs -> top-k predictions, table / JSON / CSV
   export      ONNX / TorchScript / ExportedProgram, verified against PyTorch after writing
+  quantize    int8 ONNX (onnxruntime static QDQ), calibrated, checked against the fp32 file
   serve       FastAPI app with a bounded queue and micro-batching
   commands    the `reslab predict | export | serve` command lines
 
 onnx, onnxruntime, fastapi and uvicorn are imported only by the functions that use them.
 """
 
+from reslab.infer.backends import OnnxPredictor, Predictor, load_predictor
 from reslab.infer.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError,
                                  decode_image)
 from reslab.infer.export import ExportError, ExportResult, export_model
 from reslab.infer.fast import FastPredictor, fold_batchnorm, native_bf16_supported, resolve_precision
 from reslab.infer.predict import Prediction, collect_images, predict_files, top_k
 from reslab.infer.preprocess import fit_image, image_to_tensor, load_input
+from reslab.infer.quantize import Int8Result, export_int8
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ExportError", "ExportResult", "FastPredictor", "ImageDecodeError",
-    "ImageTooLargeError", "NotAnImageError", "Prediction", "collect_images", "decode_image",
-    "export_model", "fit_image", "fold_batchnorm", "image_to_tensor", "load_input",
-    "native_bf16_supported", "predict_files", "resolve_precision", "top_k",
+    "ImageTooLargeError", "Int8Result", "NotAnImageError", "OnnxPredictor", "Prediction", "Predictor",
+    "collect_images", "decode_image", "export_int8", "export_model", "fit_image", "fold_batchnorm",
+    "image_to_tensor", "load_input", "load_predictor", "native_bf16_supported", "predict_files",
+    "resolve_precision", "top_k",
 ]

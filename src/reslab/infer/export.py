@@ -5,12 +5,15 @@ What is exported is the BN-folded float32 network on *normalised* input:
   output "logits" float32 (B, num_classes)
 The preprocessing (mean, std, input size, resize rule, class names) travels with the file: in
 the ONNX metadata_props (keys "reslab.*"), in the TorchScript / .pt2 extra file "reslab.json",
-and always in a sidecar JSON next to the output (`<out>.json`).
+and always in a sidecar JSON next to the output (`<out>.json`). `reslab predict` and `reslab serve`
+read them back from an ONNX file (reslab.infer.backends), so the file alone is enough to deploy.
 
 Every export is verified right away: the exported file is loaded back (onnxruntime's
 CPUExecutionProvider for ONNX) and run on the same random inputs as the PyTorch network at two
 batch sizes; the export fails with `ExportError` when max |logit diff| exceeds
 `tolerance * max(1, max |logit|)` (tolerance 1e-4 by default).
+
+An int8 ONNX file is a second step on top of the float32 one: see reslab.infer.quantize.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 
 from reslab.errors import ReslabError
 from reslab.infer.fast import fold_batchnorm
+from reslab.models import count_params
 from reslab.models.resnet import ResNet
 from reslab.weights import WeightsMeta
 
@@ -53,10 +57,16 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def preprocessing_info(meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor) -> dict[str, object]:
+def preprocessing_info(meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor,
+                       num_params: int = 0) -> dict[str, object]:
     """Everything a runtime needs to feed the exported graph, as plain JSON values."""
     return {
         "model": meta.model,
+        "options": dict(meta.options),
+        "precision": "fp32",  # "int8" in the file written by reslab.infer.quantize
+        "num_params": num_params,  # of the PyTorch network (BN included), for reports
+        "dataset": meta.dataset,
+        "metrics": dict(meta.metrics),
         "num_classes": meta.num_classes,
         "classes": list(meta.classes),
         "in_chans": meta.in_chans,
@@ -190,7 +200,7 @@ def export_model(model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torc
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = copy.deepcopy(model).float().eval()
     net = fold_batchnorm(reference)
-    info = preprocessing_info(meta, mean, std)
+    info = preprocessing_info(meta, mean, std, count_params(reference))
     result = EXPORTERS[fmt](net, reference, info, out, tolerance)
     result.sidecar = out.with_name(out.name + ".json")
     sidecar = dict(info, format=fmt, exporter=result.exporter,

@@ -197,6 +197,7 @@ class FastPredictor:
             return logits.float()
 
     def describe(self) -> dict[str, object]:
-        return {"fold": self.fold, "folded_batchnorms": getattr(self.model, "folded_batchnorms", 0),
+        return {"backend": "pytorch", "fold": self.fold,
+                "folded_batchnorms": getattr(self.model, "folded_batchnorms", 0),
                 "channels_last": self.channels_last, "precision": self.precision,
                 "compile": self.compiled, "threads": torch.get_num_threads()}

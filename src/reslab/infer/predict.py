@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from reslab.infer.backends import Predictor
 from reslab.infer.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
-from reslab.infer.fast import FastPredictor
 from reslab.infer.preprocess import load_input
 from reslab.weights import WeightsMeta
 
@@ -75,7 +75,7 @@ def top_k(logits: torch.Tensor, names: Sequence[str], k: int) -> list[list[tuple
             for vs, ids in zip(values.tolist(), indices.tolist())]
 
 
-def predict_files(predictor: FastPredictor, meta: WeightsMeta, files: Sequence[tuple[str, str | None]], *,
+def predict_files(predictor: Predictor, meta: WeightsMeta, files: Sequence[tuple[str, str | None]], *,
                   batch_size: int = 32, k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS,
                   workers: int | None = None) -> Iterator[Prediction]:
     """Predictions in the order of `files` ([(path, error)] as from `collect_images`).

@@ -31,8 +31,8 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from reslab.infer.backends import Predictor
 from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
-from reslab.infer.fast import FastPredictor
 from reslab.infer.predict import class_names, top_k
 from reslab.infer.preprocess import load_input
 from reslab.weights import WeightsMeta
@@ -185,7 +185,7 @@ class BodySizeLimit:
                 await self._reply_413(send)
 
 
-def create_app(predictor: FastPredictor, meta: WeightsMeta, config: ServeConfig | None = None,
+def create_app(predictor: Predictor, meta: WeightsMeta, config: ServeConfig | None = None,
                *, num_params: int = 0) -> Any:
     """The FastAPI application serving `predictor` (see the module docstring)."""
     config = config or ServeConfig()
