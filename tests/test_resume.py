@@ -163,9 +163,21 @@ def test_stop_between_epochs_then_resume(tmp_path: Path, monkeypatch, capsys) ->
     newest = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["state"]
     assert (newest["step"], newest["epoch"], newest["batch_in_epoch"]) == (4, 1, 0)
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["train", "--resume", str(run)]) == 0
+    # On resume, runtime settings (threads) may change; anything else given is ignored, with a note.
+    threads = f"train.threads={torch.get_num_threads()}"
+    assert main(["train", "--resume", str(run), "--set", threads, "--set", "optim.lr=9"]) == 0
+    assert "--recipe and --set are ignored (except train.threads, train.progress)" in capsys.readouterr().err
     a, b = load_file(str(run / "weights.safetensors")), load_file(str(tmp_path / "reference" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_resume_takes_runtime_settings_only(tmp_path: Path) -> None:
+    from reslab.config import load_config, save_config
+    from reslab.train.loop import resolve_resume
+
+    save_config(load_config("fast", ["train.threads=1"]), tmp_path / "config.yaml")
+    cfg = resolve_resume(tmp_path, ["train.threads=2", "train.progress=false"])
+    assert (cfg.train.threads, cfg.train.progress, cfg.optim.lr) == (2, False, load_config("fast").optim.lr)
 
 
 def test_second_ctrl_c_quits_at_once(tmp_path: Path, monkeypatch, capsys) -> None:

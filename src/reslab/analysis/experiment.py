@@ -224,7 +224,7 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                 spec = pending.pop(0)
                 run_dir = runs_dir / spec.name
                 if states[spec.name] == "partial":
-                    args = ["train", "--resume", str(run_dir)]
+                    args = ["train", "--resume", str(run_dir), "--set", f"train.threads={threads}"]
                 else:
                     _fresh(run_dir)
                     args = [*spec.train_args(run_dir), "--no-progress", "--set", f"train.threads={threads}"]

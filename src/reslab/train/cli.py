@@ -43,12 +43,16 @@ def print_summary(summary: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from reslab.train.loop import resolve_resume, train
+    from reslab.train.loop import RUNTIME_SETTINGS, resolve_resume, train
 
     if args.resume:
-        if args.recipe or args.set:
-            print("note: --resume uses the run's saved config.yaml; --recipe/--set are ignored", file=sys.stderr)
-        cfg = resolve_resume(Path(args.resume))
+        # Runtime settings (threads, progress bar) may change on resume, e.g. more threads once
+        # the cores are free; everything else comes from the run's config.yaml.
+        runtime = [s for s in args.set or [] if s.split("=", 1)[0].strip() in RUNTIME_SETTINGS]
+        if args.recipe or len(runtime) < len(args.set or []):
+            print("note: --resume uses the run's saved config.yaml; --recipe and --set are ignored "
+                  f"(except {', '.join(RUNTIME_SETTINGS)})", file=sys.stderr)
+        cfg = resolve_resume(Path(args.resume), runtime)
         summary = train(cfg, args.resume, resume=True)
     else:
         cfg = load_config(args.recipe, _overrides(args))

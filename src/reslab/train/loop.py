@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reslab.config import Config, config_from_dict, save_config
+from reslab.config import Config, apply_settings, config_from_dict, parse_override, save_config
 from reslab.data import InMemoryBatches, NormStats, load_cached, train_val_split
 from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.machine import cpu_model
@@ -206,12 +206,20 @@ def new_run_dir(cfg: Config, run_dir: str | None) -> Path:
     return path
 
 
-def resolve_resume(run_dir: Path) -> Config:
+# Settings that change how fast a run goes, not what it computes: a resume may change them.
+RUNTIME_SETTINGS = ("train.threads", "train.progress")
+
+
+def resolve_resume(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The run's saved config, with `overrides` (section.key=value) applied on top."""
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a reslab run directory (no config.yaml); nothing to resume")
     import yaml
 
-    return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    for text in overrides or []:
+        apply_settings(cfg, parse_override(text), f"--set {text}")
+    return cfg
 
 
 class _StopOnSignal:
@@ -260,7 +268,8 @@ def drop_metrics_after(path: Path, step: int) -> None:
 def config_changes(saved: dict, current: dict) -> list[str]:
     """section.key of each setting that differs between a checkpoint's config and the current one."""
     return [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
-            for key, value in values.items() if saved.get(section, {}).get(key) != value]
+            for key, value in values.items()
+            if saved.get(section, {}).get(key) != value and f"{section}.{key}" not in RUNTIME_SETTINGS]
 
 
 def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
