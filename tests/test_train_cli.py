@@ -72,6 +72,40 @@ def test_image_folder_tree(tmp_path, capsys) -> None:
     assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
 
 
+def test_image_folder_streamed_from_disk_in_workers(tmp_path, capsys) -> None:
+    """data.in_memory=false (the imagenet-paper recipe's path): DataLoader workers decode and
+    augment (paper scale augmentation + PCA lighting); `reslab eval` streams val/ the same way."""
+    write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("cat", "dog", "emu"))
+    report = train_then_eval(tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8",
+                             ["--set", "data.in_memory=false", "--set", "data.image_size=32",
+                              "--set", "data.augment=scale", "--set", "data.normalize=channel",
+                              "--set", "data.workers=1"])
+    assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
+    meta = read_meta(tmp_path / "run")
+    assert meta.input_size == 32 and meta.data_sha256.startswith("listing:")
+
+
+def test_imagenet_paper_recipe_trains_a_step(tmp_path) -> None:
+    write_image_tree(tmp_path / "tree", size=(40, 36), per_class=4, classes=("a", "b"))
+    result = run_cli("train", "--recipe", "imagenet-paper", "--data-dir", str(tmp_path / "tree"),
+                     "--model", "resnet18", "--iterations", "1", "--no-progress", "--run-dir", str(tmp_path / "r"),
+                     "--set", "train.batch_size=4", "--set", "data.image_size=32", "--set", "data.workers=0",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    assert "in_memory: false" in config and "augment: scale" in config
+
+
+def test_streaming_refuses_settings_it_cannot_honour(tmp_path) -> None:
+    write_image_tree(tmp_path / "tree", size=(20, 18), per_class=4, classes=("a", "b"))
+    result = run_cli("train", "--data", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model",
+                     "resnet_cifar_8", "--epochs", "1", "--set", "data.in_memory=false", "--set", "data.augment=crop-flip",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.augment='crop-flip' (valid here: scale, rrc, none)" in result.stderr
+    assert "data.split='paper' (use full" in result.stderr
+
+
 def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=8)
     run = tmp_path / "run"

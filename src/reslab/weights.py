@@ -37,7 +37,7 @@ class WeightsMeta:
     input_size: int = 32  # images are resized / cropped to input_size x input_size
     resize: str = "shorter-center-crop"  # how a photo of another size is brought to input_size
     dataset: str = ""  # what the weights were trained on
-    data_sha256: str = ""  # SHA-256 over the dataset's source files (train + test), in name order
+    data_sha256: str = ""  # SHA-256 over the dataset's source files (train + test); "listing:..." for streamed trees
     # e.g. {"test_top1_error": 0.08, "eval_tta_flip": 1.0}; eval_tta_flip = 1.0 when the test
     # metrics averaged the logits of each image and its mirror (`reslab eval --tta flip`)
     metrics: dict[str, float] = field(default_factory=dict)

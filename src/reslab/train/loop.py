@@ -86,7 +86,7 @@ def environment() -> dict[str, Any]:
 
 @dataclass
 class Data:
-    train: InMemoryBatches
+    train: InMemoryBatches  # or FolderBatches (data.in_memory=false), the same interface
     evals: dict[str, InMemoryBatches]  # "val" (paper split) and/or "test"
     classes: list[str]
     in_chans: int
@@ -98,9 +98,10 @@ class Data:
 
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     d = cfg.data
+    if cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     if not d.in_memory:
-        raise ConfigError("data.in_memory=false (DataLoader workers for large ImageFolders) is not wired into "
-                          "`reslab train` yet; use data.in_memory=true with data.image_size set")
+        return build_folder_data(cfg, device, dist)
     load = dict(cache_dir=d.cache_dir, download=d.download, image_size=d.image_size,
                 synthetic_size=d.synthetic_size)
     train = load_cached(d.dataset, "train", d.data_dir, **load)
@@ -111,8 +112,6 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
             raise ConfigError(f"data.val_size={d.val_size} leaves no training images ({len(train)} in all)")
         train, val = train_val_split(train, d.val_size, seed=cfg.train.seed)
         evals_ds = {"val": val, "test": test}
-    if cfg.train.batch_size % dist.world_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     common = dict(device=device, channels_last=cfg.train.channels_last)
     train_batches = InMemoryBatches(train, cfg.train.batch_size // dist.world_size, train=True,
                                     augment=d.augment, pad=d.pad, normalize=d.normalize,
@@ -123,6 +122,39 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     c, h, w = train.image_shape
     return Data(train_batches, evals, list(train.classes), c, h, train_batches.stats, train.name,
                 bool(train.synthetic))
+
+
+def build_folder_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
+    """data.in_memory=false: an ImageFolder tree decoded in DataLoader workers (ImageNet scale);
+    train/ trains, val/ is the evaluation set (reported as "test")."""
+    from reslab.data.folder_batches import FolderBatches
+    from reslab.data.folder_transforms import FOLDER_AUGMENT_KINDS
+
+    d = cfg.data
+    problems = []
+    if d.dataset != "imagefolder":
+        problems.append(f"data.dataset={d.dataset!r} (only imagefolder streams from disk; the others fit in memory)")
+    if d.split != "full":
+        problems.append(f"data.split={d.split!r} (use full: val/ is the evaluation set)")
+    if d.augment not in FOLDER_AUGMENT_KINDS:
+        problems.append(f"data.augment={d.augment!r} (valid here: {', '.join(FOLDER_AUGMENT_KINDS)})")
+    if d.normalize != "channel":
+        problems.append(f"data.normalize={d.normalize!r} (streaming normalises per channel with ImageNet's "
+                        "mean/std: use channel)")
+    if problems:
+        raise ConfigError("data.in_memory=false does not fit " + "; ".join(problems))
+    size = d.image_size or 224
+    common = dict(image_size=size, workers=d.workers, seed=cfg.train.seed, device=device,
+                  channels_last=cfg.train.channels_last)
+    root = d.data_dir or "."
+    train = FolderBatches(root, "train", batch_size=cfg.train.batch_size // dist.world_size, train=True,
+                          augment=d.augment, rank=dist.rank, world_size=dist.world_size, **common)
+    test = FolderBatches(root, "test", batch_size=max(256, cfg.train.batch_size), train=False, augment="none",
+                         **common)
+    if len(train) == 0:
+        raise ConfigError(f"{root}: {len(train.dataset)} training images make no whole batch of "
+                          f"{cfg.train.batch_size}; lower train.batch_size")
+    return Data(train, {"test": test}, train.classes, 3, size, train.stats, "imagefolder", False)
 
 
 # ---- Model ---------------------------------------------------------------------------------------
@@ -166,7 +198,9 @@ def load_pretrained(model: ResNet, source: str) -> None:
 
 def data_checksum(cfg: Config) -> str:
     """SHA-256 over the dataset's source files (train and test, sorted by path), so weights name
-    exactly the data they were trained on; "synthetic" for the smoke-test set."""
+    exactly the data they were trained on; "synthetic" for the smoke-test set. For a tree streamed
+    from disk (data.in_memory=false, ImageNet scale: reading every byte again would take longer
+    than an epoch) it is the SHA-256 of the listing instead: each file's path and size."""
     from reslab.data import source_files
 
     if cfg.data.dataset == "synthetic":
@@ -174,6 +208,11 @@ def data_checksum(cfg: Config) -> str:
     digest = hashlib.sha256()
     files = {*source_files(cfg.data.dataset, "train", cfg.data.data_dir),
              *source_files(cfg.data.dataset, "test", cfg.data.data_dir)}
+    if not cfg.data.in_memory:
+        root = Path(cfg.data.data_dir or ".")
+        for path in sorted(files):
+            digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+        return "listing:" + digest.hexdigest()
     for path in sorted(files):
         digest.update(path.name.encode())
         with open(path, "rb") as f:
