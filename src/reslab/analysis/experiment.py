@@ -197,7 +197,8 @@ def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str]) -> 
         print(f"{'resuming' if resume else 'training'} {spec.name}", file=sys.stderr)
         try:
             if resume:
-                summary = train(resolve_resume(run_dir), run_dir, resume=True)
+                # Threads as a fresh run here would have them (a run started by --parallel K had fewer).
+                summary = train(resolve_resume(run_dir, ["train.threads=0"]), run_dir, resume=True)
             else:
                 cfg = load_config(spec.recipe, spec.overrides)
                 _fresh(run_dir)
@@ -217,7 +218,7 @@ def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str]) -> 
 def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], parallel: int) -> None:
     threads = max(1, available_cores() // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    pending, running, failed = list(todo), [], []
+    pending, running, failed, stopped = list(todo), [], [], []
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -241,7 +242,9 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                     continue
                 running.remove(item)
                 log.close()
-                if proc.returncode != 0:
+                if proc.returncode == 3:  # stopped by a signal after writing a checkpoint
+                    stopped.append(spec.name)
+                elif proc.returncode != 0:
                     tail = (runs_dir / spec.name / "train.log").read_text(errors="replace").strip().splitlines()
                     failed.append(f"{spec.name} (exit {proc.returncode}: {tail[-1] if tail else 'no output'})")
                 else:
@@ -253,6 +256,10 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
             proc.wait()
             log.close()
         raise
+    if stopped and not failed:
+        print(f"stopped (checkpoint written): {', '.join(stopped)}; rerun the same command to resume",
+              file=sys.stderr)
+        raise KeyboardInterrupt
     if failed:
         raise RunFailedError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}; see each run's "
                              "train.log. Finished runs are kept: rerun the same command to retry the others")
