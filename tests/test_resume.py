@@ -208,3 +208,28 @@ def test_an_ignored_sigint_stays_ignored(tmp_path: Path, monkeypatch) -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_streamed_image_folder_stops_and_resumes_bit_exact(tmp_path: Path, monkeypatch, capsys) -> None:
+    """data.in_memory=false (DataLoader over an ImageFolder tree): a stop at the end of epoch 0 and
+    a resume end with the same weights as an uninterrupted run. With workers=0 the random
+    augmentation draws from the process RNG, which the checkpoint restores."""
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    from dataset_files import write_image_tree
+
+    from reslab.cli import main
+
+    write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("a", "b", "c"))
+    args = ["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model", "resnet_cifar_8",
+            "--epochs", "2", "--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full",
+            "--set", "data.in_memory=false", "--set", "data.image_size=32", "--set", "data.augment=scale",
+            "--set", "data.normalize=channel", "--set", "data.workers=0", "--set", "train.threads=2"]
+    assert main([*args, "--run-dir", str(tmp_path / "reference")]) == 0
+    run = tmp_path / "run"
+    signal_during_evaluation(monkeypatch, signal.SIGTERM)
+    assert main([*args, "--run-dir", str(run)]) == 3
+    monkeypatch.undo()
+    assert "stopped by SIGTERM at step 3/6" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 0
+    a, b = load_file(str(run / "weights.safetensors")), load_file(str(tmp_path / "reference" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
