@@ -74,10 +74,7 @@ def curves_figure(panels: list[Panel], path: Path, title: str | None = None, not
         fig.suptitle(title)
     if note:
         fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, rect=(0, 0.04 if note else 0, 1, 1))
 
 
 def layer_responses_figure(responses: dict[str, list[float]], colors: dict[str, str], dashed: set[str],
@@ -98,10 +95,7 @@ def layer_responses_figure(responses: dict[str, list[float]], colors: dict[str, 
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def error_vs_depth_figure(ours: dict[int, tuple[float, float | None]], paper: dict[int, float], path: Path,
@@ -125,7 +119,12 @@ def error_vs_depth_figure(ours: dict[int, tuple[float, float | None]], paper: di
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay out, write the PNG and free the figure."""
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

@@ -54,7 +54,6 @@ class FolderBatches:
         self.dataset: FolderSplit = self.loader.dataset  # type: ignore[assignment]
         self.batch_size, self.train, self.workers = batch_size, train, workers
         self.device, self.channels_last = torch.device(device), channels_last
-        self.image_shape = (3, image_size, image_size)
 
     @property
     def classes(self) -> list[str]:
