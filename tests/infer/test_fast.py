@@ -32,6 +32,7 @@ FAMILIES = [
     ("preact_resnet_cifar_11", {"bottleneck": True}, 32),  # preact-resnet-cifar, bottleneck
     ("preact_resnet_cifar_8", {"shortcut": "A"}, 32),
     ("wrn_10_2", {}, 32),  # wide-resnet-cifar
+    ("fast_resnet10", {}, 28),  # fast-resnet (four stages: 28 -> 4x4 last stage)
     ("resnet18", {}, 32),  # resnet-v1.5, basic
     ("resnet50_v1", {}, 32),  # resnet-v1, bottleneck, stride on the 1x1
     ("preact_resnet18", {}, 32),  # preact-resnet

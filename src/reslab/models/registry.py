@@ -101,6 +101,19 @@ _register("resnext29_8x64d", "resnext-cifar", 29, 32, 10,
           lambda **kw: resnext29(8, 64, **kw), "Xie et al. 2017")
 
 
+def fast_resnet10(*, shortcut: str = "B", **kw: Any) -> ResNet:
+    """The `fast` recipe's network: the paper's basic blocks in ResNet-18's four-stage layout with
+    one block per stage, widths 16/32/64/128 (ResNet-18's at 1/4) and the CIFAR 3x3 stem.
+    Depth 10 = stem + 4 blocks x 2 convs + classifier. Chosen by time to accuracy on 2 CPU cores:
+    the fourth stage works at 1/8 resolution, where wide layers are cheap (recipes/fast.yaml)."""
+    return ResNet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16,
+                  shortcut=shortcut, **kw)
+
+
+_register("fast_resnet10", "fast-resnet", 10, 32, 10, fast_resnet10,
+          "reslab: He et al. 2015 basic blocks, ResNet-18 layout at 1/4 width, one block per stage")
+
+
 # ---- ImageNet networks (paper Table 1) -----------------------------------------------------------
 
 IMAGENET_LAYERS: dict[int, tuple[bool, tuple[int, ...]]] = {  # depth -> (bottleneck?, blocks/stage)
