@@ -12,6 +12,8 @@ import pytest
 from dataset_files import write_cifar, write_idx, write_image_tree
 
 from reslab.cli import main
+from reslab.config import load_config
+from reslab.errors import ConfigError
 from reslab.weights import read_meta
 
 FAST = ["--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full",
@@ -117,6 +119,21 @@ def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
     assert {"val_top1_error", "test_top1_error"} <= set(lines[0])
+
+
+def test_eval_every_minus_one_evaluates_only_after_the_last_step(tmp_path, capsys) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=8)
+    run = tmp_path / "run"
+    rc = main(["train", "--recipe", "fast", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--model",
+               "resnet_cifar_8", "--epochs", "3.5", "--run-dir", str(run), "--no-progress",
+               "--set", "train.batch_size=8", "--set", "train.eval_every=-1",
+               "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [18]  # 40 images / 8 = 5 steps an epoch; 3.5 epochs, rounded up
+    assert (run / "summary.json").is_file()
+    with pytest.raises(ConfigError, match="train.eval_every must be"):
+        load_config("fast", ["train.eval_every=-2"])
 
 
 def test_synthetic_is_labelled_as_such(tmp_path, capsys) -> None:

@@ -83,7 +83,7 @@ class TrainConfig:
     iterations: int = 0  # total optimizer steps (paper: 64000); 0 = use epochs
     epochs: float = 0.0  # total epochs if iterations is 0
     batch_size: int = 128  # global batch (split across processes under torchrun)
-    eval_every: int = 0  # evaluate every N iterations; 0 = once per epoch
+    eval_every: int = 0  # evaluate every N iterations; 0 = once per epoch; -1 = only after the last step
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -243,6 +243,11 @@ def validate(cfg: Config) -> None:
                           f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}")
     if cfg.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1; got {cfg.train.batch_size}")
+    if cfg.train.eval_every < -1:
+        raise ConfigError("train.eval_every must be N > 0 (every N iterations), 0 (each epoch end) or -1 "
+                          f"(only after the last step); got {cfg.train.eval_every}")
+    if cfg.train.eval_every == -1 and cfg.schedule.name == "plateau":
+        raise ConfigError("schedule plateau decays on evaluations: it needs train.eval_every >= 0, not -1")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0; got {cfg.optim.lr}")
 

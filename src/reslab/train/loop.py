@@ -475,7 +475,7 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
     def after_step(st: TrainState, m: dict) -> None:
         log.step(st, m)
         agree_on_stop(dist, st, stopper.pending, device)
-        if cfg.train.eval_every and st.step % cfg.train.eval_every == 0 and st.step < total:
+        if cfg.train.eval_every > 0 and st.step % cfg.train.eval_every == 0 and st.step < total:
             log.eval(run_evals(st.step / steps_per_epoch))
             model.train()
         # Evaluate before saving, so the checkpoint holds the schedule state after this step's
@@ -502,7 +502,7 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
                     last_train = combine_train_metrics(dist, last_train, device)
                     state.epoch += 1
                     state.batch_in_epoch = 0
-                    if not cfg.train.eval_every or state.step >= total:
+                    if cfg.train.eval_every == 0 or state.step >= total:
                         record = run_evals(state.step / steps_per_epoch)
                         record.update({"train_loss": last_train["loss"], "train_error": last_train["error"],
                                        "train_img_per_s": round(last_train["img_per_s"], 1)})
