@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser(
         "demo", help="train a ResNet on Fashion-MNIST with the fast recipe",
-        description="Train a residual network (the fast recipe's, wrn_10_2) on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
+        description="Train a residual network (the fast recipe's, fast_resnet10) on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
                     "`fast` recipe; prints test accuracy and wall time.")
     d.add_argument("--epochs", type=float, default=None, help="epochs (default: the fast recipe's)")
     _add_common(d)
