@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from reslab import create_model
-from reslab.models import count_macs
 from reslab.config import load_config
 from reslab.data import InMemoryBatches, load_cached, make_synthetic
 from reslab.machine import cpu_model
+from reslab.models import count_macs
 from reslab.train.engine import StepContext, TrainState, train_one_epoch
 from reslab.train.optim import build_optimizer
 
