@@ -72,7 +72,7 @@ def reference_round(model, optimizer, loader, steps: int) -> float:
     return steps * loader.batch_size / (time.perf_counter() - start)
 
 
-def gemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of an n x n matmul on this machine: the ceiling of any fp32 training step."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up
@@ -164,7 +164,7 @@ def main() -> None:
     need = TARGET * statistics.median(ref_rates)
     print(f"target {TARGET}x: {need:.0f} img/s = {need * step_flops / 1e9:.0f} GFLOP/s of fp32 training compute "
           f"({step_flops / 1e6:.0f} MFLOP per image); reslab now runs {statistics.median(ours_rates) * step_flops / 1e9:.0f}; "
-          f"fp32 matmul peak measured on these {torch.get_num_threads()} threads: {gemm_peak_gflops(args.threads):.0f} GFLOP/s")
+          f"fp32 matmul peak measured on these {torch.get_num_threads()} threads: {gemm_peak_gflops():.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
