@@ -1,6 +1,6 @@
 # reslab: two set-up commands that work on a fresh machine.
 #   make demo   create .venv if missing, install reslab, train a ResNet on Fashion-MNIST
-#   make test   create .venv if missing, install reslab + test extras, run the test suite
+#   make test   create .venv if missing, install reslab + test extras, lint (ruff), run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -37,7 +37,10 @@ test-deps:
 demo: $(STAMP) data
 	$(BIN)/reslab demo
 
+# Lint and format checks first (ruff, configured in pyproject.toml), then the suite.
 test: $(STAMP) data test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -31,8 +31,22 @@ TARGETS = {5: 0.93, 10: 0.94}  # minutes -> test accuracy (issue 3)
 
 def run_once(epochs: float, seed: int, extra: list[str], out: Path, batch: int) -> tuple[float, float, float]:
     run_dir = out / f"e{epochs:g}-s{seed}"
-    cmd = [sys.executable, "-m", "reslab", "train", "--recipe", "fast", "--epochs", str(epochs),
-           "--seed", str(seed), "--run-dir", str(run_dir), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reslab",
+        "train",
+        "--recipe",
+        "fast",
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -44,8 +58,9 @@ def run_once(epochs: float, seed: int, extra: list[str], out: Path, batch: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", action="append", default=[],
-                        help="MINUTES:EPOCHS, e.g. 5:4.5 (default: 5:4.5 and 10:9.5)")
+    parser.add_argument(
+        "--budget", action="append", default=[], help="MINUTES:EPOCHS, e.g. 5:4.5 (default: 5:4.5 and 10:9.5)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], help="extra --set overrides for the recipe")
     parser.add_argument("--out", help="where to keep the runs (default: a temp dir)")
@@ -57,18 +72,25 @@ def main() -> None:
 
     cfg = load_config("fast", args.set)
     print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"hardware: {cpu_model()}, {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}, Python {platform.python_version()}")
-    print(f"recipe:   fast: model {cfg.model.name}, batch {cfg.train.batch_size}, {cfg.schedule.name} lr {cfg.optim.lr}, "
-          f"precision {cfg.train.precision}, channels_last {cfg.train.channels_last}, flip TTA {cfg.train.tta_flip}")
+    print(
+        f"hardware: {cpu_model()}, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+    print(
+        f"recipe:   fast: model {cfg.model.name}, batch {cfg.train.batch_size}, {cfg.schedule.name} lr {cfg.optim.lr}, "
+        f"precision {cfg.train.precision}, channels_last {cfg.train.channels_last}, flip TTA {cfg.train.tta_flip}"
+    )
     rows = []
     for minutes, epochs in budgets:
         results = []
         for seed in args.seeds:
             wall, acc, img_per_s = run_once(epochs, seed, extra, out, cfg.train.batch_size)
             results.append((wall, acc))
-            print(f"  {epochs:g} epochs, seed {seed}: test accuracy {100 * acc:.2f}%, wall {wall:.1f} s "
-                  f"({img_per_s:.0f} training img/s)", flush=True)
+            print(
+                f"  {epochs:g} epochs, seed {seed}: test accuracy {100 * acc:.2f}%, wall {wall:.1f} s "
+                f"({img_per_s:.0f} training img/s)",
+                flush=True,
+            )
         walls, accs = [r[0] for r in results], [r[1] for r in results]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         target = TARGETS.get(int(minutes))
@@ -78,8 +100,10 @@ def main() -> None:
     print(f"{'budget':>7} {'epochs':>6} {'test accuracy (mean +- std, min)':>34} {'max wall':>9} {'target':>7}  met")
     for minutes, epochs, mean, sd, lo, wall, target, ok in rows:
         tgt = f">={100 * target:.0f}%" if target else "-"
-        print(f"{minutes:>5g} m {epochs:>6g} {100 * mean:>20.2f} +- {100 * sd:.2f} ({100 * lo:.2f}) {wall:>8.1f}s "
-              f"{tgt:>7}  {'yes' if ok else 'NO'}")
+        print(
+            f"{minutes:>5g} m {epochs:>6g} {100 * mean:>20.2f} +- {100 * sd:.2f} ({100 * lo:.2f}) {wall:>8.1f}s "
+            f"{tgt:>7}  {'yes' if ok else 'NO'}"
+        )
     print(f"runs kept in {out}")
 
 

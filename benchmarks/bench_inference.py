@@ -78,7 +78,7 @@ INT8_LABEL = "reslab int8 (onnxruntime)"
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
-        flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
     except (OSError, StopIteration):
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
@@ -99,11 +99,15 @@ def print_header(args: argparse.Namespace) -> None:
     print("reslab inference benchmark")
     print(f"command:      {shlex.join([sys.executable, *sys.argv])}")
     print(f"hardware:     {cpu_model()}, {os.cpu_count()} logical CPUs; flags: {cpu_flags()}")
-    print(f"software:     torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"python {platform.python_version()}, {torch.backends.cpu.get_cpu_capability()} kernels")
+    print(
+        f"software:     torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"python {platform.python_version()}, {torch.backends.cpu.get_cpu_capability()} kernels"
+    )
     print(f"threads:      torch.get_num_threads() = {torch.get_num_threads()} (onnxruntime intra-op: same)")
-    print(f"precision:    fast path '{args.precision}' -> {resolve_precision(args.precision)} "
-          f"(native bf16 on this CPU: {native_bf16_supported()})")
+    print(
+        f"precision:    fast path '{args.precision}' -> {resolve_precision(args.precision)} "
+        f"(native bf16 on this CPU: {native_bf16_supported()})"
+    )
     print(f"rounds:       1 warm-up + {args.rounds} interleaved; timed = uint8 batch in memory -> float32 logits")
     print(f"load average: {load()} at start (other processes on these cores distort absolute times)")
     print()
@@ -128,15 +132,21 @@ def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Callable[[t
     return label, run
 
 
-def onnx_sides(model: torch.nn.Module, case: Case, workdir: Path
-               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+def onnx_sides(
+    model: torch.nn.Module, case: Case, workdir: Path
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """(onnxruntime on the fp32 export, reslab's int8 file through OnnxPredictor)."""
     import onnxruntime as ort
 
     meta = WeightsMeta(model=case.name, num_classes=model.num_classes, in_chans=3, input_size=case.input_size)
     result = export_model(model, meta, IMAGENET_MEAN, IMAGENET_STD, "onnx", workdir / f"{case.name}.onnx")
-    calibration = torch.randint(0, 256, (case.calibration, 3, case.input_size, case.input_size), dtype=torch.uint8,
-                                generator=torch.Generator().manual_seed(2))  # not the timed images (seed 1)
+    calibration = torch.randint(
+        0,
+        256,
+        (case.calibration, 3, case.input_size, case.input_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(2),
+    )  # not the timed images (seed 1)
     int8_path = workdir / f"{case.name}.int8.onnx"
     write_int8(result.path, int8_path, calibration, IMAGENET_MEAN, IMAGENET_STD)
     options = ort.SessionOptions()
@@ -163,34 +173,47 @@ def numerics(out: torch.Tensor, ref: torch.Tensor) -> str:
     diff = (out.float() - ref).abs().max().item()
     scale = ref.abs().max().item()
     agree = (out.argmax(1) == ref.argmax(1)).sum().item()
-    return (f"max |logit diff| {diff:.2e} ({100 * diff / scale:.2g}% of the logit scale {scale:.2f}), "
-            f"top-1 agreement {agree}/{len(ref)}")
+    return (
+        f"max |logit diff| {diff:.2e} ({100 * diff / scale:.2g}% of the logit scale {scale:.2f}), "
+        f"top-1 agreement {agree}/{len(ref)}"
+    )
 
 
 def ratio_line(label: str, times: dict[str, list[float]]) -> str:
     ratios = [o / t for o, t in zip(times[ONNX_LABEL], times[label])]
-    return (f"   {label} vs onnxruntime fp32, per round (onnxruntime time / its time): "
-            f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x")
+    return (
+        f"   {label} vs onnxruntime fp32, per round (onnxruntime time / its time): "
+        f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x"
+    )
 
 
 def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> None:
     torch.manual_seed(0)
     model = create_model(case.name).eval()
     macs = count_macs(model, case.input_size) / 1e9
-    print(f"== {key}: {case.name} {case.input_size}x{case.input_size}, batch {case.batch}, "
-          f"{macs:.3f} GMAC/image, {case.repeats} call(s) per side per round")
-    u8 = torch.randint(0, 256, (case.batch, 3, case.input_size, case.input_size), dtype=torch.uint8,
-                       generator=torch.Generator().manual_seed(1))
+    print(
+        f"== {key}: {case.name} {case.input_size}x{case.input_size}, batch {case.batch}, "
+        f"{macs:.3f} GMAC/image, {case.repeats} call(s) per side per round"
+    )
+    u8 = torch.randint(
+        0,
+        256,
+        (case.batch, 3, case.input_size, case.input_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(1),
+    )
 
     ref_label, ref_fn = reference_side(case, model)
     sides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {ref_label: ref_fn}
     start = time.perf_counter()
-    fast = FastPredictor(model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision,
-                         compile=not args.no_compile, dynamic=False)
+    fast = FastPredictor(
+        model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision, compile=not args.no_compile, dynamic=False
+    )
     fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
     sides[fast_label] = fast
-    sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, IMAGENET_MEAN, IMAGENET_STD,
-                                                                       precision=args.precision)
+    sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(
+        model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision
+    )
     sides[ONNX_LABEL], sides[INT8_LABEL] = onnx_sides(model, case, workdir)
 
     # Warm-up round: first calls build oneDNN primitives, compile, allocate; not timed as speed.
@@ -201,8 +224,10 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
         out = fn(u8)
         warm = time.perf_counter() - t0
         print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
-    print(f"   (setup incl. ONNX export, int8 calibration on {case.calibration} images and warm-up: "
-          f"{time.perf_counter() - start:.1f} s)")
+    print(
+        f"   (setup incl. ONNX export, int8 calibration on {case.calibration} images and warm-up: "
+        f"{time.perf_counter() - start:.1f} s)"
+    )
 
     times: dict[str, list[float]] = {label: [] for label in sides}
     for _ in range(args.rounds):
@@ -210,12 +235,16 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
             times[label].append(timed(fn, u8, case.repeats))
 
     ref = times[ref_label]
-    print(f"   {'side':<40} {'median ms/batch':>15} {'images/s':>9}   ratio reference/side per round: min / median / max")
+    print(
+        f"   {'side':<40} {'median ms/batch':>15} {'images/s':>9}   ratio reference/side per round: min / median / max"
+    )
     for label, ts in times.items():
         med = statistics.median(ts)
         ratios = [r / t for r, t in zip(ref, ts)]
-        print(f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
-              f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x")
+        print(
+            f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
+            f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x"
+        )
     print(ratio_line(fast_label, times))
     print(ratio_line(INT8_LABEL, times))
     print(f"   load average after the case: {load()}")
@@ -229,8 +258,12 @@ def main() -> None:
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="cases to run (default: all)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (and onnxruntime intra-op threads); default: torch's")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (and onnxruntime intra-op threads); default: torch's",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ from reslab.weights import load_weights
 
 
 def logits_of(predictor, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([predictor(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return torch.cat([predictor(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def mean_std(values: list[float]) -> str:
@@ -68,8 +68,10 @@ def main() -> None:
     print("reslab int8 accuracy benchmark")
     print(f"command:   {shlex.join([sys.executable, *sys.argv])}")
     print(f"hardware:  {cpu_model()}; threads: torch.get_num_threads() = {torch.get_num_threads()}")
-    print(f"software:  torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"python {platform.python_version()}")
+    print(
+        f"software:  torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"python {platform.python_version()}"
+    )
     print(f"weights:   {args.weights} ({meta.model}, trained on {meta.dataset or '?'})")
     print(f"test set:  {len(images)} {name} test images, no test-time augmentation")
     print(f"int8:      calibrated on {args.calibration_images} random training images per seed; seeds {args.seeds}")
@@ -83,28 +85,34 @@ def main() -> None:
         torch_logits = logits_of(FastPredictor(model, mean, std, precision="fp32"), images)
         ref = logits_of(OnnxPredictor(fp32.path), images)
         print(f"PyTorch fp32 (FastPredictor)   test accuracy {accuracy(torch_logits):.2f}%")
-        print(f"ONNX fp32 (OnnxPredictor)      test accuracy {accuracy(ref):.2f}%   "
-              f"(top-1 agreement with PyTorch {100 * (ref.argmax(1) == torch_logits.argmax(1)).float().mean():.2f}%)")
+        print(
+            f"ONNX fp32 (OnnxPredictor)      test accuracy {accuracy(ref):.2f}%   "
+            f"(top-1 agreement with PyTorch {100 * (ref.argmax(1) == torch_logits.argmax(1)).float().mean():.2f}%)"
+        )
         accs, agreements, rel_diffs = [], [], []
         for seed in args.seeds:
             start = time.perf_counter()
-            data = calibration_set(name, meta, data_dir=args.data_dir or recorded_dir,
-                                   images=args.calibration_images, seed=seed)
-            q = export_int8(fp32.path, data, mean, std, min_agreement=0.0,
-                            out=Path(tmp) / f"model-s{seed}.int8.onnx")
+            data = calibration_set(
+                name, meta, data_dir=args.data_dir or recorded_dir, images=args.calibration_images, seed=seed
+            )
+            q = export_int8(fp32.path, data, mean, std, min_agreement=0.0, out=Path(tmp) / f"model-s{seed}.int8.onnx")
             took = time.perf_counter() - start
             got = logits_of(OnnxPredictor(q.path), images)
             accs.append(accuracy(got))
             agreements.append(100 * (got.argmax(1) == ref.argmax(1)).float().mean().item())
             rel_diffs.append(100 * (got - ref).abs().max().item() / ref.abs().max().item())
-            print(f"ONNX int8, calibration seed {seed}  test accuracy {accs[-1]:.2f}%   top-1 agreement with fp32 "
-                  f"{agreements[-1]:.2f}%   max |logit diff| {rel_diffs[-1]:.1f}% of the logit scale "
-                  f"{ref.abs().max().item():.2f}   (export --int8 took {took:.1f} s; its own check on "
-                  f"{q.holdout}: {100 * q.agreement:.2f}%)")
+            print(
+                f"ONNX int8, calibration seed {seed}  test accuracy {accs[-1]:.2f}%   top-1 agreement with fp32 "
+                f"{agreements[-1]:.2f}%   max |logit diff| {rel_diffs[-1]:.1f}% of the logit scale "
+                f"{ref.abs().max().item():.2f}   (export --int8 took {took:.1f} s; its own check on "
+                f"{q.holdout}: {100 * q.agreement:.2f}%)"
+            )
         print()
-        print(f"int8 over {len(args.seeds)} calibration sample(s): test accuracy {mean_std(accs)}% "
-              f"(fp32 {accuracy(ref):.2f}%), top-1 agreement {mean_std(agreements)}%, "
-              f"max |logit diff| {mean_std(rel_diffs)}% of the logit scale")
+        print(
+            f"int8 over {len(args.seeds)} calibration sample(s): test accuracy {mean_std(accs)}% "
+            f"(fp32 {accuracy(ref):.2f}%), top-1 agreement {mean_std(agreements)}%, "
+            f"max |logit diff| {mean_std(rel_diffs)}% of the logit scale"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,14 @@ def one_config(model_name: str, batch: int, steps: int, checkpointing: bool) -> 
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"checkpointing": checkpointing, "peak_gib": peak, "baseline_gib": baseline,
-            "step_s": min(times), "first_grad_norm_check": grad_norm, "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "checkpointing": checkpointing,
+        "peak_gib": peak,
+        "baseline_gib": baseline,
+        "step_s": min(times),
+        "first_grad_norm_check": grad_norm,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main() -> None:
@@ -63,23 +69,40 @@ def main() -> None:
         return
     results = {}
     for mode in ("plain", "checkpointed"):
-        cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--threads", str(args.threads), "--child", mode]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--child",
+            mode,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[mode] = json.loads(out.strip().splitlines()[-1])
     total_gib = int(open("/proc/meminfo").read().split()[1]) / 2**20
     print(f"command:  {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
-    print(f"hardware: {cpu_model()}, {args.threads} threads, "
-          f"{total_gib:.1f} GiB RAM; torch {torch.__version__}")
-    print(f"work:     {args.model} ({results['plain']['params']:,} params), one SGD step, batch {args.batch_size}, "
-          "3x32x32, float32")
+    print(f"hardware: {cpu_model()}, {args.threads} threads, {total_gib:.1f} GiB RAM; torch {torch.__version__}")
+    print(
+        f"work:     {args.model} ({results['plain']['params']:,} params), one SGD step, batch {args.batch_size}, "
+        "3x32x32, float32"
+    )
     for mode, r in results.items():
-        print(f"{mode:13s} peak RSS {r['peak_gib']:6.2f} GiB (model+optimizer {r['baseline_gib']:.2f} GiB), "
-              f"step {r['step_s']:6.1f} s, fits in {total_gib:.0f} GiB with {total_gib - r['peak_gib']:.1f} GiB to spare")
+        print(
+            f"{mode:13s} peak RSS {r['peak_gib']:6.2f} GiB (model+optimizer {r['baseline_gib']:.2f} GiB), "
+            f"step {r['step_s']:6.1f} s, fits in {total_gib:.0f} GiB with {total_gib - r['peak_gib']:.1f} GiB to spare"
+        )
     p, c = results["plain"], results["checkpointed"]
-    print(f"activation checkpointing: {p['peak_gib'] / c['peak_gib']:.2f}x less peak memory, "
-          f"{c['step_s'] / p['step_s']:.2f}x the step time; gradient norm plain {p['first_grad_norm_check']:.6f} "
-          f"vs checkpointed {c['first_grad_norm_check']:.6f}")
+    print(
+        f"activation checkpointing: {p['peak_gib'] / c['peak_gib']:.2f}x less peak memory, "
+        f"{c['step_s'] / p['step_s']:.2f}x the step time; gradient norm plain {p['first_grad_norm_check']:.6f} "
+        f"vs checkpointed {c['first_grad_norm_check']:.6f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,28 @@ from reslab.models.interop import from_torchvision, read_state_dict
 from reslab.train import checkpoint as ckpt
 
 # 32 images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
-RUN = ["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--epochs", "2", "--no-progress",
-       "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "data.synthetic_size=32",
-       "--set", "train.threads=2", "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=4"]
+RUN = [
+    "train",
+    "--data",
+    "synthetic",
+    "--model",
+    "resnet_cifar_8",
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "data.split=full",
+    "--set",
+    "data.synthetic_size=32",
+    "--set",
+    "train.threads=2",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "train.keep_checkpoints=4",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +71,7 @@ def step_of(path: Path) -> int:
 
 # ---- What a checkpoint holds; atomic writes ------------------------------------------------------
 
+
 def test_checkpoint_holds_the_full_state_as_plain_values(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert train(run, "--set", "optim.ema_decay=0.9") == 0
@@ -62,8 +82,17 @@ def test_checkpoint_holds_the_full_state_as_plain_values(tmp_path, capsys) -> No
     # Nothing in it needs more than torch's weights_only unpickler: no code can hide there.
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(mid)) == []
     payload = ckpt.load_checkpoint(mid)
-    assert {"model", "optimizer", "ema", "state", "rng", "data_order", "config", "reslab_version",
-            "world_size"} <= payload.keys()
+    assert {
+        "model",
+        "optimizer",
+        "ema",
+        "state",
+        "rng",
+        "data_order",
+        "config",
+        "reslab_version",
+        "world_size",
+    } <= payload.keys()
     assert payload["state"]["step"] == 6 and payload["state"]["epoch"] == 1
     assert payload["state"]["batch_in_epoch"] == 2 and "plateau_decays" in payload["state"]["schedule"]
     assert set(payload["rng"][0]) >= {"python", "numpy", "torch"} and payload["world_size"] == 1
@@ -116,6 +145,7 @@ def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch,
 
 # ---- Damaged checkpoints -------------------------------------------------------------------------
 
+
 def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
@@ -162,6 +192,7 @@ def test_missing_checksum_is_damage(tmp_path) -> None:
 
 
 # ---- Files that would run code -------------------------------------------------------------------
+
 
 class MakesMarker:
     """Unpickling this calls open(marker, "w"): a stand-in for any code a pickle can run."""
@@ -223,6 +254,7 @@ def test_torchvision_file_that_would_run_code_is_refused(tmp_path, capsys, zip_f
 
 
 # ---- NaN / inf -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def nan_batches(monkeypatch):

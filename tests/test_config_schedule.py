@@ -9,11 +9,20 @@ import pytest
 from reslab.config import ScheduleConfig, list_recipes, load_config
 from reslab.errors import ConfigError
 from reslab.train.loop import apply_depth_rules
-from reslab.train.schedule import (ScheduleState, constant, cosine, linear, linear_warmup, lr_at, multistep,
-                                   onecycle, step_decay)
-
+from reslab.train.schedule import (
+    ScheduleState,
+    constant,
+    cosine,
+    linear,
+    linear_warmup,
+    lr_at,
+    multistep,
+    onecycle,
+    step_decay,
+)
 
 # ---- Config -------------------------------------------------------------------------------------
+
 
 def test_layering_defaults_recipe_overrides() -> None:
     cfg = load_config("cifar-paper", ["optim.lr=0.05", "model.name=resnet56", "schedule.milestones=[10, 20]"])
@@ -58,6 +67,7 @@ def test_recipe_file_with_unknown_key(tmp_path) -> None:
 
 # ---- Schedule functions against hand-computed values --------------------------------------------
 
+
 def test_pure_schedule_functions() -> None:
     assert constant(123, 0.1) == 0.1
     assert step_decay(29, 0.1, 30, 0.1) == 0.1
@@ -100,6 +110,7 @@ def test_plateau_decays_after_patience() -> None:
 
 
 # ---- The paper's CIFAR recipe ------------------------------------------------------------------
+
 
 def test_cifar_paper_lr_at_the_papers_iterations() -> None:
     cfg = load_config("cifar-paper", ["model.name=resnet56"])

@@ -32,10 +32,30 @@ from reslab.train.optim import build_optimizer, set_lr
 from reslab.train.schedule import lr_at
 
 # Global batch 32 = 2 ranks x 16; 128 images -> 4 steps per epoch, 2 epochs.
-ARGS = ["--data", "synthetic", "--model", "resnet_cifar_8", "--epochs", "2", "--no-progress", "--deterministic",
-        "--set", "train.batch_size=32", "--set", "data.split=full", "--set", "data.synthetic_size=128",
-        "--set", "data.augment=none", "--set", "train.threads=1", "--set", "train.checkpoint_every=1",
-        "--set", "train.keep_checkpoints=20"]
+ARGS = [
+    "--data",
+    "synthetic",
+    "--model",
+    "resnet_cifar_8",
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--deterministic",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "data.split=full",
+    "--set",
+    "data.synthetic_size=128",
+    "--set",
+    "data.augment=none",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "train.keep_checkpoints=20",
+]
 STEPS = 8
 
 # How far the 2-process weights may be from the 1-process ones, as
@@ -67,10 +87,19 @@ def free_port() -> int:
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache"), "GLOO_SOCKET_IFNAME": "lo",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "reslab", "train", *args]
+    env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache"), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "reslab",
+        "train",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -79,8 +108,9 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def params(state_dict: dict) -> dict[str, torch.Tensor]:
     """Trainable weights only (BN running statistics, counters and a weights file's
     preprocessing tensors left out)."""
-    return {k: v for k, v in state_dict.items()
-            if v.is_floating_point() and "running_" not in k and not k.startswith("_")}
+    return {
+        k: v for k, v in state_dict.items() if v.is_floating_point() and "running_" not in k and not k.startswith("_")
+    }
 
 
 def flat(sd: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -89,13 +119,20 @@ def flat(sd: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # ---- Sharding (no processes needed) --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_shards_are_disjoint_and_cover_each_epoch(world_size: int) -> None:
     n, batch = 50, 4  # 50 images: the last partial global batch is dropped on every rank alike
-    ds = ArrayDataset(images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), labels=torch.arange(n),
-                      classes=[str(i) for i in range(n)], name="ids")
-    ranks = [InMemoryBatches(ds, batch, train=True, augment="none", normalize="none", seed=7, rank=r,
-                             world_size=world_size) for r in range(world_size)]
+    ds = ArrayDataset(
+        images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8),
+        labels=torch.arange(n),
+        classes=[str(i) for i in range(n)],
+        name="ids",
+    )
+    ranks = [
+        InMemoryBatches(ds, batch, train=True, augment="none", normalize="none", seed=7, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     whole = InMemoryBatches(ds, batch * world_size, train=True, augment="none", normalize="none", seed=7)
     assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == len(whole)
     for epoch in range(3):
@@ -108,11 +145,12 @@ def test_shards_are_disjoint_and_cover_each_epoch(world_size: int) -> None:
         step = batch * world_size
         for i, batches in enumerate(zip(*(r.epoch(epoch) for r in ranks))):
             labels = torch.cat([y for _, y in batches])
-            assert set(labels.tolist()) == set(whole.order(epoch)[i * step:(i + 1) * step].tolist())
+            assert set(labels.tolist()) == set(whole.order(epoch)[i * step : (i + 1) * step].tolist())
     assert not torch.equal(ranks[0].order(0), ranks[0].order(1))  # reshuffled each epoch
 
 
 # ---- torchrun, 2 CPU processes, gloo -------------------------------------------------------------
+
 
 def one_ddp_step(cfg) -> dict[str, torch.Tensor]:
     """Step 1 as DDP should compute it: the loop's own initial weights (rank 0's), each rank's

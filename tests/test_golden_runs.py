@@ -37,27 +37,93 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "data"))
 
 from dataset_files import write_cifar  # noqa: E402
+
 from portable_reslab import PORTABLE_ENV  # noqa: E402
 
 COMMON = ["--no-progress", "--deterministic", "--seed", "0", "--set", "train.threads=1"]
 RUNS: dict[str, list[str]] = {
     "cifar-paper-resnet20": [
-        "train", "--recipe", "cifar-paper", "--data-dir", "{data}", "--iterations", "12",
-        "--set", "data.val_size=32", "--set", "train.batch_size=16", "--set", "train.eval_every=6",
-        "--set", "schedule.milestones=[6,9]"],
+        "train",
+        "--recipe",
+        "cifar-paper",
+        "--data-dir",
+        "{data}",
+        "--iterations",
+        "12",
+        "--set",
+        "data.val_size=32",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.eval_every=6",
+        "--set",
+        "schedule.milestones=[6,9]",
+    ],
     "fast-fast_resnet10-synthetic": [
-        "train", "--recipe", "fast", "--data", "synthetic", "--epochs", "2.5",
-        "--set", "data.synthetic_size=128", "--set", "train.batch_size=32"],
+        "train",
+        "--recipe",
+        "fast",
+        "--data",
+        "synthetic",
+        "--epochs",
+        "2.5",
+        "--set",
+        "data.synthetic_size=128",
+        "--set",
+        "train.batch_size=32",
+    ],
     "streamed-imagefolder-resnet20": [
-        "train", "--data", "imagefolder", "--data-dir", "{data}", "--model", "resnet20", "--iterations", "6",
-        "--set", "data.in_memory=false", "--set", "data.split=full", "--set", "data.normalize=channel",
-        "--set", "data.augment=scale", "--set", "data.image_size=32", "--set", "data.workers=2",
-        "--set", "train.batch_size=8", "--set", "schedule.name=constant", "--set", "optim.lr=0.05"],
+        "train",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        "{data}",
+        "--model",
+        "resnet20",
+        "--iterations",
+        "6",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "data.split=full",
+        "--set",
+        "data.normalize=channel",
+        "--set",
+        "data.augment=scale",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.workers=2",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "schedule.name=constant",
+        "--set",
+        "optim.lr=0.05",
+    ],
     "resume-wrn_10_1-synthetic": [
-        "train", "--data", "synthetic", "--model", "wrn_10_1", "--epochs", "3",
-        "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "data.synthetic_size=64",
-        "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=3",
-        "--set", "optim.ema_decay=0.9", "--set", "model.drop_rate=0.3"],
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "wrn_10_1",
+        "--epochs",
+        "3",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "data.split=full",
+        "--set",
+        "data.synthetic_size=64",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.keep_checkpoints=3",
+        "--set",
+        "optim.ema_decay=0.9",
+        "--set",
+        "model.drop_rate=0.3",
+    ],
 }
 
 
@@ -86,8 +152,14 @@ def prepare(name: str, work: Path) -> Path:
 
 def portable(args: list[str], work: Path) -> subprocess.Popen:
     env = {**os.environ, **PORTABLE_ENV, "RESLAB_CACHE_DIR": str(work / "cache"), "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, str(HERE / "portable_reslab.py"), *args], cwd=work, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "portable_reslab.py"), *args],
+        cwd=work,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -112,8 +184,11 @@ def outcome(run_dir: Path) -> dict:
     """What a golden run is reduced to: the weights' digest and the final evaluation's numbers."""
     summary = json.loads((run_dir / "summary.json").read_text())
     final = {k: v for k, v in summary["final"].items() if k.endswith(("error", "loss"))}
-    return {"weights_sha256": weights_digest(run_dir / "weights.safetensors"), "final": final,
-            "steps": summary["steps"]}
+    return {
+        "weights_sha256": weights_digest(run_dir / "weights.safetensors"),
+        "final": final,
+        "steps": summary["steps"],
+    }
 
 
 def command(name: str, data: Path, run_dir: Path) -> list[str]:

@@ -7,8 +7,18 @@ import torch
 import torchvision
 
 from reslab.errors import ConfigError, InputShapeError, UnknownModelError
-from reslab.models import (ResNet, count_macs, count_params, create_model, describe, from_torchvision,
-                           list_models, load_torchvision_into, model_info, to_torchvision)
+from reslab.models import (
+    ResNet,
+    count_macs,
+    count_params,
+    create_model,
+    describe,
+    from_torchvision,
+    list_models,
+    load_torchvision_into,
+    model_info,
+    to_torchvision,
+)
 from reslab.models.blocks import PadShortcut
 
 ALL_MODELS = list_models()
@@ -35,6 +45,7 @@ def _seed():
 
 
 # ---- Parametrized over the whole registry -------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_backward_shape_and_finite_grads(name: str) -> None:
@@ -71,11 +82,23 @@ def test_eval_mode_deterministic_and_grey_seven_classes(name: str) -> None:
 
 # ---- Exact parameter counts ----------------------------------------------------------------------
 
-CIFAR_PARAMS = {"resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
-                "resnet110": 1_727_962, "resnet1202": 19_421_274}
-TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-                      "resnet101": 44_549_160, "resnet152": 60_192_808,
-                      "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240}
+CIFAR_PARAMS = {
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet1202": 19_421_274,
+}
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
+}
 
 
 def meta_params(name: str, **options) -> int:
@@ -126,8 +149,13 @@ def test_shortcut_options_change_only_projections() -> None:
 
 # ---- Multiply-adds ----------------------------------------------------------------------------
 
-PAPER_V1_GMACS = {"resnet18_v1": (1.8, 1.814), "resnet34_v1": (3.6, 3.664), "resnet50_v1": (3.8, 3.858),
-                  "resnet101_v1": (7.6, 7.570), "resnet152_v1": (11.3, 11.282)}
+PAPER_V1_GMACS = {
+    "resnet18_v1": (1.8, 1.814),
+    "resnet34_v1": (3.6, 3.664),
+    "resnet50_v1": (3.8, 3.858),
+    "resnet101_v1": (7.6, 7.570),
+    "resnet152_v1": (11.3, 11.282),
+}
 
 
 @pytest.mark.parametrize("name,paper_counted", PAPER_V1_GMACS.items())
@@ -153,6 +181,7 @@ def test_cifar_macs() -> None:
 
 
 # ---- torchvision equivalence ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_torchvision_logits_match_both_ways(name: str) -> None:
@@ -195,6 +224,7 @@ def test_to_torchvision_refuses_paper_v1() -> None:
 
 # ---- v1 versus v1.5 ----------------------------------------------------------------------------
 
+
 def test_v1_and_v15_differ_only_in_stride_placement() -> None:
     v1, v15 = create_model("resnet50_v1"), create_model("resnet50")
     mods1, mods15 = dict(v1.named_modules()), dict(v15.named_modules())
@@ -204,18 +234,24 @@ def test_v1_and_v15_differ_only_in_stride_placement() -> None:
         m15 = mods15[key]
         assert type(m1) is type(m15)
         if isinstance(m1, torch.nn.Conv2d):
-            assert (m1.in_channels, m1.out_channels, m1.kernel_size, m1.groups) == \
-                   (m15.in_channels, m15.out_channels, m15.kernel_size, m15.groups)
+            assert (m1.in_channels, m1.out_channels, m1.kernel_size, m1.groups) == (
+                m15.in_channels,
+                m15.out_channels,
+                m15.kernel_size,
+                m15.groups,
+            )
             if m1.stride != m15.stride:
                 differences.append((key, m1.stride, m15.stride))
     # Exactly the first block of stages 2-4: v1 strides conv1 (1x1), v1.5 strides conv2 (3x3).
     assert sorted(differences) == sorted(
         [(f"layer{s}.0.conv1", (2, 2), (1, 1)) for s in (2, 3, 4)]
-        + [(f"layer{s}.0.conv2", (1, 1), (2, 2)) for s in (2, 3, 4)])
+        + [(f"layer{s}.0.conv2", (1, 1), (2, 2)) for s in (2, 3, 4)]
+    )
     v15.load_state_dict(v1.state_dict())  # same parameters, key for key
 
 
 # ---- Structure of the paper's choices ----------------------------------------------------------
+
 
 def test_cifar_resnet_uses_option_a_and_plain_has_no_shortcuts() -> None:
     res, plain = create_model("resnet20"), create_model("plain20")
@@ -250,6 +286,7 @@ def test_parametric_names() -> None:
 
 
 # ---- Bad input ------------------------------------------------------------------------------
+
 
 def test_unknown_name_lists_closest() -> None:
     with pytest.raises(UnknownModelError, match="resnet50") as err:

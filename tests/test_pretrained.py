@@ -34,8 +34,21 @@ def test_shipped_weights_reach_their_recorded_accuracy(name: str, tmp_path, caps
     assert meta.data_sha256 == data_checksum(load_config("fast", ["data.data_dir=" + str(FMNIST.parent)]))
     # Evaluate the way the recorded number was measured (with or without flip TTA).
     tta = "flip" if meta.metrics["eval_tta_flip"] else "none"
-    rc = main(["eval", name, "--data", "fashion-mnist", "--data-dir", str(FMNIST.parent), "--tta", tta,
-               "--json", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "eval",
+            name,
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(FMNIST.parent),
+            "--tta",
+            tta,
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and report["images"] == 10_000
     # Same weights, same images, same flip TTA: only kernel-level float differences remain.

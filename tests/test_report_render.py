@@ -16,11 +16,24 @@ from PIL import Image
 from reslab.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
-                                    reason="needs Debian's chromium: apt-get install -y chromium")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
+)
 
-TINY = ["--data", "synthetic", "--set", "data.synthetic_size=32", "--set", "data.image_size=16",
-        "--set", "train.batch_size=16", "--set", "train.progress=false", "--set", "train.threads=1"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--set",
+    "data.synthetic_size=32",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.threads=1",
+]
 
 # Injected into a copy of the page: after load, record how many images decoded, on <body>.
 PROBE = """<script>
@@ -40,16 +53,32 @@ def experiment(tmp_path_factory) -> Path:
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def console_problems(stderr: str) -> list[str]:
     """Console errors and failed loads; Chromium's own noise (no D-Bus in a container) is ignored."""
-    return [line for line in stderr.splitlines()
-            if ("CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)) or "net::ERR_" in line]
+    return [
+        line
+        for line in stderr.splitlines()
+        if ("CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)) or "net::ERR_" in line
+    ]
 
 
 @needs_chromium

@@ -26,8 +26,20 @@ from reslab.models import create_model
 from reslab.weights import WeightsMeta, save_weights
 
 # 32 synthetic 16x16 images, batches of 16: two steps per epoch.
-TINY = ["--data", "synthetic", "--set", "data.synthetic_size=32", "--set", "data.image_size=16",
-        "--set", "train.batch_size=16", "--set", "train.progress=false", "--set", "train.threads=1"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--set",
+    "data.synthetic_size=32",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.threads=1",
+]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -84,8 +96,13 @@ def test_half_finished_experiment_resumes(degradation: Path, tmp_path: Path, cap
     shutil.copytree(degradation, out)
     run = out / "runs" / "resnet_cifar_14-seed0"
     newest = sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]  # step 3: resume from step 2
-    for path in (run / "summary.json", run / "weights.safetensors", run / "train_error.json", newest,
-                 newest.with_name(newest.name + ".sha256")):
+    for path in (
+        run / "summary.json",
+        run / "weights.safetensors",
+        run / "train_error.json",
+        newest,
+        newest.with_name(newest.name + ".sha256"),
+    ):
         path.unlink()
     before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert reproduce("degradation", "--out", out) == 0  # the settings come from experiment.json
@@ -119,8 +136,12 @@ def test_layer_responses_of_a_degradation_experiment(degradation: Path, tmp_path
     assert html.count('src="data:image/png;base64,') == 1
     assert (out / "fig7_layer_responses.png").stat().st_size > 10_000
     results = read_json(out / "results.json")
-    assert {k: len(v) for k, v in results["responses"].items()} == {"plain-8": 7, "plain-14": 13, "ResNet-8": 7,
-                                                                   "ResNet-14": 13}  # depth - 1 3x3 layers
+    assert {k: len(v) for k, v in results["responses"].items()} == {
+        "plain-8": 7,
+        "plain-14": 13,
+        "ResNet-8": 7,
+        "ResNet-14": 13,
+    }  # depth - 1 3x3 layers
     assert all(v > 0 for stds in results["responses"].values() for v in stds)
     assert len(results["claims"]) == 2
 
@@ -150,11 +171,34 @@ def test_layer_response_hooks_read_the_bn_after_each_3x3_conv() -> None:
 def test_table6_on_cifar_pickles(tmp_path: Path) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=16)  # 80 training images, 16 test images
     out = tmp_path / "table6"
-    assert reproduce("cifar10-table6", "--data-dir", tmp_path / "data", "--depths", "8,20", "--seeds", 2,
-                     "--iterations", 2, "--set", "data.val_size=16", "--set", "train.batch_size=16",
-                     "--set", "data.image_size=16", "--set", "train.threads=1",
-                     "--set", "train.progress=false", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                     "--out", out) == 0
+    assert (
+        reproduce(
+            "cifar10-table6",
+            "--data-dir",
+            tmp_path / "data",
+            "--depths",
+            "8,20",
+            "--seeds",
+            2,
+            "--iterations",
+            2,
+            "--set",
+            "data.val_size=16",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "train.threads=1",
+            "--set",
+            "train.progress=false",
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--out",
+            out,
+        )
+        == 0
+    )
     html = (out / "report.html").read_text()
     assert 'id="table6"' in html and "SYNTHETIC DATA" not in html
     for paper_number in ("8.75", "7.51", "7.17", "6.97", "6.43", "0.27M", "0.46M", "0.66M", "0.85M", "1.7M"):
@@ -163,8 +207,12 @@ def test_table6_on_cifar_pickles(tmp_path: Path) -> None:
     assert "7.93" not in html  # ResNet-1202 only on request (--depths)
     rows = {row["depth"]: row for row in read_json(out / "results.json")["table"]}
     assert rows[20]["params"] == rows[20]["paper_params_exact"] == 269_722
-    assert rows[20]["seeds"] == 2 and rows[20]["test_error_std"] is not None and rows[32] == {
-        "depth": 32, "paper_params": "0.46M", "paper_params_exact": 464_154, "paper_error": 7.51, "run": False}
+    assert (
+        rows[20]["seeds"] == 2
+        and rows[20]["test_error_std"] is not None
+        and rows[32]
+        == {"depth": 32, "paper_params": "0.46M", "paper_params_exact": 464_154, "paper_error": 7.51, "run": False}
+    )
     assert (out / "table6_error_vs_depth.png").is_file() and (out / "table6_test_curves.png").is_file()
 
 
@@ -172,11 +220,21 @@ def test_imagenet_table_evaluates_weights_with_one_and_ten_crops(tmp_path: Path,
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=2, classes=("cat", "dog"))
     weights = tmp_path / "r18.safetensors"
     meta = WeightsMeta(model="resnet18", num_classes=2, in_chans=3, classes=["cat", "dog"], input_size=32)
-    save_weights(weights, create_model("resnet18", num_classes=2), meta, torch.full((3, 1, 1), 0.5),
-                 torch.full((3, 1, 1), 0.25))
+    save_weights(
+        weights, create_model("resnet18", num_classes=2), meta, torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    )
     out = tmp_path / "imagenet"
-    args = ["imagenet-table", "--data-dir", tmp_path / "tree", "--weights", f"ResNet-18={weights}",
-            "--workers", 0, "--out", out]
+    args = [
+        "imagenet-table",
+        "--data-dir",
+        tmp_path / "tree",
+        "--weights",
+        f"ResNet-18={weights}",
+        "--workers",
+        0,
+        "--out",
+        out,
+    ]
     assert reproduce(*args) == 0
     html = (out / "report.html").read_text()
     assert 'id="imagenet-table"' in html and "<td>27.88</td>" in html and "not comparable" in html
@@ -192,8 +250,9 @@ def test_imagenet_table_evaluates_weights_with_one_and_ten_crops(tmp_path: Path,
 def test_report_command_compares_runs(degradation: Path, tmp_path: Path) -> None:
     runs = degradation / "runs"
     page = tmp_path / "cmp" / "page.html"
-    assert main(["report", str(runs / "plain_cifar_8-seed0"), str(runs / "resnet_cifar_8-seed0"),
-                 "--out", str(page)]) == 0
+    assert (
+        main(["report", str(runs / "plain_cifar_8-seed0"), str(runs / "resnet_cifar_8-seed0"), "--out", str(page)]) == 0
+    )
     html = page.read_text()
     assert 'id="final-metrics"' in html and "plain_cifar_8-seed0" in html and "resnet_cifar_8-seed0" in html
     assert "SYNTHETIC DATA" in html and html.count('src="data:image/png;base64,') == 1
@@ -213,17 +272,22 @@ def test_directory_of_another_experiment_is_refused(degradation: Path, capsys) -
     assert (degradation / "experiment.json").read_text() == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["reproduce", "degradaton"], "unknown experiment 'degradaton' (did you mean degradation?)"),
-    (["reproduce", "degradation", "--data", "cifar10", "--data-dir", "{tmp}/empty", "--out", "{tmp}/x"],
-     "cifar10 train files not found"),
-    (["reproduce", "degradation", "--weights", "w.safetensors"], "degradation does not take --weights"),
-    (["reproduce", "degradation", "--data", "synthetic", "--depths", "8,9", "--out", "{tmp}/x"], "6n+2"),
-    (["reproduce", "layer-responses", "--from", "{tmp}/none", "--out", "{tmp}/x"], "no finished experiment"),
-    (["reproduce", "imagenet-table", "--data-dir", "{tmp}", "--out", "{tmp}/x"], "needs weights"),
-    (["reproduce", "degradation", "--data", "synthetic", "--out", "{tmp}/full"], "not a reslab experiment"),
-    (["report", "{tmp}/full"], "not a reslab run directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["reproduce", "degradaton"], "unknown experiment 'degradaton' (did you mean degradation?)"),
+        (
+            ["reproduce", "degradation", "--data", "cifar10", "--data-dir", "{tmp}/empty", "--out", "{tmp}/x"],
+            "cifar10 train files not found",
+        ),
+        (["reproduce", "degradation", "--weights", "w.safetensors"], "degradation does not take --weights"),
+        (["reproduce", "degradation", "--data", "synthetic", "--depths", "8,9", "--out", "{tmp}/x"], "6n+2"),
+        (["reproduce", "layer-responses", "--from", "{tmp}/none", "--out", "{tmp}/x"], "no finished experiment"),
+        (["reproduce", "imagenet-table", "--data-dir", "{tmp}", "--out", "{tmp}/x"], "needs weights"),
+        (["reproduce", "degradation", "--data", "synthetic", "--out", "{tmp}/full"], "not a reslab experiment"),
+        (["report", "{tmp}/full"], "not a reslab run directory"),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()

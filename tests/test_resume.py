@@ -26,16 +26,45 @@ from reslab.train.checkpoint import list_checkpoints, load_checkpoint
 
 STEPS_PER_EPOCH = 8  # 64 images / batch 8
 EPOCHS = 3
-ARGS = ["train", "--data", "synthetic", "--model", "wrn_10_1", "--epochs", str(EPOCHS), "--no-progress",
-        "--deterministic", "--set", "train.batch_size=8", "--set", "data.split=full",
-        "--set", "data.synthetic_size=64", "--set", "train.threads=1", "--set", "train.checkpoint_every=1",
-        "--set", "train.keep_checkpoints=3", "--set", "optim.ema_decay=0.9", "--set", "model.drop_rate=0.3"]
+ARGS = [
+    "train",
+    "--data",
+    "synthetic",
+    "--model",
+    "wrn_10_1",
+    "--epochs",
+    str(EPOCHS),
+    "--no-progress",
+    "--deterministic",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "data.split=full",
+    "--set",
+    "data.synthetic_size=64",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "train.keep_checkpoints=3",
+    "--set",
+    "optim.ema_decay=0.9",
+    "--set",
+    "model.drop_rate=0.3",
+]
 
 
 def reslab(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "reslab", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reslab", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
@@ -69,12 +98,15 @@ def assert_same_final_state(run: Path, reference: Path) -> None:
     assert x["state"] == y["state"]
     for part in ("model", "ema"):
         assert [k for k in x[part] if not torch.equal(x[part][k], y[part][k])] == [], part
-    momentum = [(x["optimizer"]["state"][i]["momentum_buffer"], y["optimizer"]["state"][i]["momentum_buffer"])
-                for i in y["optimizer"]["state"]]
+    momentum = [
+        (x["optimizer"]["state"][i]["momentum_buffer"], y["optimizer"]["state"][i]["momentum_buffer"])
+        for i in y["optimizer"]["state"]
+    ]
     assert momentum and all(torch.equal(p, q) for p, q in momentum)
     # Evaluations logged after the checkpoint by the interrupted process were dropped on resume.
-    steps = [[json.loads(line)["step"] for line in (r / "metrics.jsonl").read_text().splitlines()]
-             for r in (run, reference)]
+    steps = [
+        [json.loads(line)["step"] for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, reference)
+    ]
     assert steps[0] == steps[1] == [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
 
 
@@ -128,9 +160,26 @@ def test_sigterm_writes_checkpoint_and_resumes_cleanly(tmp_path: Path, reference
 
 # ---- Stops at awkward moments (in-process: the test sends the signal to itself) ------------------
 
-IN_PROCESS = ["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--epochs", "2", "--no-progress",
-              "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "data.synthetic_size=32",
-              "--set", "train.threads=2", "--set", "train.checkpoint_every=3"]
+IN_PROCESS = [
+    "train",
+    "--data",
+    "synthetic",
+    "--model",
+    "resnet_cifar_8",
+    "--epochs",
+    "2",
+    "--no-progress",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "data.split=full",
+    "--set",
+    "data.synthetic_size=32",
+    "--set",
+    "train.threads=2",
+    "--set",
+    "train.checkpoint_every=3",
+]
 
 
 def signal_during_evaluation(monkeypatch, *signals: signal.Signals) -> None:
@@ -220,10 +269,34 @@ def test_streamed_image_folder_stops_and_resumes_bit_exact(tmp_path: Path, monke
     from reslab.cli import main
 
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("a", "b", "c"))
-    args = ["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model", "resnet_cifar_8",
-            "--epochs", "2", "--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full",
-            "--set", "data.in_memory=false", "--set", "data.image_size=32", "--set", "data.augment=scale",
-            "--set", "data.normalize=channel", "--set", "data.workers=0", "--set", "train.threads=2"]
+    args = [
+        "train",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "tree"),
+        "--model",
+        "resnet_cifar_8",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "data.split=full",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.augment=scale",
+        "--set",
+        "data.normalize=channel",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "train.threads=2",
+    ]
     assert main([*args, "--run-dir", str(tmp_path / "reference")]) == 0
     run = tmp_path / "run"
     signal_during_evaluation(monkeypatch, signal.SIGTERM)

@@ -16,15 +16,30 @@ from reslab.config import load_config
 from reslab.errors import ConfigError
 from reslab.weights import read_meta
 
-FAST = ["--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full",
-        "--set", "train.threads=2"]
+FAST = ["--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "train.threads=2"]
 
 
 def train_then_eval(tmp_path: Path, capsys, data: str, data_dir: Path, model: str, extra: list[str] = ()) -> dict:
     run = tmp_path / "run"
     cache = ["--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    rc = main(["train", "--data", data, "--data-dir", str(data_dir), "--model", model, "--epochs", "2",
-               "--run-dir", str(run), *FAST, *cache, *extra])
+    rc = main(
+        [
+            "train",
+            "--data",
+            data,
+            "--data-dir",
+            str(data_dir),
+            "--model",
+            model,
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(run),
+            *FAST,
+            *cache,
+            *extra,
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "test top1 error" in out
@@ -69,8 +84,9 @@ def test_fashion_mnist_idx(tmp_path, capsys) -> None:
 
 def test_image_folder_tree(tmp_path, capsys) -> None:
     write_image_tree(tmp_path / "tree", size=(20, 18), per_class=8, classes=("cat", "dog", "emu"))
-    report = train_then_eval(tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8",
-                             ["--set", "data.image_size=16"])
+    report = train_then_eval(
+        tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8", ["--set", "data.image_size=16"]
+    )
     assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
 
 
@@ -78,10 +94,25 @@ def test_image_folder_streamed_from_disk_in_workers(tmp_path, capsys) -> None:
     """data.in_memory=false (the imagenet-paper recipe's path): DataLoader workers decode and
     augment (paper scale augmentation + PCA lighting); `reslab eval` streams val/ the same way."""
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("cat", "dog", "emu"))
-    report = train_then_eval(tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8",
-                             ["--set", "data.in_memory=false", "--set", "data.image_size=32",
-                              "--set", "data.augment=scale", "--set", "data.normalize=channel",
-                              "--set", "data.workers=1"])
+    report = train_then_eval(
+        tmp_path,
+        capsys,
+        "imagefolder",
+        tmp_path / "tree",
+        "resnet_cifar_8",
+        [
+            "--set",
+            "data.in_memory=false",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "data.augment=scale",
+            "--set",
+            "data.normalize=channel",
+            "--set",
+            "data.workers=1",
+        ],
+    )
     assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
     meta = read_meta(tmp_path / "run")
     assert meta.input_size == 32 and meta.data_sha256.startswith("listing:")
@@ -89,10 +120,27 @@ def test_image_folder_streamed_from_disk_in_workers(tmp_path, capsys) -> None:
 
 def test_imagenet_paper_recipe_trains_a_step(tmp_path) -> None:
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=4, classes=("a", "b"))
-    result = run_cli("train", "--recipe", "imagenet-paper", "--data-dir", str(tmp_path / "tree"),
-                     "--model", "resnet18", "--iterations", "1", "--no-progress", "--run-dir", str(tmp_path / "r"),
-                     "--set", "train.batch_size=4", "--set", "data.image_size=32", "--set", "data.workers=0",
-                     cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "--recipe",
+        "imagenet-paper",
+        "--data-dir",
+        str(tmp_path / "tree"),
+        "--model",
+        "resnet18",
+        "--iterations",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.workers=0",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     config = (tmp_path / "r" / "config.yaml").read_text()
     assert "in_memory: false" in config and "augment: scale" in config
@@ -100,9 +148,22 @@ def test_imagenet_paper_recipe_trains_a_step(tmp_path) -> None:
 
 def test_streaming_refuses_settings_it_cannot_honour(tmp_path) -> None:
     write_image_tree(tmp_path / "tree", size=(20, 18), per_class=4, classes=("a", "b"))
-    result = run_cli("train", "--data", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model",
-                     "resnet_cifar_8", "--epochs", "1", "--set", "data.in_memory=false", "--set", "data.augment=crop-flip",
-                     cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "tree"),
+        "--model",
+        "resnet_cifar_8",
+        "--epochs",
+        "1",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "data.augment=crop-flip",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "data.augment='crop-flip' (valid here: scale, rrc, none)" in result.stderr
     assert "data.split='paper' (use full" in result.stderr
@@ -111,10 +172,30 @@ def test_streaming_refuses_settings_it_cannot_honour(tmp_path) -> None:
 def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=8)
     run = tmp_path / "run"
-    rc = main(["train", "--recipe", "cifar-paper", "--data-dir", str(tmp_path / "data"), "--model",
-               "resnet_cifar_8", "--iterations", "6", "--run-dir", str(run), "--no-progress",
-               "--set", "train.batch_size=8", "--set", "data.val_size=8", "--set", "train.eval_every=3",
-               "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            "cifar-paper",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--model",
+            "resnet_cifar_8",
+            "--iterations",
+            "6",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "data.val_size=8",
+            "--set",
+            "train.eval_every=3",
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
@@ -124,10 +205,30 @@ def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
 def test_eval_every_minus_one_evaluates_only_after_the_last_step(tmp_path, capsys) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=8)
     run = tmp_path / "run"
-    rc = main(["train", "--recipe", "fast", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--model",
-               "resnet_cifar_8", "--epochs", "3.5", "--run-dir", str(run), "--no-progress",
-               "--set", "train.batch_size=8", "--set", "train.eval_every=-1",
-               "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            "fast",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--model",
+            "resnet_cifar_8",
+            "--epochs",
+            "3.5",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.eval_every=-1",
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [18]  # 40 images / 8 = 5 steps an epoch; 3.5 epochs, rounded up
@@ -138,8 +239,22 @@ def test_eval_every_minus_one_evaluates_only_after_the_last_step(tmp_path, capsy
 
 def test_synthetic_is_labelled_as_such(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    rc = main(["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--epochs", "1", "--run-dir",
-               str(run), *FAST, "--set", "data.synthetic_size=32"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "resnet_cifar_8",
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(run),
+            *FAST,
+            "--set",
+            "data.synthetic_size=32",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "SYNTHETIC" in out
     assert all("SYNTHETIC" in line for line in (run / "metrics.jsonl").read_text().splitlines())
@@ -147,15 +262,18 @@ def test_synthetic_is_labelled_as_such(tmp_path, capsys) -> None:
 
 # ---- Bad input: one clear line, exit status 2, no traceback --------------------------------------
 
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "reslab", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_missing_dataset_names_the_file_and_how_to_get_it(tmp_path) -> None:
-    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1",
-                     cwd=tmp_path)
+    result = run_cli(
+        "train", "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "data_batch_1" in result.stderr or "cifar-10-batches-py" in result.stderr
@@ -166,8 +284,7 @@ def test_corrupt_dataset_file_is_named(tmp_path) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=4)
     batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:100])
-    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
-                     cwd=tmp_path)
+    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data_batch_3" in result.stderr
 
@@ -180,9 +297,26 @@ def test_setting_typo_names_key_and_valid_ones(tmp_path) -> None:
 
 def test_nan_loss_stops_at_that_step(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    rc = main(["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--iterations", "40",
-               "--run-dir", str(run), *FAST, "--set", "data.synthetic_size=64", "--set", "optim.lr=1e30",
-               "--set", "train.checkpoint_every=1"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "resnet_cifar_8",
+            "--iterations",
+            "40",
+            "--run-dir",
+            str(run),
+            *FAST,
+            "--set",
+            "data.synthetic_size=64",
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "train.checkpoint_every=1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "non-finite" in err and "at step" in err
@@ -202,8 +336,26 @@ def test_unknown_model_on_the_cli(tmp_path) -> None:
 
 
 def test_too_small_images_name_the_expected_shape(tmp_path) -> None:
-    result = run_cli("train", "--data", "synthetic", "--model", "resnet18", "--set", "data.image_size=16",
-                     "--set", "data.synthetic_size=64", "--set", "data.split=full", "--set", "train.batch_size=8",
-                     "--epochs", "1", "--no-progress", "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "resnet18",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "data.synthetic_size=64",
+        "--set",
+        "data.split=full",
+        "--set",
+        "train.batch_size=8",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "resnet18 expects input of shape (B, 3, H, W) with H, W >= 32; got (8, 3, 16, 16)" in result.stderr

@@ -47,17 +47,20 @@ def _models_command(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for r in rows:
         macs = f"{r.macs / 1e9:.3f}G" if r.macs >= 1e9 else f"{r.macs / 1e6:.2f}M"
-        print(f"{r.name:<20} {r.family:<20} {r.depth:>5} {r.params:>13,} {macs:>10}  "
-              f"{r.input_size:>3}x{r.input_size:<3}")
+        print(
+            f"{r.name:<20} {r.family:<20} {r.depth:>5} {r.params:>13,} {macs:>10}  {r.input_size:>3}x{r.input_size:<3}"
+        )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "models", help="list networks with parameters and multiply-adds",
+        "models",
+        help="list networks with parameters and multiply-adds",
         description="List registered networks: family, depth, parameters and multiply-adds of "
-                    "convolutions + classifier at the native input size (32x32 CIFAR, 224x224 "
-                    "ImageNet), counted by running each network through torch's FLOP counter.")
+        "convolutions + classifier at the native input size (32x32 CIFAR, 224x224 "
+        "ImageNet), counted by running each network through torch's FLOP counter.",
+    )
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*' (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_models_command)

@@ -122,8 +122,13 @@ def list_recipes() -> list[str]:
 
 
 def _section_class(name: str) -> type:
-    return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "schedule": ScheduleConfig, "train": TrainConfig}[name]
+    return {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "schedule": ScheduleConfig,
+        "train": TrainConfig,
+    }[name]
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -239,13 +244,17 @@ def validate(cfg: Config) -> None:
     if cfg.model.shortcut is not None and cfg.model.shortcut not in ("A", "B", "C"):
         raise ConfigError(f"model.shortcut must be A, B or C; got {cfg.model.shortcut!r}")
     if (cfg.train.iterations > 0) == (cfg.train.epochs > 0):
-        raise ConfigError("set exactly one of train.iterations and train.epochs (the other 0); "
-                          f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}")
+        raise ConfigError(
+            "set exactly one of train.iterations and train.epochs (the other 0); "
+            f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}"
+        )
     if cfg.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1; got {cfg.train.batch_size}")
     if cfg.train.eval_every < -1:
-        raise ConfigError("train.eval_every must be N > 0 (every N iterations), 0 (each epoch end) or -1 "
-                          f"(only after the last step); got {cfg.train.eval_every}")
+        raise ConfigError(
+            "train.eval_every must be N > 0 (every N iterations), 0 (each epoch end) or -1 "
+            f"(only after the last step); got {cfg.train.eval_every}"
+        )
     if cfg.train.eval_every == -1 and cfg.schedule.name == "plateau":
         raise ConfigError("schedule plateau decays on evaluations: it needs train.eval_every >= 0, not -1")
     if cfg.optim.lr <= 0:

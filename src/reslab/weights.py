@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
-from safetensors import safe_open
 
 from reslab.atomic import atomic_write_bytes
 from reslab.errors import CheckpointError
@@ -45,8 +44,7 @@ class WeightsMeta:
     reslab_version: str = ""
 
 
-def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta,
-                 mean: torch.Tensor, std: torch.Tensor) -> Path:
+def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor) -> Path:
     """Write weights atomically (see reslab.atomic)."""
     from reslab import __version__
 
@@ -97,8 +95,9 @@ def read_meta(path: str | Path) -> WeightsMeta:
         raise CheckpointError(f"{path} has damaged reslab metadata ({exc})") from exc
 
 
-def load_weights(source: str | Path, device: str | torch.device = "cpu"
-                 ) -> tuple[ResNet, WeightsMeta, torch.Tensor, torch.Tensor]:
+def load_weights(
+    source: str | Path, device: str | torch.device = "cpu"
+) -> tuple[ResNet, WeightsMeta, torch.Tensor, torch.Tensor]:
     """(model in eval mode, meta, mean, std) from a weights file, run directory or shipped name."""
     path = resolve_weights(source)
     meta = read_meta(path)

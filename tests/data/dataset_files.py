@@ -119,9 +119,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_idx(
-    directory: Path, n_train: int = 12, n_test: int = 5, gz: bool = True
-) -> dict[str, np.ndarray]:
+def write_idx(directory: Path, n_train: int = 12, n_test: int = 5, gz: bool = True) -> dict[str, np.ndarray]:
     """The four IDX files, gzipped or plain -> {"train_images", "train_labels", "test_..."}."""
     rng = np.random.default_rng(1)
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,7 @@ from reslab.errors import DataError
 
 def _numbered(n: int) -> ArrayDataset:
     """Image i is filled with i % 256 and labelled i % 10, so indices can be read back."""
-    images = (
-        (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
-    )
+    images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     return ArrayDataset(images, torch.arange(n) % 10, [str(c) for c in range(10)], "numbered")
 
 
@@ -31,14 +29,10 @@ def test_split_is_seeded_disjoint_and_covering() -> None:
     train_ids = set(train.images[:, 0, 0, 0].tolist())
     val_ids = set(val.images[:, 0, 0, 0].tolist())
     assert not train_ids & val_ids and len(train_ids | val_ids) == 200
-    assert torch.equal(
-        train.labels, train.images[:, 0, 0, 0].long() % 10
-    )  # labels stay with images
+    assert torch.equal(train.labels, train.images[:, 0, 0, 0].long() % 10)  # labels stay with images
     again_train, again_val = train_val_split(ds, 50, seed=3)
     torch.manual_seed(123)  # the global RNG plays no part
-    assert torch.equal(again_val.images, val.images) and torch.equal(
-        again_train.labels, train.labels
-    )
+    assert torch.equal(again_val.images, val.images) and torch.equal(again_train.labels, train.labels)
     _, other_val = train_val_split(ds, 50, seed=4)
     assert not torch.equal(other_val.images, val.images)
     assert train.images.is_contiguous() and train.classes == ds.classes
@@ -75,9 +69,7 @@ def test_convert_channels_and_resize() -> None:
         convert_channels(red, 2)
     wide = torch.arange(4 * 8, dtype=torch.uint8).view(1, 1, 4, 8)
     assert resize_images(wide, 4).shape == (1, 1, 4, 4)
-    assert torch.equal(
-        resize_images(wide, 4)[0, 0], wide[0, 0, :, 2:6]
-    )  # same height: only the crop
+    assert torch.equal(resize_images(wide, 4)[0, 0], wide[0, 0, :, 2:6])  # same height: only the crop
 
 
 def test_array_dataset_checks_types() -> None:

@@ -19,15 +19,11 @@ from reslab.errors import ConfigError
 
 def _dataset(n: int = 100, channels: int = 3, size: int = 8, seed: int = 0) -> ArrayDataset:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(
-        0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator
-    )
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
     return ArrayDataset(images, torch.arange(n) % 10, [str(c) for c in range(10)], "toy")
 
 
-def _reference_crop_flip(
-    x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int
-) -> torch.Tensor:
+def _reference_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
     """The obvious per-image loop: zero-pad, slice, maybe flip."""
     _, _, height, width = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -57,9 +53,7 @@ def test_pixel_mean_normalisation_matches_hand_reference() -> None:
     torch.testing.assert_close(train.stats.mean, expected_mean.float())
     test = InMemoryBatches(ds, 16, train=False, stats=train.stats)
     x = torch.cat([x for x, _ in test.epoch(0)])  # fixed order, no augmentation
-    torch.testing.assert_close(
-        x, ds.images.float() / 255 - expected_mean.float(), rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(x, ds.images.float() / 255 - expected_mean.float(), rtol=0, atol=1e-6)
 
 
 def test_channel_normalisation_matches_hand_reference() -> None:
@@ -89,9 +83,7 @@ def test_stats_survive_a_dict_round_trip() -> None:
 def test_crop_and_flip_equal_reference_crops_of_the_padded_image(pad: int) -> None:
     images = _dataset(64, size=8).images
     stats = compute_norm_stats(images, "pixel-mean")
-    offsets, flips = draw_augmentation(
-        64, torch.Generator().manual_seed(pad), crop=True, flip=True, pad=pad
-    )
+    offsets, flips = draw_augmentation(64, torch.Generator().manual_seed(pad), crop=True, flip=True, pad=pad)
     assert offsets.min() >= 0 and offsets.max() <= 2 * pad and flips.any() and not flips.all()
     out = normalize_crop_flip(images, stats, offsets, flips, pad)
     reference = _reference_crop_flip(stats.apply(images), offsets, flips, pad)
@@ -105,9 +97,7 @@ def test_hand_picked_offsets_and_zero_border() -> None:
     out = normalize_crop_flip(images, stats, offsets, torch.tensor([False, True]), pad=1)
     x = images.float() / 255
     # Image 0 shifted down-right by one: the first row and column are padding (zeros).
-    assert torch.equal(out[0, 0, 0], torch.zeros(4)) and torch.equal(
-        out[0, 0, :, 0], torch.zeros(4)
-    )
+    assert torch.equal(out[0, 0, 0], torch.zeros(4)) and torch.equal(out[0, 0, :, 0], torch.zeros(4))
     torch.testing.assert_close(out[0, 0, 1:, 1:], x[0, 0, :3, :3])
     # Image 1: rows 1.. of the image then a padding row; columns 0..3 unshifted; then mirrored.
     torch.testing.assert_close(out[1, 0, :3], x[1, 0, 1:].flip(-1))
@@ -151,10 +141,7 @@ def test_resume_from_start_batch_is_bit_exact() -> None:
 def test_rank_shards_are_disjoint_and_cover_the_epoch(train: bool) -> None:
     ds = _dataset(103)
     stats = compute_norm_stats(ds.images, "pixel-mean")
-    world = [
-        InMemoryBatches(ds, 8, train=train, stats=stats, rank=r, world_size=3, seed=2)
-        for r in range(3)
-    ]
+    world = [InMemoryBatches(ds, 8, train=train, stats=stats, rank=r, world_size=3, seed=2) for r in range(3)]
     orders = [w.order(1) for w in world]
     joined = torch.cat(orders)
     assert len(set(joined.tolist())) == len(joined)  # no sample on two ranks
@@ -181,9 +168,7 @@ def test_dtype_channels_last_and_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown augment"):
         InMemoryBatches(ds, 4, train=True, augment="cutout")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="do not fit"):
-        InMemoryBatches(
-            ds, 4, train=False, stats=compute_norm_stats(_dataset(4, size=6).images, "pixel-mean")
-        )
+        InMemoryBatches(ds, 4, train=False, stats=compute_norm_stats(_dataset(4, size=6).images, "pixel-mean"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

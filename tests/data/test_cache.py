@@ -22,9 +22,7 @@ def _mapped_files() -> str:
     return Path("/proc/self/maps").read_text()
 
 
-def test_round_trip_then_reuse_memory_mapped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_round_trip_then_reuse_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=3)
     cache_dir = tmp_path / "cache"
     first = load_cached("cifar10", "train", tmp_path / "data", cache_dir=cache_dir)
@@ -59,12 +57,8 @@ def test_changed_source_file_gives_a_new_entry(tmp_path: Path) -> None:
 def test_settings_are_part_of_the_key(tmp_path: Path) -> None:
     write_image_tree(tmp_path / "tree", size=(12, 10))
     cache_dir = tmp_path / "cache"
-    small = load_cached(
-        "imagefolder", "train", tmp_path / "tree", cache_dir=cache_dir, image_size=8
-    )
-    grey = load_cached(
-        "imagefolder", "train", tmp_path / "tree", cache_dir=cache_dir, image_size=8, in_chans=1
-    )
+    small = load_cached("imagefolder", "train", tmp_path / "tree", cache_dir=cache_dir, image_size=8)
+    grey = load_cached("imagefolder", "train", tmp_path / "tree", cache_dir=cache_dir, image_size=8, in_chans=1)
     assert small.images.shape == (6, 3, 8, 8) and grey.images.shape == (6, 1, 8, 8)
     assert len(list(cache_dir.glob("imagefolder-train-*.json"))) == 2
 

@@ -72,14 +72,10 @@ def test_truncated_batch_names_the_file(tmp_path: Path) -> None:
 def test_wrong_shapes_name_the_file(tmp_path: Path) -> None:
     write_cifar(tmp_path, "cifar10", per_batch=3)
     folder = tmp_path / "cifar-10-batches-py"
-    dump_pickle(
-        {b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}, folder / "data_batch_2"
-    )
+    dump_pickle({b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}, folder / "data_batch_2")
     with pytest.raises(DataError, match=r"data_batch_2: b'data' should be an \(N, 3072\) uint8"):
         load_dataset("cifar10", "train", tmp_path)
-    dump_pickle(
-        {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}, folder / "data_batch_2"
-    )
+    dump_pickle({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}, folder / "data_batch_2")
     with pytest.raises(DataError, match="data_batch_2: b'labels' should hold 3 integer labels"):
         load_dataset("cifar10", "train", tmp_path)
     dump_pickle({b"data": np.zeros((3, 3072), np.uint8)}, folder / "data_batch_2")

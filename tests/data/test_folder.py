@@ -24,9 +24,7 @@ def test_native_size_keeps_pixels_and_sorted_classes(tmp_path: Path) -> None:
     for i, array in enumerate(written["train/cat"]):  # PNG is lossless: exact pixels, (H, W, C)
         assert np.array_equal(ds.images[i].permute(1, 2, 0).numpy(), array)
     with Image.open(tmp_path / "train" / "dog" / "img0.jpg") as image:  # JPEG: what PIL decodes
-        assert np.array_equal(
-            ds.images[3].permute(1, 2, 0).numpy(), np.asarray(image.convert("RGB"))
-        )
+        assert np.array_equal(ds.images[3].permute(1, 2, 0).numpy(), np.asarray(image.convert("RGB")))
 
 
 def test_test_split_reads_val_with_train_class_numbering(tmp_path: Path) -> None:
@@ -45,9 +43,7 @@ def test_resize_shorter_side_and_centre_crop(tmp_path: Path) -> None:
     assert ds.images.shape == (2, 1, 8, 8)
     # The same through PIL by hand: 24x12 -> 16x8, keep columns 4..12.
     with Image.open(tmp_path / "train" / "cat" / "img0.png") as image:
-        expected = np.asarray(image.convert("L").resize((16, 8), Image.Resampling.BILINEAR))[
-            :, 4:12
-        ]
+        expected = np.asarray(image.convert("L").resize((16, 8), Image.Resampling.BILINEAR))[:, 4:12]
     assert np.array_equal(ds.images[0, 0].numpy(), expected)
 
 
@@ -88,7 +84,5 @@ def test_mixed_sizes_need_image_size(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path: Path) -> None:
-    with pytest.raises(
-        DataError, match="unknown dataset 'imagenet'.*cifar10, cifar100, fashion-mnist"
-    ):
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'.*cifar10, cifar100, fashion-mnist"):
         load_dataset("imagenet", "train", tmp_path)

@@ -29,9 +29,7 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("augment", ["scale", "rrc", "none"])
 def test_train_batches_have_the_crop_size(tree: Path, augment: str) -> None:
-    loader = make_folder_loader(
-        tree, "train", batch_size=3, train=True, augment=augment, image_size=16, workers=0
-    )
+    loader = make_folder_loader(tree, "train", batch_size=3, train=True, augment=augment, image_size=16, workers=0)
     set_folder_epoch(loader, 0)
     batches = list(loader)
     assert len(batches) == 2  # 8 images, batch 3, last partial batch dropped
@@ -44,19 +42,13 @@ def test_eval_modes(tree: Path) -> None:
     x, y = next(iter(center))
     assert x.shape == (8, 3, 16, 16)
     assert y.tolist() == [0] * 4 + [1] * 4  # cat, then dog: in order
-    ten = make_folder_loader(
-        tree, "test", batch_size=2, train=False, image_size=16, workers=0, eval_mode="ten-crop"
-    )
+    ten = make_folder_loader(tree, "test", batch_size=2, train=False, image_size=16, workers=0, eval_mode="ten-crop")
     assert next(iter(ten))[0].shape == (2, 10, 3, 16, 16)
-    multi = make_folder_loader(
-        tree, "test", batch_size=2, train=False, workers=0, eval_mode="multi-scale"
-    )
+    multi = make_folder_loader(tree, "test", batch_size=2, train=False, workers=0, eval_mode="multi-scale")
     images, labels = next(iter(multi))
     assert len(images) == 2 and labels.shape == (2,)
     # 40 x 30 images: shorter side (height) set to each paper scale, width in proportion.
-    assert [tuple(t.shape) for t in images[0]] == [
-        (3, s, int(s * 40 / 30)) for s in (224, 256, 384, 480, 640)
-    ]
+    assert [tuple(t.shape) for t in images[0]] == [(3, s, int(s * 40 / 30)) for s in (224, 256, 384, 480, 640)]
 
 
 def test_distributed_shards_are_disjoint(tree: Path) -> None:

@@ -66,9 +66,7 @@ def test_bad_magic_names_the_file(tmp_path: Path) -> None:
     labels = tmp_path / "train-labels-idx1-ubyte"
     images = tmp_path / "train-images-idx3-ubyte"
     labels.write_bytes(images.read_bytes())  # an images file where labels belong
-    with pytest.raises(
-        DataError, match=r"train-labels-idx1-ubyte: IDX magic number 2051, expected 2049"
-    ):
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: IDX magic number 2051, expected 2049"):
         load_dataset("fashion-mnist", "train", tmp_path)
 
 
@@ -76,9 +74,7 @@ def test_truncated_file_names_the_file(tmp_path: Path) -> None:
     write_idx(tmp_path, gz=False)
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
-    with pytest.raises(
-        DataError, match=r"train-images-idx3-ubyte: header declares shape \(12, 28, 28\)"
-    ):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: header declares shape \(12, 28, 28\)"):
         load_dataset("fashion-mnist", "train", tmp_path)
     images.write_bytes(b"\x00\x00")
     with pytest.raises(DataError, match="train-images-idx3-ubyte: 2 bytes, too short"):
@@ -100,9 +96,7 @@ def test_image_and_label_counts_must_agree(tmp_path: Path) -> None:
     write_idx(tmp_path, n_test=5, gz=True)
     with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as file:
         file.write(idx_bytes(np.zeros(4, np.uint8)))
-    with pytest.raises(
-        DataError, match="holds 5 images but .*t10k-labels-idx1-ubyte.gz holds 4 labels"
-    ):
+    with pytest.raises(DataError, match="holds 5 images but .*t10k-labels-idx1-ubyte.gz holds 4 labels"):
         load_dataset("fashion-mnist", "test", tmp_path)
 
 

@@ -38,13 +38,20 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model.eval()
 
 
-def make_weights(path: Path, name: str = "resnet20", input_size: int = 32, in_chans: int = 3,
-                 num_classes: int = 10) -> Path:
+def make_weights(
+    path: Path, name: str = "resnet20", input_size: int = 32, in_chans: int = 3, num_classes: int = 10
+) -> Path:
     torch.manual_seed(0)
     model = randomize_batchnorm(create_model(name, num_classes=num_classes, in_chans=in_chans))
     classes = CLASSES if num_classes == 10 else []
-    meta = WeightsMeta(model=name, num_classes=num_classes, in_chans=in_chans, classes=classes,
-                       input_size=input_size, dataset="random init (test)")
+    meta = WeightsMeta(
+        model=name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        classes=classes,
+        input_size=input_size,
+        dataset="random init (test)",
+    )
     mean, std = (MEAN, STD) if in_chans == 3 else (MEAN[:1], STD[:1])
     return save_weights(path, model, meta, mean, std)
 
@@ -78,12 +85,24 @@ def two_halves(size: tuple[int, int], left: tuple[int, int, int], right: tuple[i
     w, h = size
     arr = np.zeros((h, w, 3), dtype=np.uint8)
     arr[:, : w // 2] = left
-    arr[:, w // 2:] = right
+    arr[:, w // 2 :] = right
     return Image.fromarray(arr)
 
 
-GOOD_FILES = ("cmyk.jpg", "progressive.jpg", "grey16.png", "rgb16.png", "palette.png", "rgba.png",
-              "grey.png", "lossless.webp", "image.bmp", "exif_rotated.jpg", "one_pixel.png", "animated.gif")
+GOOD_FILES = (
+    "cmyk.jpg",
+    "progressive.jpg",
+    "grey16.png",
+    "rgb16.png",
+    "palette.png",
+    "rgba.png",
+    "grey.png",
+    "lossless.webp",
+    "image.bmp",
+    "exif_rotated.jpg",
+    "one_pixel.png",
+    "animated.gif",
+)
 BAD_FILES = ("truncated.jpg", "empty.png", "text.jpg", "huge.png")
 CORPUS_MAX_PIXELS = 10_000  # huge.png (200x100) is over it; every good file is at most 64x64
 

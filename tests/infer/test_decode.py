@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from infer_testdata import BAD_FILES, BLUE, CORPUS_MAX_PIXELS, CYAN, GOOD_FILES, RED, two_halves
 from PIL import Image
 
-from infer_testdata import BAD_FILES, BLUE, CORPUS_MAX_PIXELS, CYAN, GOOD_FILES, RED, two_halves
 from reslab.errors import ConfigError, ReslabError
 from reslab.infer.decode import ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
 from reslab.infer.preprocess import fit_image, load_input
@@ -35,13 +35,16 @@ def test_every_good_file_gives_an_input_tensor(corpus: Path, name: str, in_chans
     assert x.dtype == torch.uint8 and x.shape == (in_chans, 32, 32)
 
 
-@pytest.mark.parametrize("name, error, words", [
-    ("truncated.jpg", ImageDecodeError, "truncated"),
-    ("empty.png", ImageDecodeError, "empty file"),
-    ("text.jpg", NotAnImageError, "not an image"),
-    ("huge.png", ImageTooLargeError, "exceeds the limit"),
-    ("missing.png", ImageDecodeError, "no such file"),
-])
+@pytest.mark.parametrize(
+    "name, error, words",
+    [
+        ("truncated.jpg", ImageDecodeError, "truncated"),
+        ("empty.png", ImageDecodeError, "empty file"),
+        ("text.jpg", NotAnImageError, "not an image"),
+        ("huge.png", ImageTooLargeError, "exceeds the limit"),
+        ("missing.png", ImageDecodeError, "no such file"),
+    ],
+)
 def test_bad_files_raise_one_line_naming_the_file(corpus: Path, name: str, error: type, words: str) -> None:
     with pytest.raises(error) as info:
         load_input(corpus / name, in_chans=3, input_size=32, max_pixels=CORPUS_MAX_PIXELS)
@@ -154,6 +157,7 @@ def test_bytes_input_uses_the_given_name(corpus: Path) -> None:
 
 
 # ---- geometry ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [(64, 48), (48, 64), (33, 100), (32, 32), (7, 5)])
 def test_shorter_side_resize_and_center_crop_match_torchvision(size: tuple[int, int]) -> None:

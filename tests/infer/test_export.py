@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from infer_testdata import CLASSES, make_weights
+
 from reslab.cli import main as reslab_main
 from reslab.infer.export import ExportError, export_model
 from reslab.infer.fast import fold_batchnorm
@@ -39,12 +39,14 @@ def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
 @pytest.fixture(scope="module")
 def imagenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet18 (ImageNet stem, projection shortcuts) taking 64x64 images, 1000 classes."""
-    return make_weights(tmp_path_factory.mktemp("w") / "resnet18.safetensors", "resnet18", input_size=64,
-                        num_classes=1000)
+    return make_weights(
+        tmp_path_factory.mktemp("w") / "resnet18.safetensors", "resnet18", input_size=64, num_classes=1000
+    )
 
 
-def test_onnx_export_of_a_cifar_net_through_the_cli(weights_file: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_onnx_export_of_a_cifar_net_through_the_cli(
+    weights_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import onnx
 
     assert reslab_main(["export", str(weights_file), "--format", "onnx", "-o", str(tmp_path) + "/"]) == 0
@@ -70,8 +72,9 @@ def test_onnx_export_of_an_imagenet_net(imagenet_weights: Path, tmp_path: Path) 
         check_close(run_onnx(result.path, x), pytorch_logits(imagenet_weights, x))
 
 
-def test_onnx_falls_back_to_the_legacy_exporter(weights_file: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnx_falls_back_to_the_legacy_exporter(
+    weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_export = torch.onnx.export
 
     def dynamo_breaks(*args, **kwargs):
@@ -100,8 +103,9 @@ def test_torchscript_loads_back_and_matches(weights_file: Path, tmp_path: Path) 
             check_close(loaded(x).numpy(), pytorch_logits(weights_file, x))
 
 
-def test_exported_program_loads_back_and_matches(weights_file: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exported_program_loads_back_and_matches(
+    weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # the default output is ./<model>.pt2
     model, meta, mean, std = load_weights(weights_file)
     result = export_model(model, meta, mean, std, "exported-program")
@@ -113,8 +117,9 @@ def test_exported_program_loads_back_and_matches(weights_file: Path, tmp_path: P
             check_close(loaded(x).numpy(), pytorch_logits(weights_file, x))
 
 
-def test_unknown_format_and_a_failed_check_are_errors(weights_file: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_format_and_a_failed_check_are_errors(
+    weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import reslab.infer.export as export
 
     model, meta, mean, std = load_weights(weights_file)

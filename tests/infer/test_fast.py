@@ -12,9 +12,9 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from infer_testdata import MEAN, STD, randomize_batchnorm
 from torch import nn
 
-from infer_testdata import MEAN, STD, randomize_batchnorm
 from reslab.errors import InputShapeError
 from reslab.infer.fast import FastPredictor, fold_batchnorm, resolve_precision
 from reslab.models import create_model, model_info
@@ -53,7 +53,9 @@ def reference_logits(model: nn.Module, u8: torch.Tensor) -> torch.Tensor:
 
 
 def images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_families_cover_the_registry_except_the_big_twins() -> None:
@@ -98,8 +100,11 @@ def test_fold_batchnorm_in_place_and_copy() -> None:
     assert same is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("name, options, size", [FAMILIES[0], FAMILIES[3], FAMILIES[7]],
-                         ids=["resnet20", "preact_resnet_cifar_8", "resnet18"])
+@pytest.mark.parametrize(
+    "name, options, size",
+    [FAMILIES[0], FAMILIES[3], FAMILIES[7]],
+    ids=["resnet20", "preact_resnet_cifar_8", "resnet18"],
+)
 def test_bf16_is_close_to_fp32(name: str, options: dict, size: int) -> None:
     model = build(name, options)
     u8 = images(16, size, seed=1)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from dataset_files import write_cifar
 from infer_testdata import CLASSES, GOOD_FILES
+from PIL import Image
+
 from reslab.cli import main as reslab_main
 from reslab.errors import CheckpointError
 from reslab.infer.backends import OnnxPredictor
@@ -61,8 +61,22 @@ def exported(weights_file: Path, photos: Path, tmp_path_factory: pytest.TempPath
     Random weights give small top-1 margins: 1 flip in the 8 held-out images was seen (max |logit
     diff| 2.7% of the scale), so the agreement floor here is lowered from the default 97%."""
     out = tmp_path_factory.mktemp("export")
-    assert reslab_main(["export", str(weights_file), "--int8", "--calibration", str(photos), "--min-agreement",
-                        "0.75", "-o", f"{out}/"]) == 0
+    assert (
+        reslab_main(
+            [
+                "export",
+                str(weights_file),
+                "--int8",
+                "--calibration",
+                str(photos),
+                "--min-agreement",
+                "0.75",
+                "-o",
+                f"{out}/",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -88,8 +102,9 @@ def test_int8_export_with_folder_calibration(exported: Path, photos: Path) -> No
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
-def test_predict_with_int8_and_fp32_onnx_files(exported: Path, weights_file: Path, corpus: Path, photos: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_predict_with_int8_and_fp32_onnx_files(
+    exported: Path, weights_file: Path, corpus: Path, photos: Path, capsys: pytest.CaptureFixture
+) -> None:
     files = [str(corpus / name) for name in GOOD_FILES] + [str(photos)]
     fp32 = predict_json(capsys, str(exported / "resnet20.onnx"), *files, "-k", "3")
     int8 = predict_json(capsys, str(exported / "resnet20.int8.onnx"), *files, "-k", "3")
@@ -107,8 +122,9 @@ def test_predict_with_int8_and_fp32_onnx_files(exported: Path, weights_file: Pat
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
-def test_serve_runs_an_onnx_file(exported: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture) -> None:
+def test_serve_runs_an_onnx_file(
+    exported: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """`reslab serve MODEL.int8.onnx` as the command wires it, with the HTTP server replaced by a test client."""
     from fastapi.testclient import TestClient
 
@@ -122,8 +138,9 @@ def test_serve_runs_an_onnx_file(exported: Path, corpus: Path, monkeypatch: pyte
         meta = client.get("/metadata").json()
         assert meta["predictor"]["backend"] == "onnxruntime" and meta["predictor"]["precision"] == "int8"
         assert meta["classes"] == CLASSES and meta["params"] == 269_722 and meta["input_size"] == 32
-        r = client.post("/predict", files={"file": ("a.png", (corpus / "palette.png").read_bytes())},
-                        params={"top_k": 2})
+        r = client.post(
+            "/predict", files={"file": ("a.png", (corpus / "palette.png").read_bytes())}, params={"top_k": 2}
+        )
         assert r.status_code == 200, r.text
         top = r.json()["predictions"]
         assert len(top) == 2 and top[0]["class"] == CLASSES[top[0]["class_id"]]
@@ -141,8 +158,9 @@ def test_onnx_predictor_matches_the_exported_logits(exported: Path, weights_file
     assert predictor.describe()["precision"] == "fp32" and predictor.meta.classes == CLASSES
 
 
-def test_int8_export_with_dataset_calibration(exported: Path, weights_file: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_export_with_dataset_calibration(
+    exported: Path, weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Named dataset: calibration on training images, the check on test images with their labels;
     and the default: the dataset recorded in the weights."""
     from reslab.infer.quantize import calibration_set, export_int8
@@ -164,25 +182,69 @@ def test_int8_export_with_dataset_calibration(exported: Path, weights_file: Path
 
     meta.dataset = "cifar10"  # weights that record their dataset need no --calibration
     save_weights(tmp_path / "cifar.safetensors", model, meta, mean, std)
-    assert reslab_main(["export", str(tmp_path / "cifar.safetensors"), "--int8", "--data-dir", str(tmp_path / "data"),
-                        "--calibration-images", "8", "--verify-images", "4", "--min-agreement", "0",
-                        "-o", str(tmp_path / "m.onnx")]) == 0
+    assert (
+        reslab_main(
+            [
+                "export",
+                str(tmp_path / "cifar.safetensors"),
+                "--int8",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--calibration-images",
+                "8",
+                "--verify-images",
+                "4",
+                "--min-agreement",
+                "0",
+                "-o",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )
     settings = json.loads(onnx_props(tmp_path / "m.int8.onnx")["reslab.quantization"])
     assert settings["calibration_source"].startswith("8 cifar10 training images")
 
 
-def test_missing_calibration_data_fails_before_exporting(weights_file: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_missing_calibration_data_fails_before_exporting(
+    weights_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # weights_file records "random init (test)": no dataset to fall back on
     assert reslab_main(["export", str(weights_file), "--int8", "-o", str(tmp_path / "a.onnx")]) == 2
     err = capsys.readouterr().err
     assert "no calibration data" in err and "--calibration" in err and err.count("\n") == 1
-    assert reslab_main(["export", str(weights_file), "--int8", "--calibration", "cifar10", "--data-dir",
-                        str(tmp_path / "empty"), "-o", str(tmp_path / "a.onnx")]) == 2
+    assert (
+        reslab_main(
+            [
+                "export",
+                str(weights_file),
+                "--int8",
+                "--calibration",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path / "empty"),
+                "-o",
+                str(tmp_path / "a.onnx"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "cifar10 does not load here" in err and "--set" not in err and err.count("\n") == 1
-    assert reslab_main(["export", str(weights_file), "--int8", "--calibration", str(tmp_path / "none*.png"),
-                        "-o", str(tmp_path / "a.onnx")]) == 2
+    assert (
+        reslab_main(
+            [
+                "export",
+                str(weights_file),
+                "--int8",
+                "--calibration",
+                str(tmp_path / "none*.png"),
+                "-o",
+                str(tmp_path / "a.onnx"),
+            ]
+        )
+        == 2
+    )
     assert "need at least 2 image files" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.onnx"))  # failed before the fp32 export
     assert reslab_main(["export", str(weights_file), "--int8", "--format", "torchscript"]) == 2
@@ -191,8 +253,9 @@ def test_missing_calibration_data_fails_before_exporting(weights_file: Path, tmp
     assert "add --int8" in capsys.readouterr().err
 
 
-def test_low_agreement_rejects_and_removes_the_int8_file(exported: Path, weights_file: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_low_agreement_rejects_and_removes_the_int8_file(
+    exported: Path, weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from reslab.infer import quantize
 
     _, _, mean, std = load_weights(weights_file)
@@ -211,14 +274,18 @@ def test_low_agreement_rejects_and_removes_the_int8_file(exported: Path, weights
     assert not out.exists()
 
 
-def test_onnx_files_not_written_by_reslab_are_refused(tmp_path: Path, corpus: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_onnx_files_not_written_by_reslab_are_refused(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture
+) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "plain",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 3, 32, 32])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "plain",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 3, 32, 32])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(tmp_path / "plain.onnx"))
     assert reslab_main(["predict", str(tmp_path / "plain.onnx"), str(corpus / "image.bmp")]) == 2
@@ -231,15 +298,18 @@ def test_onnx_files_not_written_by_reslab_are_refused(tmp_path: Path, corpus: Pa
         OnnxPredictor(tmp_path / "missing.onnx")
 
 
-def test_pytorch_only_options_are_refused_for_onnx_files(exported: Path, corpus: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_pytorch_only_options_are_refused_for_onnx_files(
+    exported: Path, corpus: Path, capsys: pytest.CaptureFixture
+) -> None:
     for option in (["--compile"], ["--precision", "bf16"], ["--no-fold"]):
         assert reslab_main(["predict", str(exported / "resnet20.int8.onnx"), str(corpus / "image.bmp"), *option]) == 2
         assert "apply to PyTorch weights" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="needs Debian's dataset-fashion-mnist (make test installs it)")
+@pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist (make test installs it)",
+)
 def test_shipped_weights_int8_matches_fp32_on_real_fashion_mnist(tmp_path: Path) -> None:
     """Measured (wrn_10_2-fashion-mnist, 512 calibration images, seeds 0-2): agreement 99.49-99.61%,
     accuracy within 0.05 points of fp32. The bounds catch a broken quantisation (u8 x s8 saturation
@@ -258,7 +328,7 @@ def test_shipped_weights_int8_matches_fp32_on_real_fashion_mnist(tmp_path: Path)
     logits = {}
     for name, path in (("fp32", fp32.path), ("int8", int8.path)):
         predictor = OnnxPredictor(path)
-        logits[name] = torch.cat([predictor(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+        logits[name] = torch.cat([predictor(images[i : i + 1000]) for i in range(0, len(images), 1000)])
     accuracy = {k: (v.argmax(1) == labels).float().mean().item() for k, v in logits.items()}
     agreement = (logits["fp32"].argmax(1) == logits["int8"].argmax(1)).float().mean().item()
     assert accuracy["fp32"] > 0.85  # the weights themselves are sound

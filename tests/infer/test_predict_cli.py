@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from infer_testdata import BAD_FILES, CLASSES, CORPUS_MAX_PIXELS, GOOD_FILES
+
 from reslab.cli import main as reslab_main
 from reslab.infer.fast import FastPredictor
 from reslab.infer.predict import collect_images, format_csv, format_table, predict_files
@@ -22,13 +22,23 @@ from reslab.weights import load_weights
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reslab", "predict", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "reslab", "predict", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_predict_folder_reports_bad_files_and_predicts_the_rest(weights_file: Path, corpus: Path) -> None:
-    proc = run_predict(str(weights_file), str(corpus), "--json", "--top-k", "3", "--batch-size", "5",
-                       "--max-pixels", str(CORPUS_MAX_PIXELS))
+    proc = run_predict(
+        str(weights_file),
+        str(corpus),
+        "--json",
+        "--top-k",
+        "3",
+        "--batch-size",
+        "5",
+        "--max-pixels",
+        str(CORPUS_MAX_PIXELS),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("reslab predict: error:")]
@@ -45,12 +55,23 @@ def test_predict_folder_reports_bad_files_and_predicts_the_rest(weights_file: Pa
     assert all("error" in results[name] for name in BAD_FILES)
 
 
-def test_predict_table_globs_and_missing_files(weights_file: Path, corpus: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_predict_table_globs_and_missing_files(weights_file: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
     # In process (same code path as the command line, without paying for a second interpreter).
     files = [str(corpus / "image.bmp"), str(corpus / "grey.png")]
-    status = reslab_main(["predict", str(weights_file), *files, str(corpus / "one_*.png"),
-                          str(corpus / "nothing*.jpg"), str(corpus / "gone.png"), "-k", "2", "--precision", "fp32"])
+    status = reslab_main(
+        [
+            "predict",
+            str(weights_file),
+            *files,
+            str(corpus / "one_*.png"),
+            str(corpus / "nothing*.jpg"),
+            str(corpus / "gone.png"),
+            "-k",
+            "2",
+            "--precision",
+            "fp32",
+        ]
+    )
     assert status == 1
     captured = capsys.readouterr()
     errors = captured.err.splitlines()

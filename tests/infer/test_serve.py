@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from infer_testdata import CLASSES, jpeg_bytes
 from PIL import Image
 
-from infer_testdata import CLASSES, jpeg_bytes
 from reslab.infer.serve import MicroBatcher, QueueFullError
 
 MAX_UPLOAD = 200_000  # bytes
@@ -44,10 +44,30 @@ def server(weights_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reslab", "serve", str(weights_file), "--host", "127.0.0.1", "--port", "0",
-             "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS), "--max-batch", "8",
-             "--batch-wait-ms", "10", "--precision", "fp32"],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "reslab",
+                "serve",
+                str(weights_file),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--max-upload-bytes",
+                str(MAX_UPLOAD),
+                "--max-pixels",
+                str(MAX_PIXELS),
+                "--max-batch",
+                "8",
+                "--batch-wait-ms",
+                "10",
+                "--precision",
+                "fp32",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = None
         deadline = time.monotonic() + 90
@@ -101,13 +121,16 @@ def test_valid_images_get_top_k(server: tuple[str, Path], corpus: Path) -> None:
     assert len(post(url, png_bytes((40, 30)), top_k=50).json()["predictions"]) == 10  # capped
 
 
-@pytest.mark.parametrize("case, status, words", [
-    ("oversized", 413, "too large"),
-    ("garbage", 415, "not an image"),
-    ("empty", 422, "empty file"),
-    ("truncated", 422, "truncated"),
-    ("too many pixels", 413, "megapixels"),
-])
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("oversized", 413, "too large"),
+        ("garbage", 415, "not an image"),
+        ("empty", 422, "empty file"),
+        ("truncated", 422, "truncated"),
+        ("too many pixels", 413, "megapixels"),
+    ],
+)
 def test_bad_uploads_get_a_clear_json_error(server: tuple[str, Path], case: str, status: int, words: str) -> None:
     url, _ = server
     data = {
@@ -134,14 +157,20 @@ def test_chunked_oversized_upload_is_413(server: tuple[str, Path]) -> None:
     boundary = "reslabtestboundary"
 
     def body() -> Iterator[bytes]:  # a generator: sent chunked, no Content-Length for the server to check
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
-               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         for _ in range(8):
             yield b"\0" * 64_000
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = httpx.post(f"{url}/predict", content=body(), timeout=30,
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = httpx.post(
+        f"{url}/predict",
+        content=body(),
+        timeout=30,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413
 
 
@@ -152,8 +181,9 @@ def test_100_concurrent_requests_are_batched_and_all_answered(server: tuple[str,
     async def send_all() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            return await asyncio.gather(*[client.post(f"{url}/predict", files={"file": (f"{i}.png", data)})
-                                          for i, data in enumerate(images)])
+            return await asyncio.gather(
+                *[client.post(f"{url}/predict", files={"file": (f"{i}.png", data)}) for i, data in enumerate(images)]
+            )
 
     responses = asyncio.run(send_all())
     codes = [r.status_code for r in responses]
@@ -171,10 +201,12 @@ def test_100_concurrent_requests_are_batched_and_all_answered(server: tuple[str,
 
 # ---- the batcher on its own ----------------------------------------------------------------------
 
+
 def slow_model(delay: float):
     def run(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, 1, 1, 1) -> "logits" (B, 1)
         time.sleep(delay)
         return images.view(len(images), 1).float()
+
     return run
 
 
@@ -183,8 +215,9 @@ def test_batcher_groups_waiting_requests_and_keeps_their_order() -> None:
         batcher = MicroBatcher(slow_model(0.0), max_batch=4, batch_wait_ms=50, queue_size=16)
         batcher.start()
         try:
-            return await asyncio.gather(*[batcher.submit(torch.tensor([i], dtype=torch.uint8).view(1, 1, 1))
-                                          for i in range(6)])
+            return await asyncio.gather(
+                *[batcher.submit(torch.tensor([i], dtype=torch.uint8).view(1, 1, 1)) for i in range(6)]
+            )
         finally:
             await batcher.stop()
 

@@ -24,18 +24,32 @@ EXPERIMENTS = {
     "layer-responses": "reslab.analysis.layer_responses",
     "imagenet-table": "reslab.analysis.imagenet_table",
 }
-FLAGS = {"data": "--data", "data_dir": "--data-dir", "seeds": "--seeds", "epochs": "--epochs",
-         "iterations": "--iterations", "depths": "--depths", "overrides": "--set", "train_images": "--train-images",
-         "source": "--from", "runs": "--runs", "images": "--images", "weights": "--weights",
-         "batch_size": "--batch-size"}
+FLAGS = {
+    "data": "--data",
+    "data_dir": "--data-dir",
+    "seeds": "--seeds",
+    "epochs": "--epochs",
+    "iterations": "--iterations",
+    "depths": "--depths",
+    "overrides": "--set",
+    "train_images": "--train-images",
+    "source": "--from",
+    "runs": "--runs",
+    "images": "--images",
+    "weights": "--weights",
+    "batch_size": "--batch-size",
+}
 POSITIVE = ("seeds", "epochs", "iterations", "train_images", "images", "batch_size")
 
 
 def experiment_module(name: str):
     if name not in EXPERIMENTS:
         close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
-        raise ConfigError(f"unknown experiment {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
-                          + f"; choose one of: {', '.join(EXPERIMENTS)}")
+        raise ConfigError(
+            f"unknown experiment {name!r}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; choose one of: {', '.join(EXPERIMENTS)}"
+        )
     return importlib.import_module(EXPERIMENTS[name])
 
 
@@ -48,16 +62,28 @@ def parse_depths(text: str) -> list[int]:
 
 def explicit_settings(args: argparse.Namespace, module: Any) -> dict[str, Any]:
     """The settings given on the command line; giving one the experiment does not take is an error."""
-    given = {"data": args.data, "data_dir": args.data_dir, "seeds": args.seeds, "epochs": args.epochs,
-             "iterations": args.iterations, "depths": parse_depths(args.depths) if args.depths else None,
-             "overrides": args.set, "train_images": args.train_images, "source": args.source,
-             "runs": args.runs, "images": args.images, "weights": args.weights, "batch_size": args.batch_size}
+    given = {
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "iterations": args.iterations,
+        "depths": parse_depths(args.depths) if args.depths else None,
+        "overrides": args.set,
+        "train_images": args.train_images,
+        "source": args.source,
+        "runs": args.runs,
+        "images": args.images,
+        "weights": args.weights,
+        "batch_size": args.batch_size,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     takes = module.TAKES
     extra = sorted(FLAGS[k] for k in given if k not in takes)
     if extra:
-        raise ConfigError(f"{module.NAME} does not take {', '.join(extra)}; it takes "
-                          f"{', '.join(sorted(FLAGS[k] for k in takes))}")
+        raise ConfigError(
+            f"{module.NAME} does not take {', '.join(extra)}; it takes {', '.join(sorted(FLAGS[k] for k in takes))}"
+        )
     for key in POSITIVE:
         if key in given and given[key] <= 0:
             raise ConfigError(f"{FLAGS[key]} must be > 0; got {given[key]}")
@@ -154,10 +180,13 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "reproduce", help="reproduce the paper's experiments, with HTML/PNG reports",
+        "reproduce",
+        help="reproduce the paper's experiments, with HTML/PNG reports",
         description="Reproduce an experiment of He et al. 2015 and write report.html (self-contained), "
-                    "PNG figures and results.json into the experiment directory.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+        "PNG figures and results.json into the experiment directory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     p.add_argument("experiment", metavar="EXPERIMENT", help=", ".join(EXPERIMENTS))
     p.add_argument("--data", help="dataset: cifar10 (default), cifar100, fashion-mnist, mnist, imagefolder, synthetic")
     p.add_argument("--data-dir", help="where the dataset files are")
@@ -168,28 +197,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--depths", help="comma-separated depths 6n+2, e.g. 20,56 (default: the experiment's)")
     p.add_argument("--out", help="experiment directory (default runs/reproduce/EXPERIMENT-DATA)")
     p.add_argument("--parallel", type=int, default=1, metavar="K", help="train K runs at once in subprocesses")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a training setting of every run (repeatable)")
-    p.add_argument("--train-images", type=int,
-                   help="degradation: training images for the training-error curve (default 5000)")
-    p.add_argument("--from", dest="source", metavar="EXPERIMENT_DIR",
-                   help="layer-responses: the degradation experiment whose runs to analyse")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a training setting of every run (repeatable)",
+    )
+    p.add_argument(
+        "--train-images", type=int, help="degradation: training images for the training-error curve (default 5000)"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="EXPERIMENT_DIR",
+        help="layer-responses: the degradation experiment whose runs to analyse",
+    )
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="layer-responses: run directories to analyse")
     p.add_argument("--images", type=int, help="layer-responses: test images to measure (default 1000)")
-    p.add_argument("--weights", action="append", metavar="[NAME=]PATH",
-                   help="imagenet-table: weights file or run directory to evaluate (repeatable)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="imagenet-table: weights file or run directory to evaluate (repeatable)",
+    )
     p.add_argument("--batch-size", type=int, help="imagenet-table: images per batch (default 32)")
     p.add_argument("--workers", type=int, default=2, help="imagenet-table: DataLoader workers (default 2)")
     p.add_argument("--device", default="auto", help="device for evaluations: auto, cpu, cuda")
     p.set_defaults(func=reproduce_command)
 
     r = subparsers.add_parser(
-        "report", help="one HTML page comparing training runs",
+        "report",
+        help="one HTML page comparing training runs",
         description="Write one self-contained HTML page comparing training runs: a table of final metrics, "
-                    "their training and test error curves overlaid, settings, commands, versions. The figure "
-                    "(STEM_error_curves.png) and the numbers (STEM_results.json) go beside the page.")
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                   help="run directories (an experiment directory stands for all of its runs)")
+        "their training and test error curves overlaid, settings, commands, versions. The figure "
+        "(STEM_error_curves.png) and the numbers (STEM_results.json) go beside the page.",
+    )
+    r.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (an experiment directory stands for all of its runs)",
+    )
     r.add_argument("--out", default="report.html", help="the page to write (default ./report.html)")
     r.add_argument("--title", help="page title")
     r.set_defaults(func=report_command)

@@ -53,7 +53,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     write_run_reports(runs)
 
     by_net: dict[tuple[bool, int], list[Run]] = {}
-    for (residual, depth, model) in nets:
+    for residual, depth, model in nets:
         by_net[(residual, depth)] = [r for r in runs if r.model == model]
     synthetic = any(r.synthetic for r in runs)
     stats = {key: _net_stats(group) for key, group in by_net.items()}
@@ -64,18 +64,39 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     what_train = runs[0].train_error_curve()[1]
 
     # ---- results.json
-    table = [{"model": label(res, d), "name": cifar_model(d, res), "residual": res, "depth": d,
-              "seeds": len(by_net[(res, d)]), **{k: v for k, v in st.items() if k not in ("train", "test")}}
-             for (res, d), st in sorted(stats.items())]
-    results = {"experiment": NAME, "synthetic_data": synthetic, "data": s.data, "iterations": plan.iterations,
-               "milestones": plan.milestones, "eval_every": plan.eval_every, "settings": s.to_dict(),
-               "training_error_plotted": what_train, "table": table, "claims": claims,
-               "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
-               "curves": {label(res, d): {"train": {"steps": st["train"].steps, "values": st["train"].values},
-                                          "test": {"steps": st["test"].steps, "values": st["test"].values}}
-                          for (res, d), st in stats.items()},
-               "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
-               "environment": environment()}
+    table = [
+        {
+            "model": label(res, d),
+            "name": cifar_model(d, res),
+            "residual": res,
+            "depth": d,
+            "seeds": len(by_net[(res, d)]),
+            **{k: v for k, v in st.items() if k not in ("train", "test")},
+        }
+        for (res, d), st in sorted(stats.items())
+    ]
+    results = {
+        "experiment": NAME,
+        "synthetic_data": synthetic,
+        "data": s.data,
+        "iterations": plan.iterations,
+        "milestones": plan.milestones,
+        "eval_every": plan.eval_every,
+        "settings": s.to_dict(),
+        "training_error_plotted": what_train,
+        "table": table,
+        "claims": claims,
+        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
+        "curves": {
+            label(res, d): {
+                "train": {"steps": st["train"].steps, "values": st["train"].values},
+                "test": {"steps": st["test"].steps, "values": st["test"].values},
+            }
+            for (res, d), st in stats.items()
+        },
+        "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
+        "environment": environment(),
+    }
     (exp.path / "results.json").write_text(json.dumps(results, indent=1))
 
     # ---- report.html
@@ -83,20 +104,40 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
     claims_section(page, claims, reasons)
     page.heading("Summary")
-    page.table(["model", "seeds", "final training error %", "final test error %", "best test error %", "params"],
-               [[row["model"], row["seeds"], pct(row["train_error_mean"], row["train_error_std"]),
-                 pct(row["test_error_mean"], row["test_error_std"]), pct(row["best_test_error_mean"]),
-                 f"{row['params']:,}" if row["params"] else "n/a"] for row in table],
-               caption="Degradation summary (mean \u00b1 std over seeds)", id="degradation-summary")
-    page.figure(fig6, "Fig. 6 style: plain nets (left) and ResNets (right); thin dashed = training error, "
-                      "bold = test error")
+    page.table(
+        ["model", "seeds", "final training error %", "final test error %", "best test error %", "params"],
+        [
+            [
+                row["model"],
+                row["seeds"],
+                pct(row["train_error_mean"], row["train_error_std"]),
+                pct(row["test_error_mean"], row["test_error_std"]),
+                pct(row["best_test_error_mean"]),
+                f"{row['params']:,}" if row["params"] else "n/a",
+            ]
+            for row in table
+        ],
+        caption="Degradation summary (mean \u00b1 std over seeds)",
+        id="degradation-summary",
+    )
+    page.figure(
+        fig6, "Fig. 6 style: plain nets (left) and ResNets (right); thin dashed = training error, bold = test error"
+    )
     page.figure(fig1, "Fig. 1 style: plain nets, training error (left) and test error (right)")
-    page.paragraph(f"Training error plotted: {what_train}. Test error: top-1 error on the whole test set, "
-                   f"from metrics.jsonl.")
-    method_section(page, plan, runs[0], s.seeds, [
-        f"Training error: every {plan.eval_every:,} iterations a checkpoint is kept; after training each is "
-        f"evaluated on {train_images:,} fixed training images (--train-images), then the checkpoints are "
-        "pruned to the newest two. The paper's curves may instead show the running mini-batch error."])
+    page.paragraph(
+        f"Training error plotted: {what_train}. Test error: top-1 error on the whole test set, from metrics.jsonl."
+    )
+    method_section(
+        page,
+        plan,
+        runs[0],
+        s.seeds,
+        [
+            f"Training error: every {plan.eval_every:,} iterations a checkpoint is kept; after training each is "
+            f"evaluated on {train_images:,} fixed training images (--train-images), then the checkpoints are "
+            "pruned to the newest two. The paper's curves may instead show the running mini-batch error."
+        ],
+    )
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
     page.paragraph(f"Next: layer responses (Fig. 7) of these runs: reslab reproduce layer-responses --from {exp.path}")
@@ -109,16 +150,28 @@ def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bo
     colors = palette(depths)
     title = "SYNTHETIC DATA" if synthetic else None
     fig6 = curves_figure(
-        [Panel(f"plain networks ({data})", _series(stats, False, colors)),
-         Panel(f"ResNets ({data})", _series(stats, True, colors))],
-        out / "fig6_plain_vs_resnet.png", title=title,
-        note="thin dashed: training error, bold: test error (mean over seeds)")
+        [
+            Panel(f"plain networks ({data})", _series(stats, False, colors)),
+            Panel(f"ResNets ({data})", _series(stats, True, colors)),
+        ],
+        out / "fig6_plain_vs_resnet.png",
+        title=title,
+        note="thin dashed: training error, bold: test error (mean over seeds)",
+    )
     fig1 = curves_figure(
-        [Panel("training error", [Series(label(False, d), *_xy(stats[(False, d)]["train"]), colors[d], "train")
-                                  for d in depths]),
-         Panel("test error", [Series(label(False, d), *_xy(stats[(False, d)]["test"]), colors[d], "test")
-                              for d in depths])],
-        out / "fig1_plain_train_test.png", title=title)
+        [
+            Panel(
+                "training error",
+                [Series(label(False, d), *_xy(stats[(False, d)]["train"]), colors[d], "train") for d in depths],
+            ),
+            Panel(
+                "test error",
+                [Series(label(False, d), *_xy(stats[(False, d)]["test"]), colors[d], "test") for d in depths],
+            ),
+        ],
+        out / "fig1_plain_train_test.png",
+        title=title,
+    )
     return fig6, fig1
 
 
@@ -136,9 +189,16 @@ def _net_stats(group: list[Run]) -> dict:
         from reslab.weights import load_weights
 
         params = sum(p.numel() for p in load_weights(group[0].path)[0].parameters())
-    return {"train_error_mean": tm, "train_error_std": ts, "test_error_mean": em, "test_error_std": es,
-            "best_test_error_mean": mean_std(best)[0], "params": params,
-            "train": mean_curve(train_curves), "test": mean_curve(test_curves)}
+    return {
+        "train_error_mean": tm,
+        "train_error_std": ts,
+        "test_error_mean": em,
+        "test_error_std": es,
+        "best_test_error_mean": mean_std(best)[0],
+        "params": params,
+        "train": mean_curve(train_curves),
+        "test": mean_curve(test_curves),
+    }
 
 
 def _series(stats: dict, residual: bool, colors: dict) -> list[Series]:
@@ -167,14 +227,29 @@ def _claims(stats: dict, depths: list[int]) -> list[dict]:
 
     if deep != shallow:
         p_s, p_d = train(False, shallow), train(False, deep)
-        claims.append({"claim": paper.CLAIM_PLAIN, "reproduced": bool(p_d > p_s),
-                       "detail": f"training error plain-{deep} {pct(p_d)}% vs plain-{shallow} {pct(p_s)}%"})
+        claims.append(
+            {
+                "claim": paper.CLAIM_PLAIN,
+                "reproduced": bool(p_d > p_s),
+                "detail": f"training error plain-{deep} {pct(p_d)}% vs plain-{shallow} {pct(p_s)}%",
+            }
+        )
         r_s, r_d = train(True, shallow), train(True, deep)
-        claims.append({"claim": paper.CLAIM_RESNET, "reproduced": bool(r_d < r_s),
-                       "detail": f"training error ResNet-{deep} {pct(r_d)}% vs ResNet-{shallow} {pct(r_s)}%"})
+        claims.append(
+            {
+                "claim": paper.CLAIM_RESNET,
+                "reproduced": bool(r_d < r_s),
+                "detail": f"training error ResNet-{deep} {pct(r_d)}% vs ResNet-{shallow} {pct(r_s)}%",
+            }
+        )
     ok = train(True, deep) < train(False, deep) and test(True, deep) < test(False, deep)
-    claims.append({"claim": paper.CLAIM_RESIDUAL_WINS, "reproduced": bool(ok),
-                   "detail": f"depth {deep}: training error ResNet {pct(train(True, deep))}% vs plain "
-                             f"{pct(train(False, deep))}%; test error ResNet {pct(test(True, deep))}% vs plain "
-                             f"{pct(test(False, deep))}%"})
+    claims.append(
+        {
+            "claim": paper.CLAIM_RESIDUAL_WINS,
+            "reproduced": bool(ok),
+            "detail": f"depth {deep}: training error ResNet {pct(train(True, deep))}% vs plain "
+            f"{pct(train(False, deep))}%; test error ResNet {pct(test(True, deep))}% vs plain "
+            f"{pct(test(False, deep))}%",
+        }
+    )
     return claims

@@ -104,17 +104,21 @@ class ExperimentDir:
                 raise ConfigError(
                     f"{path} belongs to the {record.get('experiment')!r} experiment (see {file}), not {name!r}; "
                     f"choose another directory with --out (e.g. --out {DEFAULT_ROOT / name}), or delete {path} "
-                    "to start over")
+                    "to start over"
+                )
             saved = record.get("settings", {})
             for key in FIXED:
                 if key in explicit and key in saved and explicit[key] != saved[key]:
                     raise ConfigError(
                         f"{path} holds a {name} experiment with {key}={saved[key]!r}, but this command asks for "
                         f"{key}={explicit[key]!r}; rerun with the same value (or leave it out) to resume it, "
-                        "or choose another --out for the new settings")
+                        "or choose another --out for the new settings"
+                    )
         elif path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ConfigError(f"{path} exists and is not a reslab experiment directory (no {EXPERIMENT_FILE}); "
-                              "choose a new or empty directory with --out")
+            raise ConfigError(
+                f"{path} exists and is not a reslab experiment directory (no {EXPERIMENT_FILE}); "
+                "choose a new or empty directory with --out"
+            )
         merged = {**defaults.to_dict(), **{k: v for k, v in saved.items() if k in defaults.to_dict()}, **explicit}
         settings = Settings(**merged)
         record["settings"] = settings.to_dict()
@@ -145,6 +149,7 @@ def _now() -> str:
 
 # ---- Runs ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class RunSpec:
     """One training run of an experiment: a recipe plus --set overrides (model, seed, length...)."""
@@ -168,9 +173,11 @@ def train_runs(specs: list[RunSpec], runs_dir: Path, parallel: int = 1) -> dict[
     """Train what is not finished yet; returns {run name: state before this call}."""
     states = {s.name: run_state(runs_dir / s.name) for s in specs}
     counts = {k: sum(v == k for v in states.values()) for k in ("finished", "partial", "new")}
-    print(f"{len(specs)} runs: {counts['finished']} finished (reused), {counts['partial']} to resume, "
-          f"{counts['new']} to train" + (f", {parallel} at a time" if parallel > 1 and len(specs) > 1 else ""),
-          file=sys.stderr)
+    print(
+        f"{len(specs)} runs: {counts['finished']} finished (reused), {counts['partial']} to resume, "
+        f"{counts['new']} to train" + (f", {parallel} at a time" if parallel > 1 and len(specs) > 1 else ""),
+        file=sys.stderr,
+    )
     todo = [s for s in specs if states[s.name] != "finished"]
     if parallel > 1 and len(todo) > 1:
         _train_in_subprocesses(todo, runs_dir, states, parallel)
@@ -211,8 +218,10 @@ def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str]) -> 
         if "stopped" in summary:
             raise KeyboardInterrupt
     if failed:
-        raise RunFailedError(f"{len(failed)} of {len(todo)} runs failed ({'; '.join(failed)}); the finished runs "
-                             "are kept: fix the cause and rerun the same command to resume")
+        raise RunFailedError(
+            f"{len(failed)} of {len(todo)} runs failed ({'; '.join(failed)}); the finished runs "
+            "are kept: fix the cause and rerun the same command to resume"
+        )
 
 
 def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], parallel: int) -> None:
@@ -230,11 +239,14 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                     _fresh(run_dir)
                     args = [*spec.train_args(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
                 log = open(run_dir / "train.log", "ab")
-                proc = subprocess.Popen([sys.executable, "-m", "reslab", *args], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "reslab", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+                )
                 running.append((spec, proc, log))
-                print(f"started {spec.name}: pid {proc.pid}, {threads} thread(s), log {run_dir / 'train.log'}",
-                      file=sys.stderr)
+                print(
+                    f"started {spec.name}: pid {proc.pid}, {threads} thread(s), log {run_dir / 'train.log'}",
+                    file=sys.stderr,
+                )
             time.sleep(0.2)
             for item in list(running):
                 spec, proc, log = item
@@ -257,9 +269,10 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
             log.close()
         raise
     if stopped and not failed:
-        print(f"stopped (checkpoint written): {', '.join(stopped)}; rerun the same command to resume",
-              file=sys.stderr)
+        print(f"stopped (checkpoint written): {', '.join(stopped)}; rerun the same command to resume", file=sys.stderr)
         raise KeyboardInterrupt
     if failed:
-        raise RunFailedError(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}; see each run's "
-                             "train.log. Finished runs are kept: rerun the same command to retry the others")
+        raise RunFailedError(
+            f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}; see each run's "
+            "train.log. Finished runs are kept: rerun the same command to retry the others"
+        )

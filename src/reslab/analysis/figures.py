@@ -61,8 +61,10 @@ def curves_figure(panels: list[Panel], path: Path, title: str | None = None, not
             kinds.add(s.kind)
         handles = [Line2D([], [], color=c, linewidth=2.4, label=lbl) for lbl, c in labels_seen.items()]
         if {"train", "test"} <= kinds:
-            handles += [Line2D([], [], color="0.3", label="training error", **TRAIN_STYLE),
-                        Line2D([], [], color="0.3", label="test error", **TEST_STYLE)]
+            handles += [
+                Line2D([], [], color="0.3", label="training error", **TRAIN_STYLE),
+                Line2D([], [], color="0.3", label="test error", **TEST_STYLE),
+            ]
         if handles:
             ax.legend(handles=handles, fontsize=8, loc="upper right")
         ax.set_title(panel.title)
@@ -77,13 +79,20 @@ def curves_figure(panels: list[Panel], path: Path, title: str | None = None, not
     return _save(fig, path, rect=(0, 0.04 if note else 0, 1, 1))
 
 
-def layer_responses_figure(responses: dict[str, list[float]], colors: dict[str, str], dashed: set[str],
-                           path: Path, title: str | None = None) -> Path:
+def layer_responses_figure(
+    responses: dict[str, list[float]], colors: dict[str, str], dashed: set[str], path: Path, title: str | None = None
+) -> Path:
     """Fig. 7: std of each 3x3 layer's response; top in layer order, bottom sorted (descending)."""
     fig, (ax_order, ax_sorted) = plt.subplots(2, 1, figsize=(9, 7.5))
     for label, stds in responses.items():
-        style = {"color": colors[label], "linestyle": "--" if label in dashed else "-", "linewidth": 1.6,
-                 "marker": "o", "markersize": 2.5, "label": label}
+        style = {
+            "color": colors[label],
+            "linestyle": "--" if label in dashed else "-",
+            "linewidth": 1.6,
+            "marker": "o",
+            "markersize": 2.5,
+            "label": label,
+        }
         ax_order.plot(range(1, len(stds) + 1), stds, **style)
         ax_sorted.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), **style)
     ax_order.set_title("layer index (original order)")
@@ -98,8 +107,13 @@ def layer_responses_figure(responses: dict[str, list[float]], colors: dict[str, 
     return _save(fig, path)
 
 
-def error_vs_depth_figure(ours: dict[int, tuple[float, float | None]], paper: dict[int, float], path: Path,
-                          ylabel: str = "test error (%)", title: str | None = None) -> Path:
+def error_vs_depth_figure(
+    ours: dict[int, tuple[float, float | None]],
+    paper: dict[int, float],
+    path: Path,
+    ylabel: str = "test error (%)",
+    title: str | None = None,
+) -> Path:
     """Our mean (+- std over seeds) against the paper's numbers, per depth."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if paper:
@@ -107,8 +121,16 @@ def error_vs_depth_figure(ours: dict[int, tuple[float, float | None]], paper: di
         ax.plot(depths, [paper[d] for d in depths], "s--", color="0.45", label="paper (Table 6)")
     if ours:
         depths = sorted(ours)
-        ax.errorbar(depths, [100 * ours[d][0] for d in depths], yerr=[100 * (ours[d][1] or 0) for d in depths],
-                    fmt="o-", color="#1f77b4", capsize=3, linewidth=2, label="ours (mean \u00b1 std over seeds)")
+        ax.errorbar(
+            depths,
+            [100 * ours[d][0] for d in depths],
+            yerr=[100 * (ours[d][1] or 0) for d in depths],
+            fmt="o-",
+            color="#1f77b4",
+            capsize=3,
+            linewidth=2,
+            label="ours (mean \u00b1 std over seeds)",
+        )
     ax.set_xscale("log")
     all_depths = sorted(set(ours) | set(paper))
     ax.set_xticks(all_depths, [str(d) for d in all_depths])

@@ -37,8 +37,10 @@ MODES = {"1-crop": "center", "10-crop": "ten-crop"}
 def parse_weights(items: list[str]) -> list[tuple[str | None, Path]]:
     """'[NAME=]PATH' -> (NAME or None, weights file)."""
     if not items:
-        raise ConfigError("imagenet-table needs weights to evaluate: --weights [NAME=]PATH (a .safetensors file "
-                          "or a run directory), once per network")
+        raise ConfigError(
+            "imagenet-table needs weights to evaluate: --weights [NAME=]PATH (a .safetensors file "
+            "or a run directory), once per network"
+        )
     out = []
     for item in items:
         name, sep, path = item.partition("=")
@@ -53,23 +55,38 @@ def _on_device(loader, device: torch.device):
         yield x.to(device), y.to(device)
 
 
-def evaluate_weights(path: Path, root: Path, mode: str, batch_size: int, workers: int,
-                     device: torch.device) -> dict:
+def evaluate_weights(path: Path, root: Path, mode: str, batch_size: int, workers: int, device: torch.device) -> dict:
     model, meta, mean, std = load_weights(path, device)
     if mean.shape[1:] != (1, 1):
-        raise ConfigError(f"{path} normalises per pixel ({tuple(mean.shape)}); crops of full-size images need "
-                          "per-channel statistics (weights trained with data.normalize=channel)")
-    loader = make_folder_loader(root, "test", batch_size=batch_size, train=False, image_size=meta.input_size,
-                                workers=workers, eval_mode=MODES[mode], stats=NormStats(mean.cpu(), std.cpu()))
+        raise ConfigError(
+            f"{path} normalises per pixel ({tuple(mean.shape)}); crops of full-size images need "
+            "per-channel statistics (weights trained with data.normalize=channel)"
+        )
+    loader = make_folder_loader(
+        root,
+        "test",
+        batch_size=batch_size,
+        train=False,
+        image_size=meta.input_size,
+        workers=workers,
+        eval_mode=MODES[mode],
+        stats=NormStats(mean.cpu(), std.cpu()),
+    )
     classes = loader.dataset.classes
     if len(classes) != meta.num_classes or (meta.classes and list(meta.classes) != list(classes)):
-        raise DataError(f"{path} predicts {meta.num_classes} classes but {root} has {len(classes)} class folders"
-                        + ("" if len(classes) != meta.num_classes else " with other names") +
-                        "; evaluate on the dataset the weights were trained for")
+        raise DataError(
+            f"{path} predicts {meta.num_classes} classes but {root} has {len(classes)} class folders"
+            + ("" if len(classes) != meta.num_classes else " with other names")
+            + "; evaluate on the dataset the weights were trained for"
+        )
     predict = ten_crop_predict(model) if mode == "10-crop" else None
     m = evaluate(model, _on_device(loader, device), meta.num_classes, device=device, predict=predict)
-    return {"top1_error": m["top1_error"], "top5_error": m["top5_error"], "images": m["images"],
-            "seconds": round(m["seconds"], 2)}
+    return {
+        "top1_error": m["top1_error"],
+        "top5_error": m["top5_error"],
+        "images": m["images"],
+        "seconds": round(m["seconds"], 2),
+    }
 
 
 def _paper_row(model: str, options: dict) -> paper.ImageNetRow | None:
@@ -85,13 +102,17 @@ def _paper_row(model: str, options: dict) -> paper.ImageNetRow | None:
 def run(exp: ExperimentDir, execution: Execution) -> Path:
     s = exp.settings
     if not s.data_dir:
-        raise DataError("imagenet-table needs --data-dir ROOT: an ImageFolder tree with val/<class>/*.JPEG "
-                        "(ImageNet's validation set sorted into class folders)")
+        raise DataError(
+            "imagenet-table needs --data-dir ROOT: an ImageFolder tree with val/<class>/*.JPEG "
+            "(ImageNet's validation set sorted into class folders)"
+        )
     root = Path(s.data_dir)
     entries = parse_weights(s.weights)
     if not (root / "val").is_dir():
-        raise DataError(f"{root}/val not found: --data-dir must hold val/<class>/*.JPEG (ImageNet's validation "
-                        "set sorted into class folders)")
+        raise DataError(
+            f"{root}/val not found: --data-dir must hold val/<class>/*.JPEG (ImageNet's validation "
+            "set sorted into class folders)"
+        )
     exp.start()
     device = execution.device
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -102,47 +123,96 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         meta_model, options, classes = _meta(path)
         label = name or meta_model
         stat = path.stat()
-        key = {"weights": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-               "data_dir": str(root.resolve())}
+        key = {
+            "weights": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "data_dir": str(root.resolve()),
+        }
         cache = evals_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".json")
         saved = json.loads(cache.read_text()) if cache.is_file() else {}
         if saved.get("key") != key:
             print(f"evaluating {label} ({path}) on {root}/val: 1-crop and 10-crop", flush=True)
-            saved = {"key": key, **{mode: evaluate_weights(path, root, mode, s.batch_size, execution.workers, dev)
-                                    for mode in MODES}}
+            saved = {
+                "key": key,
+                **{mode: evaluate_weights(path, root, mode, s.batch_size, execution.workers, dev) for mode in MODES},
+            }
             cache.write_text(json.dumps(saved, indent=1))
         ref = _paper_row(meta_model, options)
         one, ten = saved["1-crop"], saved["10-crop"]
-        rows.append([label, meta_model, f"{one['images']:,}", pct(one["top1_error"]), pct(one["top5_error"]),
-                     pct(ten["top1_error"]), pct(ten["top5_error"]), ref.label if ref else "n/a",
-                     f"{ref.top1:.2f}" if ref else "n/a",
-                     f"{ref.top5:.2f}" if ref and ref.top5 is not None else "n/a",
-                     f"{100 * ten['top1_error'] - ref.top1:+.2f}" if ref else "n/a"])
-        table.append({"name": label, "model": meta_model, "weights": str(path), "1-crop": one, "10-crop": ten,
-                      "paper": None if ref is None else {"label": ref.label, "top1": ref.top1, "top5": ref.top5,
-                                                         "table": ref.table}})
+        rows.append(
+            [
+                label,
+                meta_model,
+                f"{one['images']:,}",
+                pct(one["top1_error"]),
+                pct(one["top5_error"]),
+                pct(ten["top1_error"]),
+                pct(ten["top5_error"]),
+                ref.label if ref else "n/a",
+                f"{ref.top1:.2f}" if ref else "n/a",
+                f"{ref.top5:.2f}" if ref and ref.top5 is not None else "n/a",
+                f"{100 * ten['top1_error'] - ref.top1:+.2f}" if ref else "n/a",
+            ]
+        )
+        table.append(
+            {
+                "name": label,
+                "model": meta_model,
+                "weights": str(path),
+                "1-crop": one,
+                "10-crop": ten,
+                "paper": None
+                if ref is None
+                else {"label": ref.label, "top1": ref.top1, "top5": ref.top5, "table": ref.table},
+            }
+        )
     full_val = any(row["10-crop"]["images"] == 50_000 for row in table)
-    (exp.path / "results.json").write_text(json.dumps(
-        {"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}, indent=1))
+    (exp.path / "results.json").write_text(
+        json.dumps({"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}, indent=1)
+    )
 
     page = Page("ImageNet Tables 2-3: 1-crop and 10-crop errors")
     page.paragraph(f"Compares with {paper.PAPER}, Tables 2-3: {SUMMARY}.")
     if not full_val:
-        page.banner("note", f"{root}/val does not hold the 50,000 ImageNet validation images: these numbers are "
-                            "not comparable with the paper's, which are on the full validation set.")
-    page.table(["weights", "model", "images", "1-crop top-1 %", "1-crop top-5 %", "10-crop top-1 %",
-                "10-crop top-5 %", "paper row", "paper top-1 %", "paper top-5 %", "10-crop top-1 - paper"],
-               rows, caption="Top-1 / top-5 error (%)", id="imagenet-table")
-    page.bullets([
-        "Paper: single models, 10-crop testing on the ImageNet validation set (Tables 2-3). ResNet-34 is matched "
-        "to the paper's option A/B/C by the weights' shortcut option (default B).",
-        "Our resnetD nets stride the bottleneck's 3x3 conv (torchvision's v1.5, about 0.5% better top-1); "
-        "resnetD_v1 are the paper's v1.",
-        "1-crop: shorter side resized to 256 (for 224 crops), centre crop. 10-crop: corners + centre and mirrors, "
-        "softmax scores averaged."])
+        page.banner(
+            "note",
+            f"{root}/val does not hold the 50,000 ImageNet validation images: these numbers are "
+            "not comparable with the paper's, which are on the full validation set.",
+        )
+    page.table(
+        [
+            "weights",
+            "model",
+            "images",
+            "1-crop top-1 %",
+            "1-crop top-5 %",
+            "10-crop top-1 %",
+            "10-crop top-5 %",
+            "paper row",
+            "paper top-1 %",
+            "paper top-5 %",
+            "10-crop top-1 - paper",
+        ],
+        rows,
+        caption="Top-1 / top-5 error (%)",
+        id="imagenet-table",
+    )
+    page.bullets(
+        [
+            "Paper: single models, 10-crop testing on the ImageNet validation set (Tables 2-3). ResNet-34 is matched "
+            "to the paper's option A/B/C by the weights' shortcut option (default B).",
+            "Our resnetD nets stride the bottleneck's 3x3 conv (torchvision's v1.5, about 0.5% better top-1); "
+            "resnetD_v1 are the paper's v1.",
+            "1-crop: shorter side resized to 256 (for 224 crops), centre crop. 10-crop: corners + centre and mirrors, "
+            "softmax scores averaged.",
+        ]
+    )
     page.heading("Commands")
-    page.code([f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])]
-              + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries])
+    page.code(
+        [f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])]
+        + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries]
+    )
     page.environment()
     return page.write(exp.path / "report.html")
 

@@ -39,8 +39,10 @@ SUMMARY = "std of each 3x3 layer's response, plain nets versus ResNets (Fig. 7)"
 def response_norms(model: ResNet) -> list[nn.BatchNorm2d]:
     """The BN right after each 3x3 conv, in forward order (modules are registered in that order)."""
     if model.preact:
-        raise ConfigError(f"{model.name} is a pre-activation net: no BN follows its 3x3 convs; Fig. 7 is about "
-                          "the paper's post-activation nets (plainD, resnetD)")
+        raise ConfigError(
+            f"{model.name} is a pre-activation net: no BN follows its 3x3 convs; Fig. 7 is about "
+            "the paper's post-activation nets (plainD, resnetD)"
+        )
     norms, pending = [], False
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -63,6 +65,7 @@ def layer_response_stds(model: ResNet, batches) -> list[float]:
             x = output.detach().double().transpose(0, 1).flatten(1)  # (B, C, H, W) -> (C, B*H*W)
             s = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
             sums[index] = s if sums[index] is None else sums[index] + s
+
         return record  # computed at once: the block adds the shortcut into this tensor in place
 
     handles = [bn.register_forward_hook(hook(i)) for i, bn in enumerate(norms)]
@@ -85,8 +88,9 @@ def run_responses(run: Run, images: int) -> list[float]:
     model, meta, mean, std = load_weights(run.path)
     cfg = config_from_dict(run.config)
     d = cfg.data
-    test = load_cached(d.dataset, "test", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size,
-                       synthetic_size=d.synthetic_size)
+    test = load_cached(
+        d.dataset, "test", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size, synthetic_size=d.synthetic_size
+    )
     test = test.subset(torch.arange(min(images, len(test))))
     batches = InMemoryBatches(test, 250, train=False, stats=NormStats(mean, std)).epoch(0)
     return layer_response_stds(model, batches)
@@ -105,14 +109,18 @@ def find_runs(exp: ExperimentDir) -> list[Run]:
     else:
         source = Path(s.source) if s.source else DEFAULT_ROOT / f"degradation-{s.data}"
         if not (source / "runs").is_dir():
-            raise ConfigError(f"no finished experiment at {source}: run `reslab reproduce degradation --data {s.data}` "
-                              "first, or pass --from EXPERIMENT_DIR or --runs RUN_DIR ...")
+            raise ConfigError(
+                f"no finished experiment at {source}: run `reslab reproduce degradation --data {s.data}` "
+                "first, or pass --from EXPERIMENT_DIR or --runs RUN_DIR ..."
+            )
         dirs = expand_run_dirs([str(source)])
     runs = [load_run(d) for d in dirs]
     done = [r for r in runs if (r.path / "weights.safetensors").is_file()]
     if not done:
-        raise ConfigError(f"none of the {len(runs)} run(s) is finished (no weights.safetensors); finish them "
-                          "first (rerun the experiment's command)")
+        raise ConfigError(
+            f"none of the {len(runs)} run(s) is finished (no weights.safetensors); finish them "
+            "first (rerun the experiment's command)"
+        )
     return done
 
 
@@ -138,36 +146,59 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
 
     depths = sorted({d for _, d in info.values()})
     colors = palette(depths)
-    fig = layer_responses_figure(means, {k: colors[info[k][1]] for k in order},
-                                 {k for k in order if not info[k][0]}, exp.path / "fig7_layer_responses.png",
-                                 title=("SYNTHETIC DATA: " if synthetic else "") + "std of layer responses")
-    results = {"experiment": NAME, "synthetic_data": synthetic, "images": s.images, "claims": claims,
-               "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
-               "mean_response_std": overall, "responses": means,
-               "runs": [{"run_dir": str(r.path), "model": r.model, "seed": r.seed, "responses": per_run[r.name]}
-                        for r in runs],
-               "what": "per-channel std of each BN output that follows a 3x3 conv (before addition and ReLU), "
-                       "eval mode, averaged over channels", "environment": environment()}
+    fig = layer_responses_figure(
+        means,
+        {k: colors[info[k][1]] for k in order},
+        {k for k in order if not info[k][0]},
+        exp.path / "fig7_layer_responses.png",
+        title=("SYNTHETIC DATA: " if synthetic else "") + "std of layer responses",
+    )
+    results = {
+        "experiment": NAME,
+        "synthetic_data": synthetic,
+        "images": s.images,
+        "claims": claims,
+        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
+        "mean_response_std": overall,
+        "responses": means,
+        "runs": [
+            {"run_dir": str(r.path), "model": r.model, "seed": r.seed, "responses": per_run[r.name]} for r in runs
+        ],
+        "what": "per-channel std of each BN output that follows a 3x3 conv (before addition and ReLU), "
+        "eval mode, averaged over channels",
+        "environment": environment(),
+    }
     (exp.path / "results.json").write_text(json.dumps(results, indent=1))
 
     page = Page("Layer responses: plain nets vs ResNets", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 7: {SUMMARY}.")
     claims_section(page, claims, reasons)
-    page.figure(fig, "std of each 3x3 layer's response; top: in layer order, bottom: sorted by magnitude "
-                     "(dashed: plain nets, solid: ResNets)")
-    page.table(["network", "runs", "3x3 layers", "mean std", "max std"],
-               [[k, len(groups[k]), len(means[k]), f"{overall[k]:.4f}", f"{max(means[k]):.4f}"] for k in order],
-               caption="Response std per network (mean over seeds)", id="responses")
+    page.figure(
+        fig,
+        "std of each 3x3 layer's response; top: in layer order, bottom: sorted by magnitude "
+        "(dashed: plain nets, solid: ResNets)",
+    )
+    page.table(
+        ["network", "runs", "3x3 layers", "mean std", "max std"],
+        [[k, len(groups[k]), len(means[k]), f"{overall[k]:.4f}", f"{max(means[k]):.4f}"] for k in order],
+        caption="Response std per network (mean over seeds)",
+        id="responses",
+    )
     page.heading("Method")
-    page.bullets([
-        "Response: the output of the BN after each 3x3 conv (the stem conv is layer 1), before the shortcut "
-        "addition and the ReLU; forward hooks on those BN modules, network in eval mode.",
-        f"Images: the first {s.images} test images of each run's dataset, normalised as in training.",
-        "Std: per channel over all images and positions, then averaged over channels; several seeds of one "
-        "network are averaged layer by layer."])
+    page.bullets(
+        [
+            "Response: the output of the BN after each 3x3 conv (the stem conv is layer 1), before the shortcut "
+            "addition and the ReLU; forward hooks on those BN modules, network in eval mode.",
+            f"Images: the first {s.images} test images of each run's dataset, normalised as in training.",
+            "Std: per channel over all images and positions, then averaged over channels; several seeds of one "
+            "network are averaged layer by layer.",
+        ]
+    )
     page.heading("Runs analysed")
-    page.table(["run", "model", "seed", "dataset", "steps"],
-               [[str(r.path), r.model, r.seed, r.dataset, (r.summary or {}).get("steps", "")] for r in runs])
+    page.table(
+        ["run", "model", "seed", "dataset", "steps"],
+        [[str(r.path), r.model, r.seed, r.dataset, (r.summary or {}).get("steps", "")] for r in runs],
+    )
     page.heading("Commands")
     page.code([f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])])
     page.environment()
@@ -176,16 +207,28 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
 
 def _claims(info: dict[str, tuple[bool, int]], overall: dict[str, float]) -> list[dict]:
     claims = []
-    pairs = [d for d in sorted({d for _, d in info.values()})
-             if f"ResNet-{d}" in overall and f"plain-{d}" in overall]
+    pairs = [d for d in sorted({d for _, d in info.values()}) if f"ResNet-{d}" in overall and f"plain-{d}" in overall]
     if pairs:
         ok = all(overall[f"ResNet-{d}"] < overall[f"plain-{d}"] for d in pairs)
-        claims.append({"claim": paper.CLAIM_SMALLER, "reproduced": ok, "detail": "; ".join(
-            f"depth {d}: ResNet {overall[f'ResNet-{d}']:.3f} vs plain {overall[f'plain-{d}']:.3f}" for d in pairs)})
+        claims.append(
+            {
+                "claim": paper.CLAIM_SMALLER,
+                "reproduced": ok,
+                "detail": "; ".join(
+                    f"depth {d}: ResNet {overall[f'ResNet-{d}']:.3f} vs plain {overall[f'plain-{d}']:.3f}"
+                    for d in pairs
+                ),
+            }
+        )
     resnets = sorted(d for res, d in info.values() if res)
     if len(set(resnets)) > 1:
         a, b = resnets[0], resnets[-1]
-        claims.append({"claim": paper.CLAIM_SHRINK, "reproduced": overall[f"ResNet-{b}"] < overall[f"ResNet-{a}"],
-                       "detail": f"mean std ResNet-{b} {overall[f'ResNet-{b}']:.3f} vs ResNet-{a} "
-                                 f"{overall[f'ResNet-{a}']:.3f}"})
+        claims.append(
+            {
+                "claim": paper.CLAIM_SHRINK,
+                "reproduced": overall[f"ResNet-{b}"] < overall[f"ResNet-{a}"],
+                "detail": f"mean std ResNet-{b} {overall[f'ResNet-{b}']:.3f} vs ResNet-{a} "
+                f"{overall[f'ResNet-{a}']:.3f}",
+            }
+        )
     return claims

@@ -40,8 +40,9 @@ def cifar_model(depth: int, residual: bool) -> str:
 def check_depths(depths: list[int]) -> None:
     bad = [d for d in depths if d < 8 or (d - 2) % 6]
     if bad:
-        raise ConfigError(f"--depths {','.join(map(str, bad))}: CIFAR networks have 6n+2 layers "
-                          "(8, 14, 20, 26, 32, 44, 56, 110, ...)")
+        raise ConfigError(
+            f"--depths {','.join(map(str, bad))}: CIFAR networks have 6n+2 layers (8, 14, 20, 26, 32, 44, 56, 110, ...)"
+        )
     if not depths:
         raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
 
@@ -56,8 +57,11 @@ def check_data(settings: Settings) -> None:
         for split in ("train", "test"):
             source_files(d.dataset, split, d.data_dir, download=d.download)
     except DataError as exc:
-        hint = ("" if settings.data == "fashion-mnist" else
-                " (Fashion-MNIST is on this kind of machine: --data fashion-mnist; smoke test: --data synthetic)")
+        hint = (
+            ""
+            if settings.data == "fashion-mnist"
+            else " (Fashion-MNIST is on this kind of machine: --data fashion-mnist; smoke test: --data synthetic)"
+        )
         raise DataError(f"{exc}{hint}") from None
 
 
@@ -71,8 +75,13 @@ class TrainingPlan:
     length_note: str  # how the length was chosen, for the report
 
     def spec(self, model: str, seed: int) -> RunSpec:
-        return RunSpec(f"{model}-seed{seed}", model, seed, self.recipe,
-                       [*self.overrides, f"model.name={model}", f"train.seed={seed}"])
+        return RunSpec(
+            f"{model}-seed{seed}",
+            model,
+            seed,
+            self.recipe,
+            [*self.overrides, f"model.name={model}", f"train.seed={seed}"],
+        )
 
 
 def _data_overrides(settings: Settings) -> list[str]:
@@ -87,13 +96,23 @@ def _data_overrides(settings: Settings) -> list[str]:
 def steps_per_epoch(overrides: list[str]) -> int:
     cfg = load_config(RECIPE, [*overrides, "train.iterations=1", "train.epochs=0"])
     d = cfg.data
-    n = len(load_cached(d.dataset, "train", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size,
-                        synthetic_size=d.synthetic_size))
+    n = len(
+        load_cached(
+            d.dataset,
+            "train",
+            d.data_dir,
+            cache_dir=d.cache_dir,
+            image_size=d.image_size,
+            synthetic_size=d.synthetic_size,
+        )
+    )
     if d.split == "paper":
         n -= d.val_size
     if n < cfg.train.batch_size:
-        raise ConfigError(f"{n} training images make no whole batch of {cfg.train.batch_size}; "
-                          "lower train.batch_size (--set train.batch_size=N)")
+        raise ConfigError(
+            f"{n} training images make no whole batch of {cfg.train.batch_size}; "
+            "lower train.batch_size (--set train.batch_size=N)"
+        )
     return n // cfg.train.batch_size
 
 
@@ -107,19 +126,25 @@ def training_plan(settings: Settings, *, checkpoint_each_eval: bool = False) -> 
         epochs = settings.epochs or DEFAULT_EPOCHS
         per_epoch = steps_per_epoch(data + user)
         total = max(1, math.ceil(epochs * per_epoch))
-        note = (f"{epochs:g} epochs of {per_epoch:,} iterations = {total:,} iterations"
-                + ("" if settings.epochs else f" (default for {settings.data}; set with --epochs)"))
+        note = f"{epochs:g} epochs of {per_epoch:,} iterations = {total:,} iterations" + (
+            "" if settings.epochs else f" (default for {settings.data}; set with --epochs)"
+        )
     else:
         total, note = PAPER_CIFAR_ITERATIONS, f"{PAPER_CIFAR_ITERATIONS:,} iterations, as in the paper"
     milestones = [max(1, round(0.5 * total)), max(1, round(0.75 * total))]
     eval_every = max(1, round(total / EVAL_POINTS))
-    ours = [f"train.iterations={total}", "train.epochs=0", f"schedule.milestones=[{milestones[0]},{milestones[1]}]",
-            f"train.eval_every={eval_every}"]
+    ours = [
+        f"train.iterations={total}",
+        "train.epochs=0",
+        f"schedule.milestones=[{milestones[0]},{milestones[1]}]",
+        f"train.eval_every={eval_every}",
+    ]
     if checkpoint_each_eval:
         eval_every = load_config(RECIPE, [*data, *ours, *user]).train.eval_every  # the user's, if set
         ours += [f"train.checkpoint_every={eval_every}", f"train.keep_checkpoints={KEEP_ALL_CHECKPOINTS}"]
     user_keys = {o.split("=", 1)[0].strip() for o in user}
     ours = [o for o in ours if o.split("=", 1)[0] not in user_keys]  # the user's --set wins; say it once
     cfg = load_config(RECIPE, [*data, *ours, *user])  # validates every override now, not per run
-    return TrainingPlan(RECIPE, [*data, *ours, *user], cfg.train.iterations, list(cfg.schedule.milestones),
-                        cfg.train.eval_every, note)
+    return TrainingPlan(
+        RECIPE, [*data, *ours, *user], cfg.train.iterations, list(cfg.schedule.milestones), cfg.train.eval_every, note
+    )

@@ -37,8 +37,10 @@ pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem
 .yes { color: #1e7b3c; font-weight: 600; } .no { color: #b03a2e; font-weight: 600; }
 """
 
-SYNTHETIC_TEXT = ("SYNTHETIC DATA: these runs trained on made-up images (a smoke test of the pipeline). "
-                  "None of the numbers below says anything about residual networks or the paper.")
+SYNTHETIC_TEXT = (
+    "SYNTHETIC DATA: these runs trained on made-up images (a smoke test of the pipeline). "
+    "None of the numbers below says anything about residual networks or the paper."
+)
 
 
 class Page:
@@ -68,8 +70,9 @@ class Page:
         self.parts.append(f'<div class="banner {kind}">{html.escape(text)}</div>')
         self.md.append(f"> **{kind.upper()}:** {_md_text(text)}")
 
-    def table(self, header: list[str], rows: list[list[Any]], caption: str | None = None,
-              id: str | None = None) -> None:
+    def table(
+        self, header: list[str], rows: list[list[Any]], caption: str | None = None, id: str | None = None
+    ) -> None:
         """Cells are text; a cell ("yes"/"no", text) tuple is coloured as a verdict."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
@@ -77,15 +80,16 @@ class Page:
         ident = f' id="{html.escape(id)}"' if id else ""
         self.parts.append(f"<table{ident}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         lines = [f"**{_md_text(caption)}**", ""] if caption else []
-        lines += ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
         self.md.append("\n".join(lines))
 
     def figure(self, png: Path, caption: str) -> None:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        self.parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                          f"<figcaption>{html.escape(png.name)}: {html.escape(caption)}</figcaption></figure>")
+        self.parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(png.name)}: {html.escape(caption)}</figcaption></figure>"
+        )
         self.md.append(f"![{_md_text(png.name)}]({png.name})\n\n*{png.name}: {_md_text(caption)}*")
 
     def code(self, lines: list[str]) -> None:
@@ -94,8 +98,7 @@ class Page:
 
     def details(self, summary: str, text: str) -> None:
         """A collapsed block of preformatted text (e.g. a config file)."""
-        self.parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
-                          "</details>")
+        self.parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
         self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n\n```\n{text}\n```\n\n</details>")
 
     def link_list(self, links: list[tuple[str, str]]) -> None:
@@ -110,15 +113,20 @@ class Page:
         rows = [[k, v] for k, v in environment().items()]
         self.table(["report made with", ""], rows)
         if training_env:
-            self.table(["training runs (first run's summary.json)", ""],
-                       [[k, str(v)] for k, v in training_env.items() if k != "command"])
+            self.table(
+                ["training runs (first run's summary.json)", ""],
+                [[k, str(v)] for k, v in training_env.items() if k != "command"],
+            )
 
     def render(self) -> str:
         stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                f"<title>{html.escape(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-                f"<h1>{html.escape(self.title)}</h1>\n<p>Generated {html.escape(stamp)} by reslab.</p>\n"
-                + "\n".join(self.parts) + "\n</body>\n</html>\n")
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(self.title)}</h1>\n<p>Generated {html.escape(stamp)} by reslab.</p>\n"
+            + "\n".join(self.parts)
+            + "\n</body>\n</html>\n"
+        )
 
     def render_markdown(self) -> str:
         stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -165,9 +173,15 @@ def environment() -> dict[str, str]:
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return {
-        "reslab": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-        "matplotlib": matplotlib.__version__, "os": platform.platform(), "cpu": cpu_model(),
-        "cores": f"{available_cores()} usable of {os.cpu_count()}", "torch threads": str(torch.get_num_threads()),
+        "reslab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "matplotlib": matplotlib.__version__,
+        "os": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": f"{available_cores()} usable of {os.cpu_count()}",
+        "torch threads": str(torch.get_num_threads()),
         "gpu": gpu,
     }

@@ -46,12 +46,27 @@ def _settings_row(label: str, run: Run) -> list[str]:
     t, s, o, d = c["train"], c["schedule"], c["optim"], c["data"]
     length = f"{t['iterations']:,} it" if t["iterations"] else f"{t['epochs']:g} ep"
     sched = s["name"] + (f" {s['milestones']}" if s["name"] == "multistep" else "")
-    return [label, c.get("recipe", ""), length, str(t["batch_size"]), f"{o['name']} lr {o['lr']:g}", sched,
-            f"{d['split']}", d["augment"], d["normalize"]]
+    return [
+        label,
+        c.get("recipe", ""),
+        length,
+        str(t["batch_size"]),
+        f"{o['name']} lr {o['lr']:g}",
+        sched,
+        f"{d['split']}",
+        d["augment"],
+        d["normalize"],
+    ]
 
 
-def runs_report(runs: list[Run], html_path: Path, *, title: str | None = None,
-                figure_name: str = "error_curves.png", results_name: str = "results.json") -> Path:
+def runs_report(
+    runs: list[Run],
+    html_path: Path,
+    *,
+    title: str | None = None,
+    figure_name: str = "error_curves.png",
+    results_name: str = "results.json",
+) -> Path:
     """Write the page (and the figure and results beside it); returns the page's path."""
     out_dir = html_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,42 +79,91 @@ def runs_report(runs: list[Run], html_path: Path, *, title: str | None = None,
         page.banner("synthetic", f"Synthetic data in: {', '.join(synthetic)}")
     unfinished = [lbl for lbl, r in zip(labels, runs) if not r.finished]
     if unfinished:
-        page.banner("failed", f"Not finished (no summary.json; the numbers are the last evaluation so far): "
-                              f"{', '.join(unfinished)}")
+        page.banner(
+            "failed",
+            f"Not finished (no summary.json; the numbers are the last evaluation so far): {', '.join(unfinished)}",
+        )
 
     rows, results, train_whats = [], [], set()
     for label, run in zip(labels, runs):
         f, summary = run.final, run.summary or {}
         train_curve, what = run.train_error_curve()
         train_whats.add(what)
-        rows.append([label, run.model, run.dataset + (" (SYNTHETIC)" if run.synthetic else ""), run.seed,
-                     f"{summary.get('steps', f.get('step', 0)):,}", summary.get("epochs", f.get("epoch", "")),
-                     f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "unfinished",
-                     pct(train_curve.last), pct(f.get("test_top1_error")), pct(f.get("test_top5_error")),
-                     pct(f.get("val_top1_error")), f"{f['test_loss']:.4f}" if "test_loss" in f else "n/a"])
+        rows.append(
+            [
+                label,
+                run.model,
+                run.dataset + (" (SYNTHETIC)" if run.synthetic else ""),
+                run.seed,
+                f"{summary.get('steps', f.get('step', 0)):,}",
+                summary.get("epochs", f.get("epoch", "")),
+                f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "unfinished",
+                pct(train_curve.last),
+                pct(f.get("test_top1_error")),
+                pct(f.get("test_top5_error")),
+                pct(f.get("val_top1_error")),
+                f"{f['test_loss']:.4f}" if "test_loss" in f else "n/a",
+            ]
+        )
         test = run.curve("test_top1_error")
-        results.append({"label": label, "run_dir": str(run.path), "model": run.model, "dataset": run.dataset,
-                        "seed": run.seed, "synthetic_data": run.synthetic, "finished": run.finished,
-                        "final": f, "wall_time_s": summary.get("wall_time_s"),
-                        "train_error_final": train_curve.last, "train_error_what": what,
-                        "curves": {"test_top1_error": {"steps": test.steps, "values": test.values},
-                                   "train_error": {"steps": train_curve.steps, "values": train_curve.values}}})
-    page.table(["run", "model", "data", "seed", "steps", "epochs", "wall time", "train error %", "test top-1 %",
-                "test top-5 %", "val top-1 %", "test loss"], rows, caption="Final metrics", id="final-metrics")
+        results.append(
+            {
+                "label": label,
+                "run_dir": str(run.path),
+                "model": run.model,
+                "dataset": run.dataset,
+                "seed": run.seed,
+                "synthetic_data": run.synthetic,
+                "finished": run.finished,
+                "final": f,
+                "wall_time_s": summary.get("wall_time_s"),
+                "train_error_final": train_curve.last,
+                "train_error_what": what,
+                "curves": {
+                    "test_top1_error": {"steps": test.steps, "values": test.values},
+                    "train_error": {"steps": train_curve.steps, "values": train_curve.values},
+                },
+            }
+        )
+    page.table(
+        [
+            "run",
+            "model",
+            "data",
+            "seed",
+            "steps",
+            "epochs",
+            "wall time",
+            "train error %",
+            "test top-1 %",
+            "test top-5 %",
+            "val top-1 %",
+            "test loss",
+        ],
+        rows,
+        caption="Final metrics",
+        id="final-metrics",
+    )
 
     panels = [
-        Panel("training error", [Series(lbl, *_xy(r.train_error_curve()[0]), colors[lbl], "train")
-                                 for lbl, r in zip(labels, runs)]),
-        Panel("test error", [Series(lbl, *_xy(r.curve("test_top1_error")), colors[lbl], "test")
-                             for lbl, r in zip(labels, runs)]),
+        Panel(
+            "training error",
+            [Series(lbl, *_xy(r.train_error_curve()[0]), colors[lbl], "train") for lbl, r in zip(labels, runs)],
+        ),
+        Panel(
+            "test error",
+            [Series(lbl, *_xy(r.curve("test_top1_error")), colors[lbl], "test") for lbl, r in zip(labels, runs)],
+        ),
     ]
     png = curves_figure(panels, out_dir / figure_name, title="SYNTHETIC DATA" if synthetic else None)
     page.figure(png, "training error (thin dashed) and test top-1 error (bold) against iterations")
     page.paragraph("Training error plotted: " + "; ".join(sorted(train_whats)) + ".")
 
     page.heading("Settings")
-    page.table(["run", "recipe", "length", "batch", "optimizer", "schedule", "split", "augment", "normalize"],
-               [_settings_row(lbl, r) for lbl, r in zip(labels, runs)])
+    page.table(
+        ["run", "recipe", "length", "batch", "optimizer", "schedule", "split", "augment", "normalize"],
+        [_settings_row(lbl, r) for lbl, r in zip(labels, runs)],
+    )
     page.heading("Commands")
     lines = []
     for label, run in zip(labels, runs):
@@ -115,8 +179,9 @@ def runs_report(runs: list[Run], html_path: Path, *, title: str | None = None,
         page.details(f"{label}: config.yaml", config_text)
     train_env = next(((r.summary or {}).get("environment") for r in runs if r.summary), None)
     page.environment(train_env)
-    (out_dir / results_name).write_text(json.dumps({"runs": results, "synthetic_data": bool(synthetic),
-                                                    "environment": environment()}, indent=1))
+    (out_dir / results_name).write_text(
+        json.dumps({"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}, indent=1)
+    )
     return page.write(html_path)
 
 
@@ -141,5 +206,6 @@ def report_command_output(run_dirs: list[str], out: Path, title: str | None) -> 
     if not any(r.metrics for r in runs):
         raise DataError("none of the runs has any evaluations yet (empty metrics.jsonl); nothing to report")
     stem = out.stem
-    return runs_report(runs, out, title=title, figure_name=f"{stem}_error_curves.png",
-                       results_name=f"{stem}_results.json")
+    return runs_report(
+        runs, out, title=title, figure_name=f"{stem}_error_curves.png", results_name=f"{stem}_results.json"
+    )

@@ -111,7 +111,8 @@ class Run:
         if path.is_file():
             data = json.loads(path.read_text())
             return Curve(data["steps"], data["train_top1_error"]), (
-                f"top-1 error on {data['images']} fixed training images, eval mode, no augmentation")
+                f"top-1 error on {data['images']} fixed training images, eval mode, no augmentation"
+            )
         return self.curve("train_error"), "running error over each epoch's augmented mini-batches (train mode)"
 
 
@@ -122,8 +123,11 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{path}: no such run directory")
     config_path = path / "config.yaml"
     if not config_path.is_file():
-        hint = " (an experiment directory: pass its runs/*, or the directory itself to `reslab report`)" \
-            if (path / "experiment.json").is_file() else ""
+        hint = (
+            " (an experiment directory: pass its runs/*, or the directory itself to `reslab report`)"
+            if (path / "experiment.json").is_file()
+            else ""
+        )
         raise DataError(f"{path} is not a reslab run directory: it has no config.yaml{hint}")
     config = yaml.safe_load(config_path.read_text())
     summary_path = path / "summary.json"

@@ -54,38 +54,80 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
 
     shown = set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)
-    fig = error_vs_depth_figure({d: (o["test_error_mean"], o["test_error_std"]) for d, o in ours.items()},
-                                {d: r.error for d, r in paper.TABLE6.items() if d in shown},
-                                exp.path / "table6_error_vs_depth.png",
-                                title=("SYNTHETIC DATA: " if synthetic else "") + f"test error on {s.data}")
+    fig = error_vs_depth_figure(
+        {d: (o["test_error_mean"], o["test_error_std"]) for d, o in ours.items()},
+        {d: r.error for d, r in paper.TABLE6.items() if d in shown},
+        exp.path / "table6_error_vs_depth.png",
+        title=("SYNTHETIC DATA: " if synthetic else "") + f"test error on {s.data}",
+    )
     colors = palette(depths)
-    curves = curves_figure([Panel(f"ResNets, test error ({s.data})",
-                                  [Series(f"ResNet-{d}", ours[d]["curve"].steps, ours[d]["curve"].values,
-                                          colors[d], "test") for d in depths])],
-                           exp.path / "table6_test_curves.png", title="SYNTHETIC DATA" if synthetic else None)
+    curves = curves_figure(
+        [
+            Panel(
+                f"ResNets, test error ({s.data})",
+                [
+                    Series(f"ResNet-{d}", ours[d]["curve"].steps, ours[d]["curve"].values, colors[d], "test")
+                    for d in depths
+                ],
+            )
+        ],
+        exp.path / "table6_test_curves.png",
+        title="SYNTHETIC DATA" if synthetic else None,
+    )
 
-    results = {"experiment": NAME, "synthetic_data": synthetic, "data": s.data, "iterations": plan.iterations,
-               "milestones": plan.milestones, "settings": s.to_dict(), "table": table, "claims": claims,
-               "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
-               "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
-               "environment": environment()}
+    results = {
+        "experiment": NAME,
+        "synthetic_data": synthetic,
+        "data": s.data,
+        "iterations": plan.iterations,
+        "milestones": plan.milestones,
+        "settings": s.to_dict(),
+        "table": table,
+        "claims": claims,
+        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
+        "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
+        "environment": environment(),
+    }
     (exp.path / "results.json").write_text(json.dumps(results, indent=1))
 
     page = Page(f"CIFAR-10 Table 6: ResNets on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Table 6: {SUMMARY}.")
     if s.data != "cifar10":
-        page.banner("note", f"These runs trained on {s.data}, the paper's numbers are CIFAR-10 test errors: "
-                            "the comparison shows the trend only.")
-    page.table(["model", "n", "paper params", "our params", "paper error %", "our error % (mean \u00b1 std)",
-                "seeds", "ours - paper", "note"], rows,
-               caption="Table 6: test error (%) on the test set at the end of training", id="table6")
+        page.banner(
+            "note",
+            f"These runs trained on {s.data}, the paper's numbers are CIFAR-10 test errors: "
+            "the comparison shows the trend only.",
+        )
+    page.table(
+        [
+            "model",
+            "n",
+            "paper params",
+            "our params",
+            "paper error %",
+            "our error % (mean \u00b1 std)",
+            "seeds",
+            "ours - paper",
+            "note",
+        ],
+        rows,
+        caption="Table 6: test error (%) on the test set at the end of training",
+        id="table6",
+    )
     claims_section(page, claims, reasons)
     page.figure(fig, "test error against depth, ours (mean \u00b1 std over seeds) and the paper's Table 6")
     page.figure(curves, "test error against iterations (mean over seeds)")
-    method_section(page, plan, runs[0], s.seeds, [
-        "ResNet-110 and deeper warm up at lr 0.01 until the training error is below 80% (the recipe's "
-        "schedule.warmup_until_error), as in the paper.",
-        "Paper: 'best of 5' for ResNet-110 is 6.43, its mean 6.61 \u00b1 0.16; we report the mean."])
+    method_section(
+        page,
+        plan,
+        runs[0],
+        s.seeds,
+        [
+            "ResNet-110 and deeper warm up at lr 0.01 until the training error is below 80% (the recipe's "
+            "schedule.warmup_until_error), as in the paper.",
+            "Paper: 'best of 5' for ResNet-110 is 6.43, its mean 6.61 \u00b1 0.16; we report the mean.",
+        ],
+    )
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
     page.environment((runs[0].summary or {}).get("environment"))
@@ -97,8 +139,15 @@ def _our_numbers(group: list[Run]) -> dict:
     errors = [r.final["test_top1_error"] for r in group if "test_top1_error" in r.final]
     mean, std = mean_std(errors)
     params = sum(p.numel() for p in load_weights(group[0].path)[0].parameters())
-    return {"model": group[0].model, "seeds": len(errors), "test_error_mean": mean, "test_error_std": std,
-            "test_errors": errors, "params": params, "curve": mean_curve([r.curve("test_top1_error") for r in group])}
+    return {
+        "model": group[0].model,
+        "seeds": len(errors),
+        "test_error_mean": mean,
+        "test_error_std": std,
+        "test_errors": errors,
+        "params": params,
+        "curve": mean_curve([r.curve("test_top1_error") for r in group]),
+    }
 
 
 def _table(ours: dict[int, dict], depths: list[int]) -> tuple[list[list], list[dict]]:
@@ -106,16 +155,28 @@ def _table(ours: dict[int, dict], depths: list[int]) -> tuple[list[list], list[d
     rows, table = [], []
     for d in sorted(set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)):
         ref, o = paper.TABLE6.get(d), ours.get(d)
-        rows.append([f"ResNet-{d}", ref.n if ref else (d - 2) // 6, ref.params if ref else "n/a",
-                     f"{o['params'] / 1e6:.2f}M ({o['params']:,})" if o else "not run",
-                     f"{ref.error:.2f}" if ref else "n/a",
-                     pct(o["test_error_mean"], o["test_error_std"]) if o else "not run", o["seeds"] if o else 0,
-                     f"{100 * o['test_error_mean'] - ref.error:+.2f}" if (o and ref) else "n/a",
-                     ref.note if ref else ""])
-        table.append({"depth": d, "paper_params": ref.params if ref else None,
-                      "paper_params_exact": ref.params_exact if ref else None,
-                      "paper_error": ref.error if ref else None,
-                      **({k: v for k, v in o.items() if k != "curve"} if o else {"run": False})})
+        rows.append(
+            [
+                f"ResNet-{d}",
+                ref.n if ref else (d - 2) // 6,
+                ref.params if ref else "n/a",
+                f"{o['params'] / 1e6:.2f}M ({o['params']:,})" if o else "not run",
+                f"{ref.error:.2f}" if ref else "n/a",
+                pct(o["test_error_mean"], o["test_error_std"]) if o else "not run",
+                o["seeds"] if o else 0,
+                f"{100 * o['test_error_mean'] - ref.error:+.2f}" if (o and ref) else "n/a",
+                ref.note if ref else "",
+            ]
+        )
+        table.append(
+            {
+                "depth": d,
+                "paper_params": ref.params if ref else None,
+                "paper_params_exact": ref.params_exact if ref else None,
+                "paper_error": ref.error if ref else None,
+                **({k: v for k, v in o.items() if k != "curve"} if o else {"run": False}),
+            }
+        )
     return rows, table
 
 
@@ -124,12 +185,21 @@ def _claims(ours: dict[int, dict], depths: list[int]) -> list[dict]:
     trend = [d for d in depths if d <= 110]  # the paper's 1202 overfits: not part of the trend
     if len(trend) > 1:
         ok = all(ours[a]["test_error_mean"] > ours[b]["test_error_mean"] for a, b in itertools.pairwise(trend))
-        claims.append({"claim": "test error falls as depth grows from 20 to 110 (Table 6)", "reproduced": ok,
-                       "detail": ", ".join(f"ResNet-{d}: {pct(ours[d]['test_error_mean'])}%" for d in trend)})
+        claims.append(
+            {
+                "claim": "test error falls as depth grows from 20 to 110 (Table 6)",
+                "reproduced": ok,
+                "detail": ", ".join(f"ResNet-{d}: {pct(ours[d]['test_error_mean'])}%" for d in trend),
+            }
+        )
     compared = [d for d in depths if d in paper.TABLE6]
     within = [d for d in compared if abs(100 * ours[d]["test_error_mean"] - paper.TABLE6[d].error) <= WITHIN]
     if compared:
-        claims.append({"claim": f"our error is within {WITHIN} points of the paper's",
-                       "reproduced": len(within) == len(compared),
-                       "detail": f"within {WITHIN} points for {len(within)} of {len(compared)} depths"})
+        claims.append(
+            {
+                "claim": f"our error is within {WITHIN} points of the paper's",
+                "reproduced": len(within) == len(compared),
+                "detail": f"within {WITHIN} points for {len(within)} of {len(compared)} depths",
+            }
+        )
     return claims

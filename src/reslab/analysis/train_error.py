@@ -32,8 +32,9 @@ def training_subset(run_dir: Path, images: int) -> ArrayDataset:
     """`images` fixed, seeded training images of the split the run trained on."""
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     d = cfg.data
-    train = load_cached(d.dataset, "train", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size,
-                        synthetic_size=d.synthetic_size)
+    train = load_cached(
+        d.dataset, "train", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size, synthetic_size=d.synthetic_size
+    )
     if d.split == "paper":
         train, _ = train_val_split(train, d.val_size, seed=cfg.train.seed)
     n = min(images, len(train))
@@ -44,12 +45,11 @@ def training_subset(run_dir: Path, images: int) -> ArrayDataset:
 def _state_dict(payload: dict) -> dict[str, torch.Tensor]:
     """The weights the run evaluates with: the EMA copy when there is one (as the loop does)."""
     if "ema" in payload:
-        return {k[len("module."):]: v for k, v in payload["ema"].items() if k.startswith("module.")}
+        return {k[len("module.") :]: v for k, v in payload["ema"].items() if k.startswith("module.")}
     return payload["model"]
 
 
-def training_error_curve(run_dir: Path, images: int, keep: int = 2,
-                         device: str | torch.device = "cpu") -> dict:
+def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str | torch.device = "cpu") -> dict:
     """Evaluate every checkpoint of a finished run on the training subset; write and return
     {"images", "steps", "train_top1_error"}. A curve already written is reused."""
     out = run_dir / TRAIN_ERROR_FILE
@@ -61,17 +61,23 @@ def training_error_curve(run_dir: Path, images: int, keep: int = 2,
     ckpt_dir = run_dir / "checkpoints"
     steps, errors = [], []
     paths = ckpt.list_checkpoints(ckpt_dir)
-    print(f"  {run_dir.name}: training error of {len(paths)} checkpoints on {len(subset)} training images",
-          file=sys.stderr)
+    print(
+        f"  {run_dir.name}: training error of {len(paths)} checkpoints on {len(subset)} training images",
+        file=sys.stderr,
+    )
     for path in paths:
         payload = ckpt.load_checkpoint(path)
         model.load_state_dict(_state_dict(payload))
         m = evaluate(model, batches.epoch(0), meta.num_classes, device=torch.device(device))
         steps.append(int(payload["state"]["step"]))
         errors.append(m["top1_error"])
-    result = {"images": len(subset), "steps": steps, "train_top1_error": errors,
-              "what": "top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
-                      "evaluated from the checkpoint written at each step"}
+    result = {
+        "images": len(subset),
+        "steps": steps,
+        "train_top1_error": errors,
+        "what": "top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
+        "evaluated from the checkpoint written at each step",
+    }
     out.write_text(json.dumps(result, indent=1))
     for old in paths[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)

@@ -13,9 +13,11 @@ from reslab.analysis.run_report import runs_report
 from reslab.analysis.runs import Run, load_run, pct
 
 STATE_WORDS = {"finished": "reused (finished before)", "partial": "resumed from checkpoint", "new": "trained"}
-TORCHRUN_NOTE = ("--parallel K trains K runs at once, each a `python -m reslab train` process with "
-                 "train.threads = cores // K. To spread ONE run over several processes or GPUs, train it with "
-                 "torchrun into the experiment's run directory, then rerun this command (it reuses finished runs): ")
+TORCHRUN_NOTE = (
+    "--parallel K trains K runs at once, each a `python -m reslab train` process with "
+    "train.threads = cores // K. To spread ONE run over several processes or GPUs, train it with "
+    "torchrun into the experiment's run directory, then rerun this command (it reuses finished runs): "
+)
 
 
 def train_experiment(exp: ExperimentDir, specs: list[RunSpec], parallel: int) -> tuple[list[Run], dict[str, str]]:
@@ -47,8 +49,10 @@ def method_section(page: Page, plan: TrainingPlan, run: Run, seeds: int, extra: 
         "\u00b1 sample std over seeds (no std for one seed).",
     ]
     if plan.iterations < PAPER_CIFAR_ITERATIONS:
-        items.append(f"This is {100 * plan.iterations / PAPER_CIFAR_ITERATIONS:.2g}% of the paper's "
-                     f"{PAPER_CIFAR_ITERATIONS:,} iterations.")
+        items.append(
+            f"This is {100 * plan.iterations / PAPER_CIFAR_ITERATIONS:.2g}% of the paper's "
+            f"{PAPER_CIFAR_ITERATIONS:,} iterations."
+        )
     page.bullets(items + list(extra))
 
 
@@ -57,9 +61,17 @@ def runs_section(page: Page, exp: ExperimentDir, runs: list[Run], states: dict[s
     rows = []
     for run in runs:
         s = run.summary or {}
-        rows.append([run.name, run.model, run.seed, STATE_WORDS[states.get(run.name, "finished")],
-                     f"{s.get('steps', 0):,}", f"{s.get('wall_time_s', 0):.0f} s",
-                     pct(run.final.get("test_top1_error"))])
+        rows.append(
+            [
+                run.name,
+                run.model,
+                run.seed,
+                STATE_WORDS[states.get(run.name, "finished")],
+                f"{s.get('steps', 0):,}",
+                f"{s.get('wall_time_s', 0):.0f} s",
+                pct(run.final.get("test_top1_error")),
+            ]
+        )
     page.table(["run", "model", "seed", "this time", "steps", "wall time", "test top-1 %"], rows)
     page.link_list([(str(r.path.relative_to(exp.path) / "report.html"), f"{r.name}: report") for r in runs])
 
@@ -71,8 +83,12 @@ def commands_section(page: Page, exp: ExperimentDir, specs: list[RunSpec]) -> No
     page.paragraph("Each run is equivalent to:")
     page.code([s.command(exp.runs_dir / s.name) for s in specs])
     example = specs[0]
-    page.paragraph(TORCHRUN_NOTE + shlex.join(["torchrun", "--nproc_per_node=2", "-m", "reslab",
-                                               *example.train_args(exp.runs_dir / example.name)]))
+    page.paragraph(
+        TORCHRUN_NOTE
+        + shlex.join(
+            ["torchrun", "--nproc_per_node=2", "-m", "reslab", *example.train_args(exp.runs_dir / example.name)]
+        )
+    )
 
 
 def not_reproduced_reasons(data: str, iterations: int, seeds: int, synthetic: bool) -> list[str]:
@@ -81,14 +97,20 @@ def not_reproduced_reasons(data: str, iterations: int, seeds: int, synthetic: bo
     if synthetic:
         reasons.append("the data is synthetic (random images with a class colour): it says nothing about depth")
     if iterations < PAPER_CIFAR_ITERATIONS:
-        reasons.append(f"too short: {iterations:,} iterations against the paper's {PAPER_CIFAR_ITERATIONS:,}; "
-                       "the gaps between depths open as training goes on and after the lr drops")
+        reasons.append(
+            f"too short: {iterations:,} iterations against the paper's {PAPER_CIFAR_ITERATIONS:,}; "
+            "the gaps between depths open as training goes on and after the lr drops"
+        )
     if data != "cifar10":
-        reasons.append(f"{data} is not CIFAR-10, where the paper measured it; on an easier dataset a deep plain "
-                       "net may fit the training set as well as a shallow one")
+        reasons.append(
+            f"{data} is not CIFAR-10, where the paper measured it; on an easier dataset a deep plain "
+            "net may fit the training set as well as a shallow one"
+        )
     if seeds == 1:
-        reasons.append("one seed per model: seed-to-seed differences of a few tenths of a percent are normal, "
-                       "so small gaps may be noise (use --seeds 3 or more)")
+        reasons.append(
+            "one seed per model: seed-to-seed differences of a few tenths of a percent are normal, "
+            "so small gaps may be noise (use --seeds 3 or more)"
+        )
     return reasons
 
 
@@ -96,17 +118,29 @@ def claims_section(page: Page, claims: list[dict], reasons: list[str]) -> None:
     """The paper's claims with our numbers, and a plain verdict."""
     page.heading("Does it reproduce?")
     if not claims:
-        page.banner("note", "None of the paper's claims can be checked with these runs (they need two depths, "
-                            "or plain and residual nets of one depth).")
+        page.banner(
+            "note",
+            "None of the paper's claims can be checked with these runs (they need two depths, "
+            "or plain and residual nets of one depth).",
+        )
         return
-    page.table(["paper's claim", "reproduced here?", "our numbers"],
-               [[c["claim"], ("yes" if c["reproduced"] else "no", "yes" if c["reproduced"] else "NO"), c["detail"]]
-                for c in claims], id="claims")
+    page.table(
+        ["paper's claim", "reproduced here?", "our numbers"],
+        [
+            [c["claim"], ("yes" if c["reproduced"] else "no", "yes" if c["reproduced"] else "NO"), c["detail"]]
+            for c in claims
+        ],
+        id="claims",
+    )
     failed = [c for c in claims if not c["reproduced"]]
     if failed:
         why = "; ".join(reasons or ["none known: the settings match the paper's"])
-        page.banner("failed", f"{len(failed)} of {len(claims)} of the paper's claims did NOT reproduce in these "
-                              f"runs. Possible reasons: {why}.")
+        page.banner(
+            "failed",
+            f"{len(failed)} of {len(claims)} of the paper's claims did NOT reproduce in these "
+            f"runs. Possible reasons: {why}.",
+        )
     else:
-        page.banner("ok", "All claims checked here reproduced" + (
-            " (caveats: " + "; ".join(reasons) + ")." if reasons else "."))
+        page.banner(
+            "ok", "All claims checked here reproduced" + (" (caveats: " + "; ".join(reasons) + ")." if reasons else ".")
+        )

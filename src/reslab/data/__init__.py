@@ -21,10 +21,15 @@ from reslab.data.norm import NORMALIZE_KINDS, NormStats, compute_norm_stats
 
 # The folder loader needs torchvision (about 2 s to import); load it only when asked for.
 _LAZY = {
-    "make_folder_loader": "folder_loader", "set_folder_epoch": "folder_loader",
-    "IMAGENET_MEAN": "folder_transforms", "IMAGENET_STD": "folder_transforms", "Lighting": "folder_transforms",
-    "MultiScale": "folder_transforms", "RandomShorterSideResize": "folder_transforms",
-    "eval_transform": "folder_transforms", "imagenet_norm_stats": "folder_transforms",
+    "make_folder_loader": "folder_loader",
+    "set_folder_epoch": "folder_loader",
+    "IMAGENET_MEAN": "folder_transforms",
+    "IMAGENET_STD": "folder_transforms",
+    "Lighting": "folder_transforms",
+    "MultiScale": "folder_transforms",
+    "RandomShorterSideResize": "folder_transforms",
+    "eval_transform": "folder_transforms",
+    "imagenet_norm_stats": "folder_transforms",
     "train_transform": "folder_transforms",
 }
 

@@ -33,14 +33,10 @@ class ArrayDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(
-                f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} "
-                f"{self.images.dtype}"
-            )
+            raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
             raise ValueError(
-                f"labels must be ({len(self.images)},) int64, got {tuple(self.labels.shape)} "
-                f"{self.labels.dtype}"
+                f"labels must be ({len(self.images)},) int64, got {tuple(self.labels.shape)} {self.labels.dtype}"
             )
         if not self.images.is_contiguous():
             self.images = self.images.contiguous()
@@ -69,9 +65,7 @@ class ArrayDataset:
         )
 
 
-def train_val_split(
-    ds: ArrayDataset, val_size: int, seed: int
-) -> tuple[ArrayDataset, ArrayDataset]:
+def train_val_split(ds: ArrayDataset, val_size: int, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
     """Hold out `val_size` images at random: the paper's CIFAR-10 split is 45k train / 5k val.
 
     The permutation comes from its own `torch.Generator`, so the split depends on `seed` only,
@@ -83,9 +77,7 @@ def train_val_split(
     perm = torch.randperm(len(ds), generator=generator)
     val_idx, _ = perm[:val_size].sort()
     train_idx, _ = perm[val_size:].sort()
-    return ds.subset(train_idx, f"{ds.name}[train-split]"), ds.subset(
-        val_idx, f"{ds.name}[val-split]"
-    )
+    return ds.subset(train_idx, f"{ds.name}[train-split]"), ds.subset(val_idx, f"{ds.name}[val-split]")
 
 
 def convert_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:

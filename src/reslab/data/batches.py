@@ -89,9 +89,7 @@ def normalize_crop_flip(
     padded = images.new_zeros((batch, channels, padded_h, padded_w), dtype=torch.float32)
     inner = padded[:, :, pad : pad + height, pad : pad + width]
     inner.copy_(images).mul_(scale).add_(shift)  # normalise straight into the buffer
-    index = crop_flip_index(
-        offsets.to(images.device), flips.to(images.device), height, width, padded_w
-    )
+    index = crop_flip_index(offsets.to(images.device), flips.to(images.device), height, width, padded_w)
     index = index[:, None, :].expand(batch, channels, height * width)  # same pixels per channel
     out = padded.view(batch, channels, padded_h * padded_w).gather(2, index)
     out = out.view(batch, channels, height, width)
@@ -137,9 +135,7 @@ class InMemoryBatches:
         if augment not in AUGMENT_KINDS:
             raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENT_KINDS)}")
         if normalize not in NORMALIZE_KINDS:
-            raise ConfigError(
-                f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_KINDS)}"
-            )
+            raise ConfigError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_KINDS)}")
         if batch_size < 1 or pad < 0:
             raise ConfigError(f"need batch_size >= 1 and pad >= 0, got {batch_size} and {pad}")
         if not 0 <= rank < world_size:
@@ -183,9 +179,7 @@ class InMemoryBatches:
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""
-        return min(
-            len(self) * self.batch_size, len(range(self.rank, len(self.labels), self.world_size))
-        )
+        return min(len(self) * self.batch_size, len(range(self.rank, len(self.labels), self.world_size)))
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch` in visiting order: (num_samples,) int64, CPU."""
@@ -199,9 +193,7 @@ class InMemoryBatches:
             perm = perm[: len(self) * self.world_size * self.batch_size]
         return perm[self.rank :: self.world_size]
 
-    def epoch(
-        self, epoch: int, start_batch: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
         order = self.order(epoch).to(self.device)
         crop = self.augment in ("crop", "crop-flip")
@@ -211,13 +203,9 @@ class InMemoryBatches:
             images = self.images.index_select(0, index)  # (B, C, H, W) uint8; faster than [index]
             labels = self.labels.index_select(0, index)
             if crop or flip:
-                generator = torch.Generator().manual_seed(
-                    batch_seed(self.seed, epoch, self.rank, batch)
-                )
+                generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, self.rank, batch))
                 pad = self.pad if crop else 0
-                offsets, flips = draw_augmentation(
-                    len(index), generator, crop=crop, flip=flip, pad=pad
-                )
+                offsets, flips = draw_augmentation(len(index), generator, crop=crop, flip=flip, pad=pad)
                 x = normalize_crop_flip(images, self.stats, offsets, flips, pad, self.dtype)
             else:
                 x = self.stats.apply(images, self.dtype)
@@ -242,6 +230,4 @@ def _check_stats(stats: NormStats, image_shape: tuple[int, int, int]) -> None:
             f"{image_shape}; were they computed on a different dataset or image size?"
         ) from None
     if torch.broadcast_shapes(stats.mean.shape, image_shape) != torch.Size(image_shape):
-        raise ConfigError(
-            f"normalisation stats {tuple(stats.mean.shape)} larger than images {image_shape}"
-        )
+        raise ConfigError(f"normalisation stats {tuple(stats.mean.shape)} larger than images {image_shape}")

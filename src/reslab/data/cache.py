@@ -42,9 +42,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RESLAB_CACHE_DIR", "~/.cache/reslab")).expanduser()
 
 
-def cache_key(
-    name: str, split: Split, files: list[Path], image_size: int | None, in_chans: int | None
-) -> str:
+def cache_key(name: str, split: Split, files: list[Path], image_size: int | None, in_chans: int | None) -> str:
     """A hex digest of everything that decides the decoded tensors."""
     described = []
     for path in files:
@@ -81,9 +79,7 @@ def save_cache(ds: ArrayDataset, stem: Path) -> None:
     }
     atomic_write(stem.with_name(stem.name + ".images.npy"), lambda f: np.save(f, images), sync_dir=False)
     atomic_write(stem.with_name(stem.name + ".labels.npy"), lambda f: np.save(f, labels), sync_dir=False)
-    atomic_write(
-        stem.with_name(stem.name + ".json"), lambda f: f.write(json.dumps(meta).encode()), sync_dir=False
-    )
+    atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(json.dumps(meta).encode()), sync_dir=False)
     fsync_dir(stem.parent)
 
 

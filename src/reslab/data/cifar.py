@@ -115,9 +115,7 @@ def _download(name: str, data_dir: Path) -> None:
 def _entry(batch: dict[Any, Any], key: bytes, path: Path) -> Any:
     if key not in batch:
         found = ", ".join(repr(k) for k in list(batch)[:8])
-        raise DataError(
-            f"{path}: key {key!r} missing (found {found}); the file is not a CIFAR batch"
-        )
+        raise DataError(f"{path}: key {key!r} missing (found {found}); the file is not a CIFAR batch")
     return batch[key]
 
 
@@ -128,9 +126,7 @@ def _load_dict(path: Path) -> dict[Any, Any]:
     return content
 
 
-def read_cifar_batch(
-    path: Path, labels_key: bytes, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> images (N, 3, 32, 32) uint8, labels (N,) int64; checked for shape."""
     batch = _load_dict(path)
     data = _entry(batch, b"data", path)
@@ -138,12 +134,7 @@ def read_cifar_batch(
         labels = np.asarray(_entry(batch, labels_key, path))
     except (ValueError, TypeError) as err:  # ragged or odd objects where numbers belong
         raise DataError(f"{path}: {labels_key!r} is not a list of labels ({err})") from err
-    if (
-        not isinstance(data, np.ndarray)
-        or data.dtype != np.uint8
-        or data.ndim != 2
-        or data.shape[1] != _PIXELS
-    ):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         shape = getattr(data, "shape", type(data).__name__)
         raise DataError(
             f"{path}: b'data' should be an (N, {_PIXELS}) uint8 array, got {shape} "

@@ -50,9 +50,7 @@ def check_split(split: str) -> None:
         raise DataError(f"unknown split {split!r}; valid splits: train, test")
 
 
-def source_files(
-    name: str, split: Split, data_dir: str | Path | None, *, download: bool = False
-) -> list[Path]:
+def source_files(name: str, split: Split, data_dir: str | Path | None, *, download: bool = False) -> list[Path]:
     """The files `load_dataset(name, split, data_dir)` reads (downloading them first if asked).
 
     Empty for "synthetic", which reads nothing. Raises the same `DataError` as `load_dataset`
@@ -123,9 +121,7 @@ def load_dataset(
     check_split(split)
     root = resolve_data_dir(data_dir)
     if name == "synthetic":
-        return make_synthetic(
-            split, synthetic_size, image_size=image_size or 32, in_chans=in_chans or 3
-        )
+        return make_synthetic(split, synthetic_size, image_size=image_size or 32, in_chans=in_chans or 3)
     if name == "imagefolder":
         # Resizing and channel conversion happen in PIL while decoding.
         return load_image_folder(root, split, image_size=image_size, in_chans=in_chans or 3)

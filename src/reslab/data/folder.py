@@ -36,9 +36,7 @@ def split_dir_name(split: Split) -> str:
 
 
 def _class_dirs(directory: Path) -> list[str]:
-    return sorted(
-        e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
-    )
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
 def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -56,14 +54,11 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
     train_dir = root / "train"
     classes = _class_dirs(train_dir if train_dir.is_dir() else split_dir)
     if not classes:
-        raise DataError(
-            f"{split_dir}: no class sub-directories; expected {split_dir}/<class>/*.jpg"
-        )
+        raise DataError(f"{split_dir}: no class sub-directories; expected {split_dir}/<class>/*.jpg")
     unknown = sorted(set(_class_dirs(split_dir)) - set(classes))
     if unknown:
         raise DataError(
-            f"{split_dir}: classes {unknown} are not in {train_dir}; both splits must use the "
-            "same class folders"
+            f"{split_dir}: classes {unknown} are not in {train_dir}; both splits must use the same class folders"
         )
     samples: list[tuple[Path, int]] = []
     for label, class_name in enumerate(classes):
@@ -71,9 +66,7 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
         if not class_dir.is_dir():
             continue  # a class may be absent from val/ (a tiny validation subset)
         files = sorted(
-            Path(e.path)
-            for e in os.scandir(class_dir)
-            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            Path(e.path) for e in os.scandir(class_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not files:
             raise DataError(
@@ -84,9 +77,7 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
     return samples, classes
 
 
-def shorter_side_crop_box(
-    width: int, height: int, size: int
-) -> tuple[int, int, tuple[int, int, int, int]]:
+def shorter_side_crop_box(width: int, height: int, size: int) -> tuple[int, int, tuple[int, int, int, int]]:
     """Resize target (w, h) with shorter side `size`, and the centred size x size box in it."""
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -108,18 +99,14 @@ def decode_image(path: Path, mode: str, size: int | None) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
 
 
-def load_image_folder(
-    root: Path, split: Split, *, image_size: int | None = None, in_chans: int = 3
-) -> ArrayDataset:
+def load_image_folder(root: Path, split: Split, *, image_size: int | None = None, in_chans: int = 3) -> ArrayDataset:
     """Decode every image of `root/<train|val>` into an `ArrayDataset` of (N, in_chans, S, S).
 
     `image_size=None` keeps the files' own size, which must then be the same for all of them.
     Decoding runs on a thread pool: PIL releases the GIL while it decodes and resizes.
     """
     if in_chans not in (1, 3):
-        raise DataError(
-            f"imagefolder images can be read with 1 (L) or 3 (RGB) channels, not {in_chans}"
-        )
+        raise DataError(f"imagefolder images can be read with 1 (L) or 3 (RGB) channels, not {in_chans}")
     samples, classes = list_image_files(root, split)
     mode = "RGB" if in_chans == 3 else "L"
     paths = [path for path, _ in samples]

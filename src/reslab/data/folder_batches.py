@@ -47,8 +47,16 @@ class FolderBatches:
     ) -> None:
         self.stats: NormStats = imagenet_norm_stats()
         self.loader = make_folder_loader(
-            root, split, batch_size=batch_size, train=train, augment=augment,  # type: ignore[arg-type]
-            image_size=image_size, workers=workers, seed=seed, rank=rank, world_size=world_size,
+            root,
+            split,
+            batch_size=batch_size,
+            train=train,
+            augment=augment,  # type: ignore[arg-type]
+            image_size=image_size,
+            workers=workers,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
             stats=self.stats,
         )
         self.dataset: FolderSplit = self.loader.dataset  # type: ignore[assignment]
@@ -78,10 +86,15 @@ class FolderBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
         set_folder_epoch(self.loader, epoch)  # seeds the workers' augmentation from (seed, epoch)
-        indices = self.order(epoch)[start_batch * self.batch_size:].tolist()
+        indices = self.order(epoch)[start_batch * self.batch_size :].tolist()
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=indices, num_workers=self.workers,
-            pin_memory=self.loader.pin_memory, drop_last=self.train, generator=self.loader.generator,
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=indices,
+            num_workers=self.workers,
+            pin_memory=self.loader.pin_memory,
+            drop_last=self.train,
+            generator=self.loader.generator,
             persistent_workers=False,
         )
         for x, y in loader:
@@ -91,5 +104,7 @@ class FolderBatches:
             yield x, y.to(self.device, non_blocking=True)
 
     def __repr__(self) -> str:
-        return (f"FolderBatches({self.dataset.root}, n={len(self.dataset)}, batch_size={self.batch_size}, "
-                f"train={self.train}, batches={len(self)}, workers={self.workers}, device={self.device})")
+        return (
+            f"FolderBatches({self.dataset.root}, n={len(self.dataset)}, batch_size={self.batch_size}, "
+            f"train={self.train}, batches={len(self)}, workers={self.workers}, device={self.device})"
+        )

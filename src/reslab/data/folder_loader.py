@@ -45,21 +45,15 @@ class FolderSplit(ImageFolder):
     the directory or file.
     """
 
-    def __init__(
-        self, root: str | Path, split: Split, transform: Callable[[Image.Image], Any] | None
-    ) -> None:
+    def __init__(self, root: str | Path, split: Split, transform: Callable[[Image.Image], Any] | None) -> None:
         self._listing = list_image_files(Path(root), split)  # read by the two overrides below
-        super().__init__(
-            str(Path(root) / split_dir_name(split)), transform=transform, loader=load_rgb
-        )
+        super().__init__(str(Path(root) / split_dir_name(split)), transform=transform, loader=load_rgb)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         classes = self._listing[1]
         return classes, {name: label for label, name in enumerate(classes)}
 
-    def make_dataset(
-        self, directory: str | Path, *args: Any, **kwargs: Any
-    ) -> list[tuple[str, int]]:
+    def make_dataset(self, directory: str | Path, *args: Any, **kwargs: Any) -> list[tuple[str, int]]:
         return [(str(path), label) for path, label in self._listing[0]]
 
 
@@ -96,9 +90,7 @@ def make_folder_loader(
     them out or evaluate on one rank when exact numbers matter.
     """
     transform = (
-        train_transform(
-            augment, image_size, scale_range=scale_range, lighting=lighting, stats=stats
-        )
+        train_transform(augment, image_size, scale_range=scale_range, lighting=lighting, stats=stats)
         if train
         else eval_transform(image_size, mode=eval_mode, stats=stats)
     )

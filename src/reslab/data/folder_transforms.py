@@ -43,9 +43,7 @@ PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the multi-scale tes
 
 def imagenet_norm_stats() -> NormStats:
     """The ImageNet per-channel statistics as `NormStats`, for inference on uint8 tensors."""
-    return NormStats(
-        torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    )
+    return NormStats(torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
 
 
 class RandomShorterSideResize:
@@ -105,17 +103,13 @@ class MultiScale:
     any size fit) and the scores are averaged over scales.
     """
 
-    def __init__(
-        self, scales: Sequence[int], per_scale: Callable[[Image.Image], torch.Tensor]
-    ) -> None:
+    def __init__(self, scales: Sequence[int], per_scale: Callable[[Image.Image], torch.Tensor]) -> None:
         self.scales = tuple(scales)
         self.per_scale = per_scale
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
         return [
-            self.per_scale(
-                TF.resize(image, s, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
-            )
+            self.per_scale(TF.resize(image, s, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
             for s in self.scales
         ]
 

@@ -101,11 +101,7 @@ def find_idx_files(name: str, split: Split, data_dir: Path, *, download: bool) -
         found = lookup()
     if found is None:
         searched = ", ".join(str(d) for d in search_dirs(name, data_dir))
-        hint = (
-            "install Debian's package (apt-get install dataset-fashion-mnist), "
-            if name == "fashion-mnist"
-            else ""
-        )
+        hint = "install Debian's package (apt-get install dataset-fashion-mnist), " if name == "fashion-mnist" else ""
         raise DataError(
             f"{name} {split} files not found: expected {image_stem}[.gz] and {label_stem}[.gz] "
             f"in one of: {searched}. To get them: {hint}rerun with --set data.download=true, "
@@ -137,8 +133,7 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise DataError(
-            f"{path}: broken gzip stream ({err}); the file is corrupt or truncated, "
-            "delete it and download it again"
+            f"{path}: broken gzip stream ({err}); the file is corrupt or truncated, delete it and download it again"
         ) from err
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
@@ -169,9 +164,7 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
-def load_idx_dataset(
-    name: str, split: Split, data_dir: Path, *, download: bool = False
-) -> ArrayDataset:
+def load_idx_dataset(name: str, split: Split, data_dir: Path, *, download: bool = False) -> ArrayDataset:
     """MNIST / Fashion-MNIST `split` as an `ArrayDataset` of (N, 1, 28, 28) uint8 images."""
     variant = IDX_VARIANTS[name]
     files = find_idx_files(name, split, data_dir, download=download)

@@ -14,8 +14,7 @@ onnx, onnxruntime, fastapi and uvicorn are imported only by the functions that u
 """
 
 from reslab.infer.backends import OnnxPredictor, Predictor, load_predictor
-from reslab.infer.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError,
-                                 decode_image)
+from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
 from reslab.infer.export import ExportError, ExportResult, export_model
 from reslab.infer.fast import FastPredictor, fold_batchnorm, native_bf16_supported, resolve_precision
 from reslab.infer.predict import Prediction, collect_images, predict_files, top_k
@@ -23,9 +22,28 @@ from reslab.infer.preprocess import fit_image, image_to_tensor, load_input
 from reslab.infer.quantize import Int8Result, export_int8
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "ExportError", "ExportResult", "FastPredictor", "ImageDecodeError",
-    "ImageTooLargeError", "Int8Result", "NotAnImageError", "OnnxPredictor", "Prediction", "Predictor",
-    "collect_images", "decode_image", "export_int8", "export_model", "fit_image", "fold_batchnorm",
-    "image_to_tensor", "load_input", "load_predictor", "native_bf16_supported", "predict_files",
-    "resolve_precision", "top_k",
+    "DEFAULT_MAX_PIXELS",
+    "ExportError",
+    "ExportResult",
+    "FastPredictor",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "Int8Result",
+    "NotAnImageError",
+    "OnnxPredictor",
+    "Prediction",
+    "Predictor",
+    "collect_images",
+    "decode_image",
+    "export_int8",
+    "export_model",
+    "fit_image",
+    "fold_batchnorm",
+    "image_to_tensor",
+    "load_input",
+    "load_predictor",
+    "native_bf16_supported",
+    "predict_files",
+    "resolve_precision",
+    "top_k",
 ]

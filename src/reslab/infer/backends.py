@@ -47,8 +47,10 @@ def pixel_affine(mean: torch.Tensor, std: torch.Tensor, in_chans: int) -> tuple[
     """(scale, shift), each (1, C, 1|H, 1|W) float32, with x = u8 * scale + shift."""
     mean64, std64 = mean.double(), std.double()
     if mean64.dim() != 3 or std64.dim() != 3 or mean64.shape[0] != in_chans:
-        raise InputShapeError(f"mean/std must have shape ({in_chans}, 1, 1) or ({in_chans}, H, W); "
-                              f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+        raise InputShapeError(
+            f"mean/std must have shape ({in_chans}, 1, 1) or ({in_chans}, H, W); "
+            f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+        )
     return (1.0 / (255.0 * std64)).float().unsqueeze(0), (-mean64 / std64).float().unsqueeze(0)
 
 
@@ -63,29 +65,40 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def read_onnx_meta(props: dict[str, str], path: str | Path
-                   ) -> tuple[WeightsMeta, torch.Tensor, torch.Tensor, dict[str, object]]:
+def read_onnx_meta(
+    props: dict[str, str], path: str | Path
+) -> tuple[WeightsMeta, torch.Tensor, torch.Tensor, dict[str, object]]:
     """metadata_props of a reslab export -> (meta, mean, std, every reslab.* value decoded)."""
     values: dict[str, object] = {}
     for key, raw in props.items():
         if key.startswith(META_PREFIX):
             try:
-                values[key[len(META_PREFIX):]] = json.loads(raw)
+                values[key[len(META_PREFIX) :]] = json.loads(raw)
             except json.JSONDecodeError:
-                values[key[len(META_PREFIX):]] = raw  # plain strings are stored unquoted
+                values[key[len(META_PREFIX) :]] = raw  # plain strings are stored unquoted
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if len(missing) == len(REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is an ONNX file without reslab metadata, so its preprocessing is "
-                              "unknown; export the weights with `reslab export WEIGHTS --format onnx`")
+        raise CheckpointError(
+            f"{path} is an ONNX file without reslab metadata, so its preprocessing is "
+            "unknown; export the weights with `reslab export WEIGHTS --format onnx`"
+        )
     if missing:
-        raise CheckpointError(f"{path} lacks reslab metadata {', '.join(missing)}; export it again with "
-                              "`reslab export WEIGHTS --format onnx`")
-    meta = WeightsMeta(model=str(values["model"]), num_classes=int(values["num_classes"]),
-                       in_chans=int(values["in_chans"]), options=dict(values.get("options") or {}),
-                       classes=list(values.get("classes") or []), input_size=int(values["input_size"]),
-                       resize=str(values.get("resize", "shorter-center-crop")),
-                       dataset=str(values.get("dataset", "")), metrics=dict(values.get("metrics") or {}),
-                       reslab_version=str(values.get("reslab_version", "")))
+        raise CheckpointError(
+            f"{path} lacks reslab metadata {', '.join(missing)}; export it again with "
+            "`reslab export WEIGHTS --format onnx`"
+        )
+    meta = WeightsMeta(
+        model=str(values["model"]),
+        num_classes=int(values["num_classes"]),
+        in_chans=int(values["in_chans"]),
+        options=dict(values.get("options") or {}),
+        classes=list(values.get("classes") or []),
+        input_size=int(values["input_size"]),
+        resize=str(values.get("resize", "shorter-center-crop")),
+        dataset=str(values.get("dataset", "")),
+        metrics=dict(values.get("metrics") or {}),
+        reslab_version=str(values.get("reslab_version", "")),
+    )
     mean = torch.tensor(values["mean"], dtype=torch.float32)
     std = torch.tensor(values["std"], dtype=torch.float32)
     return meta, mean, std, values
@@ -123,8 +136,9 @@ class OnnxPredictor:
     def normalise(self, images: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) uint8 -> contiguous float32 NCHW normalised array."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise InputShapeError(f"expected a uint8 batch (B, {self.in_chans}, H, W); "
-                                  f"got {images.dtype} {tuple(images.shape)}")
+            raise InputShapeError(
+                f"expected a uint8 batch (B, {self.in_chans}, H, W); got {images.dtype} {tuple(images.shape)}"
+            )
         x = torch.addcmul(self.shift, images.contiguous().float(), self.scale)
         return x.numpy()
 
@@ -133,12 +147,12 @@ class OnnxPredictor:
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "onnxruntime", "file": str(self.path), "precision": self.precision,
-                "threads": self.threads}
+        return {"backend": "onnxruntime", "file": str(self.path), "precision": self.precision, "threads": self.threads}
 
 
-def load_predictor(source: str | Path, *, fold: bool = True, precision: str = "auto",
-                   compile: bool = False) -> tuple[Predictor, WeightsMeta, int]:
+def load_predictor(
+    source: str | Path, *, fold: bool = True, precision: str = "auto", compile: bool = False
+) -> tuple[Predictor, WeightsMeta, int]:
     """(predictor, meta, parameter count) for weights or an ONNX file named by the user.
 
     fold / precision / compile shape the PyTorch fast path; an ONNX file runs as it was
@@ -146,8 +160,10 @@ def load_predictor(source: str | Path, *, fold: bool = True, precision: str = "a
     """
     if is_onnx_file(source):
         if compile or not fold or precision != "auto":
-            raise ConfigError("--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
-                              "runs as `reslab export` wrote it (fp32, or int8 with --int8)")
+            raise ConfigError(
+                "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
+                "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
+            )
         predictor = OnnxPredictor(source)
         return predictor, predictor.meta, predictor.num_params
 

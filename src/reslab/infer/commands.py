@@ -16,16 +16,28 @@ MODEL_HELP = WEIGHTS_HELP + "; or a .onnx file written by `reslab export` (fp32 
 
 
 def _add_fast_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 (default); "
-                        "PyTorch weights only, an .onnx file runs at the precision it was exported in")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (slow first call per input shape, faster after; "
-                        "PyTorch weights only)")
-    p.add_argument("--no-fold", dest="fold", action="store_false",
-                   help="keep BatchNorm layers unfolded (PyTorch weights only)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse images with more pixels than this, read from the header (default {DEFAULT_MAX_PIXELS:,}; 0 = no limit)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 (default); "
+        "PyTorch weights only, an .onnx file runs at the precision it was exported in",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (slow first call per input shape, faster after; PyTorch weights only)",
+    )
+    p.add_argument(
+        "--no-fold", dest="fold", action="store_false", help="keep BatchNorm layers unfolded (PyTorch weights only)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels than this, read from the header "
+        f"(default {DEFAULT_MAX_PIXELS:,}; 0 = no limit)",
+    )
 
 
 def _predictor(args: argparse.Namespace):
@@ -46,8 +58,9 @@ def predict_command(args: argparse.Namespace) -> int:
     predictor, meta, _ = _predictor(args)
     files = collect_images(args.images)
     predictions, failed = [], 0
-    for prediction in predict_files(predictor, meta, files, batch_size=args.batch_size, k=args.top_k,
-                                    max_pixels=args.max_pixels):
+    for prediction in predict_files(
+        predictor, meta, files, batch_size=args.batch_size, k=args.top_k, max_pixels=args.max_pixels
+    ):
         if prediction.error is not None:
             failed += 1
             print(f"reslab predict: error: {prediction.error}", file=sys.stderr, flush=True)
@@ -74,22 +87,31 @@ def export_command(args: argparse.Namespace) -> int:
     if args.int8:  # load the calibration images first: missing data fails before a long export
         from reslab.infer.quantize import calibration_set, export_int8
 
-        data = calibration_set(args.calibration, meta, data_dir=args.data_dir, images=args.calibration_images,
-                               verify=args.verify_images)
+        data = calibration_set(
+            args.calibration, meta, data_dir=args.data_dir, images=args.calibration_images, verify=args.verify_images
+        )
     result = export_model(model, meta, mean, std, args.format, args.output, tolerance=args.tolerance)
     print(f"wrote {result.path} ({result.format}, via {result.exporter})")
     print(f"wrote {result.sidecar} (preprocessing: mean/std, input size, classes)")
-    print(f"verified: max |logit diff| vs PyTorch float32 = {result.max_abs_diff:.3g} "
-          f"(logit scale {result.logit_scale:.3g}, tolerance {args.tolerance:g} x max(1, scale))", flush=True)
+    print(
+        f"verified: max |logit diff| vs PyTorch float32 = {result.max_abs_diff:.3g} "
+        f"(logit scale {result.logit_scale:.3g}, tolerance {args.tolerance:g} x max(1, scale))",
+        flush=True,
+    )
     if args.int8:
         q = export_int8(result.path, data, mean, std, min_agreement=args.min_agreement)
         print(f"wrote {q.path} (int8 QDQ for onnxruntime, calibrated on {q.calibration}; {q.seconds:.1f} s)")
-        accuracy = (f"; accuracy fp32 {100 * q.accuracy_fp32:.2f}%, int8 {100 * q.accuracy_int8:.2f}%"
-                    if q.accuracy_fp32 is not None else "")
-        print(f"verified int8 vs the fp32 file on {q.holdout}: top-1 agreement {100 * q.agreement:.2f}% "
-              f"(--min-agreement {100 * args.min_agreement:g}%), max |logit diff| {q.max_abs_diff:.3g} "
-              f"= {100 * q.max_abs_diff / max(q.logit_scale, 1e-12):.1f}% of the logit scale {q.logit_scale:.3g}"
-              f"{accuracy}")
+        accuracy = (
+            f"; accuracy fp32 {100 * q.accuracy_fp32:.2f}%, int8 {100 * q.accuracy_int8:.2f}%"
+            if q.accuracy_fp32 is not None
+            else ""
+        )
+        print(
+            f"verified int8 vs the fp32 file on {q.holdout}: top-1 agreement {100 * q.agreement:.2f}% "
+            f"(--min-agreement {100 * args.min_agreement:g}%), max |logit diff| {q.max_abs_diff:.3g} "
+            f"= {100 * q.max_abs_diff / max(q.logit_scale, 1e-12):.1f}% of the logit scale {q.logit_scale:.3g}"
+            f"{accuracy}"
+        )
     return 0
 
 
@@ -102,11 +124,18 @@ def serve_command(args: argparse.Namespace) -> int:
     try:  # bind first: a busy port fails in a second, not after loading the model
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
-                          "choose another --port (0 picks a free one)") from None
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+            "choose another --port (0 picks a free one)"
+        ) from None
     predictor, meta, num_params = _predictor(args)
-    config = ServeConfig(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size)
+    config = ServeConfig(
+        max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        queue_size=args.queue_size,
+    )
     app = create_app(predictor, meta, config, num_params=num_params)
     host, port = sock.getsockname()[:2]
     print(f"reslab serve: {meta.model} listening on http://{host}:{port}", flush=True)
@@ -116,10 +145,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify image files, folders or globs",
+        "predict",
+        help="classify image files, folders or globs",
         description="Top-k classes for each image. Folders are searched recursively for image files; "
-                    "explicit files are tried whatever their suffix. A file that cannot be read is "
-                    "reported on one line (stderr) and the rest go on; the exit status is 1 if any failed.")
+        "explicit files are tried whatever their suffix. A file that cannot be read is "
+        "reported on one line (stderr) and the rest go on; the exit status is 1 if any failed.",
+    )
     p.add_argument("weights", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
     p.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (default 5)")
@@ -131,49 +162,89 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=predict_command)
 
     p = subparsers.add_parser(
-        "export", help="export to ONNX, TorchScript or a torch.export program, verified",
+        "export",
+        help="export to ONNX, TorchScript or a torch.export program, verified",
         description="Export the BatchNorm-folded float32 network (input: normalised float32 NCHW, dynamic "
-                    "batch). Preprocessing goes into a sidecar <OUT>.json (and the ONNX metadata). The "
-                    "file is reloaded and checked against PyTorch right after export. With --int8 (ONNX "
-                    "only), also write <OUT stem>.int8.onnx: static int8 quantisation calibrated on "
-                    "training images, checked against the fp32 file on held-out images.")
+        "batch). Preprocessing goes into a sidecar <OUT>.json (and the ONNX metadata). The "
+        "file is reloaded and checked against PyTorch right after export. With --int8 (ONNX "
+        "only), also write <OUT stem>.int8.onnx: static int8 quantisation calibrated on "
+        "training images, checked against the fp32 file on held-out images.",
+    )
     p.add_argument("weights", metavar="WEIGHTS_OR_RUN", help=WEIGHTS_HELP)
-    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program"), default="onnx",
-                   help="onnx (.onnx), torchscript (.pt), exported-program (.pt2); default onnx")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported-program"),
+        default="onnx",
+        help="onnx (.onnx), torchscript (.pt), exported-program (.pt2); default onnx",
+    )
     p.add_argument("-o", "--output", default=None, help="output file or folder (default ./<model>.<ext>)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="max |logit diff| allowed, relative to max(1, max |logit|) (default 1e-4)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max |logit diff| allowed, relative to max(1, max |logit|) (default 1e-4)",
+    )
     q = p.add_argument_group("int8 (with --format onnx)")
-    q.add_argument("--int8", action="store_true",
-                   help="also write an int8 ONNX file (onnxruntime QDQ: per-channel int8 weights, uint8 activations)")
-    q.add_argument("--calibration", metavar="SPEC", default=None,
-                   help="calibration images: a dataset name (cifar10, cifar100, fashion-mnist, mnist, imagefolder; "
-                        "training split) or a folder or glob of image files (default: the dataset the weights "
-                        "were trained on, if it loads here)")
-    q.add_argument("--data-dir", default=None,
-                   help="where a --calibration dataset's files are (default $RESLAB_DATA_DIR or ./data)")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an int8 ONNX file (onnxruntime QDQ: per-channel int8 weights, uint8 activations)",
+    )
+    q.add_argument(
+        "--calibration",
+        metavar="SPEC",
+        default=None,
+        help="calibration images: a dataset name (cifar10, cifar100, fashion-mnist, mnist, imagefolder; "
+        "training split) or a folder or glob of image files (default: the dataset the weights "
+        "were trained on, if it loads here)",
+    )
+    q.add_argument(
+        "--data-dir",
+        default=None,
+        help="where a --calibration dataset's files are (default $RESLAB_DATA_DIR or ./data)",
+    )
     q.add_argument("--calibration-images", type=int, default=512, help="images to calibrate on (default 512)")
-    q.add_argument("--verify-images", type=int, default=1000,
-                   help="held-out images on which int8 is compared with fp32: from the test split, or a "
-                        "disjoint fifth of a folder, at most this many (default 1000)")
-    q.add_argument("--min-agreement", type=float, default=0.97,
-                   help="fail (and remove the int8 file) if int8 and fp32 agree on the top-1 class of fewer "
-                        "held-out images than this fraction (default 0.97)")
+    q.add_argument(
+        "--verify-images",
+        type=int,
+        default=1000,
+        help="held-out images on which int8 is compared with fp32: from the test split, or a "
+        "disjoint fifth of a folder, at most this many (default 1000)",
+    )
+    q.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.97,
+        help="fail (and remove the int8 file) if int8 and fp32 agree on the top-1 class of fewer "
+        "held-out images than this fraction (default 0.97)",
+    )
     p.set_defaults(func=export_command)
 
     p = subparsers.add_parser(
-        "serve", help="HTTP prediction service (FastAPI + uvicorn, micro-batching)",
+        "serve",
+        help="HTTP prediction service (FastAPI + uvicorn, micro-batching)",
         description="POST /predict (multipart field 'file', query top_k), GET /health, GET /metadata. "
-                    "Binds 127.0.0.1 unless --host says otherwise.")
+        "Binds 127.0.0.1 unless --host says otherwise.",
+    )
     p.add_argument("weights", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024,
-                   help="largest upload accepted, bytes (default 10 MiB; larger -> 413)")
+    p.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="largest upload accepted, bytes (default 10 MiB; larger -> 413)",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="images per model call (default 16)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for more images after its first, ms (default 5)")
-    p.add_argument("--queue-size", type=int, default=256, help="images waiting for the model (default 256; full -> 503)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits for more images after its first, ms (default 5)",
+    )
+    p.add_argument(
+        "--queue-size", type=int, default=256, help="images waiting for the model (default 256; full -> 503)"
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     _add_fast_options(p)
     p.set_defaults(func=serve_command)

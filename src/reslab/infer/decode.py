@@ -34,8 +34,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from reslab.errors import DataError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: above any camera photo a user would classify
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif",
-                            ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".avif"})
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".avif",
+    }
+)
 WHITE = (255, 255, 255)
 
 
@@ -87,7 +104,8 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, label: str) -> None:
     if max_pixels and w * h > max_pixels:
         raise ImageTooLargeError(
             f"{label}: {w}x{h} = {w * h / 1e6:.1f} megapixels exceeds the limit of "
-            f"{max_pixels / 1e6:g} megapixels (raise it with --max-pixels if the file is trusted)")
+            f"{max_pixels / 1e6:g} megapixels (raise it with --max-pixels if the file is trusted)"
+        )
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -130,8 +148,9 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def decode_image(source: str | Path | bytes, *, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 name: str | None = None) -> Image.Image:
+def decode_image(
+    source: str | Path | bytes, *, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> Image.Image:
     """A file path or encoded bytes -> an upright 8-bit image in `mode` ("RGB" or "L").
 
     `name` labels the source in error messages (default: the path). `max_pixels` = 0 disables

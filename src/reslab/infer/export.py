@@ -24,9 +24,9 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -57,8 +57,9 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def preprocessing_info(meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor,
-                       num_params: int = 0) -> dict[str, object]:
+def preprocessing_info(
+    meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor, num_params: int = 0
+) -> dict[str, object]:
     """Everything a runtime needs to feed the exported graph, as plain JSON values."""
     return {
         "model": meta.model,
@@ -75,17 +76,22 @@ def preprocessing_info(meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor,
         "color": "L" if meta.in_chans == 1 else "RGB",
         "mean": mean.float().tolist(),  # pixel/255 units, shape (C, 1, 1) or (C, H, W)
         "std": std.float().tolist(),
-        "input": {"name": "input", "dtype": "float32", "layout": "NCHW",
-                  "shape": ["batch", meta.in_chans, meta.input_size, meta.input_size],
-                  "normalisation": "x = (pixel / 255 - mean) / std"},
+        "input": {
+            "name": "input",
+            "dtype": "float32",
+            "layout": "NCHW",
+            "shape": ["batch", meta.in_chans, meta.input_size, meta.input_size],
+            "normalisation": "x = (pixel / 255 - mean) / std",
+        },
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", meta.num_classes]},
         "torch_version": torch.__version__,
         "reslab_version": meta.reslab_version,
     }
 
 
-def _compare(reference: ResNet, run: Callable[[torch.Tensor], np.ndarray], in_chans: int, size: int,
-             tolerance: float, what: str) -> tuple[float, float]:
+def _compare(
+    reference: ResNet, run: Callable[[torch.Tensor], np.ndarray], in_chans: int, size: int, tolerance: float, what: str
+) -> tuple[float, float]:
     """(max |diff|, max |logit|) of `run` against `reference` on seeded random normalised inputs."""
     gen = torch.Generator().manual_seed(0)
     worst, scale = 0.0, 0.0
@@ -99,8 +105,10 @@ def _compare(reference: ResNet, run: Callable[[torch.Tensor], np.ndarray], in_ch
         worst = max(worst, float(np.abs(got - expected).max()))
         scale = max(scale, float(np.abs(expected).max()))
     if not worst <= tolerance * max(1.0, scale):  # also catches NaN
-        raise ExportError(f"{what} does not match PyTorch: max |logit diff| {worst:.3g} > "
-                          f"{tolerance:g} x max(1, max |logit| = {scale:.3g})")
+        raise ExportError(
+            f"{what} does not match PyTorch: max |logit diff| {worst:.3g} > "
+            f"{tolerance:g} x max(1, max |logit| = {scale:.3g})"
+        )
     return worst, scale
 
 
@@ -111,25 +119,37 @@ def _onnx_export(net: ResNet, example: torch.Tensor, out: Path) -> str:
         batch = torch.export.Dim("batch", min=1, max=65536)
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(net, (example,), dynamo=True, input_names=["input"],
-                                        output_names=["logits"], dynamic_shapes={"x": {0: batch}},
-                                        verbose=False)
+            program = torch.onnx.export(
+                net,
+                (example,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}},
+                verbose=False,
+            )
             program.save(str(out))
         return "torch.onnx.export(dynamo=True)"
     except Exception as first:  # an exporter limitation on this torch version: try the legacy one
         try:
             with contextlib.redirect_stdout(log), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(net, (example,), str(out), dynamo=False, input_names=["input"],
-                                  output_names=["logits"], opset_version=17,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(out),
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    opset_version=17,
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                )
             return f"torch.onnx.export(dynamo=False) after the dynamo exporter failed: {type(first).__name__}"
         except Exception as second:
             raise ExportError(f"ONNX export failed with both exporters: dynamo: {first}; legacy: {second}") from second
 
 
-def export_onnx(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
-                tolerance: float) -> ExportResult:
+def export_onnx(net: ResNet, reference: ResNet, info: dict[str, object], out: Path, tolerance: float) -> ExportResult:
     import onnx
     import onnxruntime as ort
 
@@ -147,13 +167,20 @@ def export_onnx(net: ResNet, reference: ResNet, info: dict[str, object], out: Pa
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    diff, scale = _compare(reference, lambda x: session.run(None, {input_name: x.numpy()})[0], chans, size,
-                           tolerance, f"ONNX file {out} under onnxruntime")
+    diff, scale = _compare(
+        reference,
+        lambda x: session.run(None, {input_name: x.numpy()})[0],
+        chans,
+        size,
+        tolerance,
+        f"ONNX file {out} under onnxruntime",
+    )
     return ExportResult(out, Path(), "onnx", exporter, diff, scale)
 
 
-def export_torchscript(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
-                       tolerance: float) -> ExportResult:
+def export_torchscript(
+    net: ResNet, reference: ResNet, info: dict[str, object], out: Path, tolerance: float
+) -> ExportResult:
     size, chans = int(info["input_size"]), int(info["in_chans"])
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings about the input-shape check (a constant here); TorchScript's deprecation.
@@ -163,13 +190,15 @@ def export_torchscript(net: ResNet, reference: ResNet, info: dict[str, object], 
         loaded = torch.jit.load(str(out), map_location="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        diff, scale = _compare(reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance,
-                               f"TorchScript file {out}")
+        diff, scale = _compare(
+            reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance, f"TorchScript file {out}"
+        )
     return ExportResult(out, Path(), "torchscript", "torch.jit.trace", diff, scale)
 
 
-def export_exported_program(net: ResNet, reference: ResNet, info: dict[str, object], out: Path,
-                            tolerance: float) -> ExportResult:
+def export_exported_program(
+    net: ResNet, reference: ResNet, info: dict[str, object], out: Path, tolerance: float
+) -> ExportResult:
     size, chans = int(info["input_size"]), int(info["in_chans"])
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
@@ -178,16 +207,25 @@ def export_exported_program(net: ResNet, reference: ResNet, info: dict[str, obje
         raise ExportError(f"torch.export failed: {str(exc).splitlines()[0]}") from exc
     torch.export.save(program, str(out), extra_files={"reslab.json": json.dumps(info)})
     loaded = torch.export.load(str(out)).module()
-    diff, scale = _compare(reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance,
-                           f"ExportedProgram {out}")
+    diff, scale = _compare(
+        reference, lambda x: loaded(x).detach().numpy(), chans, size, tolerance, f"ExportedProgram {out}"
+    )
     return ExportResult(out, Path(), "exported-program", "torch.export.export", diff, scale)
 
 
 EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_exported_program}
 
 
-def export_model(model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor, fmt: str,
-                 out: str | Path | None = None, *, tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
+def export_model(
+    model: ResNet,
+    meta: WeightsMeta,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportResult:
     """Fold, export, write the sidecar JSON and verify; `out` defaults to ./<model name><suffix>."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -203,9 +241,17 @@ def export_model(model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torc
     info = preprocessing_info(meta, mean, std, count_params(reference))
     result = EXPORTERS[fmt](net, reference, info, out, tolerance)
     result.sidecar = out.with_name(out.name + ".json")
-    sidecar = dict(info, format=fmt, exporter=result.exporter,
-                   verification={"max_abs_logit_diff": result.max_abs_diff, "logit_scale": result.logit_scale,
-                                 "batches": list(CHECK_BATCHES), "tolerance": tolerance,
-                                 "reference": "unfolded float32 PyTorch network"})
+    sidecar = dict(
+        info,
+        format=fmt,
+        exporter=result.exporter,
+        verification={
+            "max_abs_logit_diff": result.max_abs_diff,
+            "logit_scale": result.logit_scale,
+            "batches": list(CHECK_BATCHES),
+            "tolerance": tolerance,
+            "reference": "unfolded float32 PyTorch network",
+        },
+    )
     result.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
     return result

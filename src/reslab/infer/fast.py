@@ -114,7 +114,7 @@ def fold_batchnorm(model: ResNet, *, inplace: bool = False) -> ResNet:
     The result is in eval mode; the folded network must not be trained (its BNs are gone).
     """
     if model.training and inplace:
-        warnings.warn("fold_batchnorm: folding a model in training mode; using its running statistics")
+        warnings.warn("fold_batchnorm: folding a model in training mode; using its running statistics", stacklevel=2)
     net = model if inplace else copy.deepcopy(model)
     net.eval()
     folded = _fold_pair(net, "conv1", "bn1")
@@ -143,13 +143,25 @@ class FastPredictor:
             when a second batch size appears; False: one graph per batch size).
     """
 
-    def __init__(self, model: ResNet, mean: torch.Tensor, std: torch.Tensor, *, fold: bool = True,
-                 channels_last: bool = True, precision: str = "auto", compile: bool = False,
-                 dynamic: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: ResNet,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        fold: bool = True,
+        channels_last: bool = True,
+        precision: str = "auto",
+        compile: bool = False,
+        dynamic: bool | None = None,
+    ) -> None:
         self.precision = resolve_precision(precision)
         if self.precision == "bf16" and not native_bf16_supported():
-            warnings.warn("bf16 requested but this CPU has no native bf16 support; it will be emulated "
-                          "and likely slower than fp32 (use --precision auto or fp32)")
+            warnings.warn(
+                "bf16 requested but this CPU has no native bf16 support; it will be emulated "
+                "and likely slower than fp32 (use --precision auto or fp32)",
+                stacklevel=2,
+            )
         net = copy.deepcopy(model).float().eval()
         if fold:
             net = fold_batchnorm(net, inplace=True)
@@ -165,8 +177,10 @@ class FastPredictor:
         # x = (u8 / 255 - mean) / std = u8 * scale + shift, one fused multiply-add per element.
         mean64, std64 = mean.double(), std.double()
         if mean64.dim() != 3 or std64.dim() != 3 or mean64.shape[0] != model.in_chans:
-            raise InputShapeError(f"mean/std must have shape ({model.in_chans}, 1, 1) or ({model.in_chans}, H, W); "
-                                  f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise InputShapeError(
+                f"mean/std must have shape ({model.in_chans}, 1, 1) or ({model.in_chans}, H, W); "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         self.scale = (1.0 / (255.0 * std64)).float().unsqueeze(0)  # (1, C, 1|H, 1|W)
         self.shift = (-mean64 / std64).float().unsqueeze(0)
         self._forward = net
@@ -178,8 +192,9 @@ class FastPredictor:
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) uint8 -> float32 normalised, in the predictor's memory layout."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise InputShapeError(f"expected a uint8 batch (B, {self.in_chans}, H, W); "
-                                  f"got {images.dtype} {tuple(images.shape)}")
+            raise InputShapeError(
+                f"expected a uint8 batch (B, {self.in_chans}, H, W); got {images.dtype} {tuple(images.shape)}"
+            )
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         x = images.float()
@@ -197,7 +212,12 @@ class FastPredictor:
             return logits.float()
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "pytorch", "fold": self.fold,
-                "folded_batchnorms": getattr(self.model, "folded_batchnorms", 0),
-                "channels_last": self.channels_last, "precision": self.precision,
-                "compile": self.compiled, "threads": torch.get_num_threads()}
+        return {
+            "backend": "pytorch",
+            "fold": self.fold,
+            "folded_batchnorms": getattr(self.model, "folded_batchnorms", 0),
+            "channels_last": self.channels_last,
+            "precision": self.precision,
+            "compile": self.compiled,
+            "threads": torch.get_num_threads(),
+        }

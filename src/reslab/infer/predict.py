@@ -35,8 +35,10 @@ class Prediction:
     def as_dict(self) -> dict[str, object]:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "predictions": [
-            {"class_id": i, "class": name, "probability": round(p, 6)} for i, name, p in self.top]}
+        return {
+            "file": self.file,
+            "predictions": [{"class_id": i, "class": name, "probability": round(p, 6)} for i, name, p in self.top],
+        }
 
 
 def collect_images(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
@@ -71,13 +73,22 @@ def top_k(logits: torch.Tensor, names: Sequence[str], k: int) -> list[list[tuple
     """(B, classes) logits -> per row the k most probable (class id, name, softmax probability)."""
     probs = torch.softmax(logits.float(), dim=1)
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
-            for vs, ids in zip(values.tolist(), indices.tolist())]
+    return [
+        [(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
+        for vs, ids in zip(values.tolist(), indices.tolist())
+    ]
 
 
-def predict_files(predictor: Predictor, meta: WeightsMeta, files: Sequence[tuple[str, str | None]], *,
-                  batch_size: int = 32, k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  workers: int | None = None) -> Iterator[Prediction]:
+def predict_files(
+    predictor: Predictor,
+    meta: WeightsMeta,
+    files: Sequence[tuple[str, str | None]],
+    *,
+    batch_size: int = 32,
+    k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> Iterator[Prediction]:
     """Predictions in the order of `files` ([(path, error)] as from `collect_images`).
 
     Each batch is decoded by `workers` threads (Pillow releases the GIL while decoding; default
@@ -87,14 +98,15 @@ def predict_files(predictor: Predictor, meta: WeightsMeta, files: Sequence[tuple
 
     def load(path: str) -> torch.Tensor | str:
         try:
-            return load_input(path, in_chans=meta.in_chans, input_size=meta.input_size,
-                              resize=meta.resize, max_pixels=max_pixels)
+            return load_input(
+                path, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize, max_pixels=max_pixels
+            )
         except ImageDecodeError as exc:
             return str(exc)
 
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
+            chunk = files[start : start + batch_size]
             results = [Prediction(path, error=error) for path, error in chunk]
             todo = [r for r in results if r.error is None]
             good, tensors = [], []
@@ -112,9 +124,12 @@ def predict_files(predictor: Predictor, meta: WeightsMeta, files: Sequence[tuple
 
 def format_table(predictions: Sequence[Prediction]) -> str:
     """Successful predictions as an aligned text table, one row per (file, rank)."""
-    rows = [(p.file, str(rank), name, f"{prob:.4f}")
-            for p in predictions if p.error is None
-            for rank, (_, name, prob) in enumerate(p.top, 1)]
+    rows = [
+        (p.file, str(rank), name, f"{prob:.4f}")
+        for p in predictions
+        if p.error is None
+        for rank, (_, name, prob) in enumerate(p.top, 1)
+    ]
     header = ("file", "rank", "class", "probability")
     widths = [max([len(header[c])] + [len(r[c]) for r in rows]) for c in range(4)]
     lines = [f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:<{widths[2]}}  {header[3]:>{widths[3]}}"]

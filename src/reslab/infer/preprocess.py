@@ -57,12 +57,16 @@ def fit_image(img: Image.Image, input_size: int, resize: str = "shorter-center-c
     w, h = img.size
     if resize == "none":
         if (w, h) != (input_size, input_size):
-            raise ImageDecodeError(f"image is {w}x{h} but these weights take exactly "
-                                   f"{input_size}x{input_size} (resize='none')")
+            raise ImageDecodeError(
+                f"image is {w}x{h} but these weights take exactly {input_size}x{input_size} (resize='none')"
+            )
         return img
     if resize == "stretch":
-        return img if (w, h) == (input_size, input_size) else img.resize((input_size, input_size),
-                                                                          Image.Resampling.BILINEAR)
+        return (
+            img
+            if (w, h) == (input_size, input_size)
+            else img.resize((input_size, input_size), Image.Resampling.BILINEAR)
+        )
     assert shorter is not None
     # torchvision Resize(int): short side -> shorter, long side -> int(shorter * long / short).
     if w <= h:
@@ -87,9 +91,15 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def load_input(source: str | Path | bytes, *, in_chans: int, input_size: int,
-               resize: str = "shorter-center-crop", max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | None = None) -> torch.Tensor:
+def load_input(
+    source: str | Path | bytes,
+    *,
+    in_chans: int,
+    input_size: int,
+    resize: str = "shorter-center-crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> torch.Tensor:
     """A file or encoded bytes -> uint8 (in_chans, input_size, input_size), ready to batch.
 
     Raises ImageDecodeError naming the file (empty, damaged, not an image, too many pixels).

@@ -95,6 +95,7 @@ class Int8Result:
 
 # ---- calibration images --------------------------------------------------------------------------
 
+
 def dataset_from_meta(meta: WeightsMeta) -> tuple[str, str | None]:
     """(dataset name, data dir or None) recorded in the weights, e.g. "fashion-mnist (Debian ...)"."""
     from reslab.data import DATASET_NAMES
@@ -112,8 +113,9 @@ def _decode_files(paths: list[str], meta: WeightsMeta, max_pixels: int) -> tuple
 
     def load(path: str) -> torch.Tensor | None:
         try:
-            return load_input(path, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize,
-                              max_pixels=max_pixels)
+            return load_input(
+                path, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize, max_pixels=max_pixels
+            )
         except ImageDecodeError:
             return None
 
@@ -134,8 +136,15 @@ def fit_dataset_images(images: torch.Tensor, meta: WeightsMeta) -> torch.Tensor:
     return resize_images(convert_channels(images, meta.in_chans), meta.input_size)
 
 
-def dataset_calibration(name: str, data_dir: str | Path | None, meta: WeightsMeta, n: int, verify: int,
-                        seed: int = SEED, max_pixels: int = DEFAULT_MAX_PIXELS) -> CalibrationSet:
+def dataset_calibration(
+    name: str,
+    data_dir: str | Path | None,
+    meta: WeightsMeta,
+    n: int,
+    verify: int,
+    seed: int = SEED,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> CalibrationSet:
     """n random training images for calibration, `verify` random test images (with labels) to check."""
     from reslab.data import load_cached
     from reslab.data.datasets import resolve_data_dir
@@ -160,36 +169,55 @@ def dataset_calibration(name: str, data_dir: str | Path | None, meta: WeightsMet
         index = _sample(len(test), verify, seed)
         held, labels = fit_dataset_images(test.images[index], meta), test.labels[index]
         where = name
-    return CalibrationSet(calib, held, labels, f"{len(calib)} {where} training images",
-                          f"{len(held)} {where} test images", seed)
+    return CalibrationSet(
+        calib, held, labels, f"{len(calib)} {where} training images", f"{len(held)} {where} test images", seed
+    )
 
 
-def folder_calibration(spec: str, meta: WeightsMeta, n: int, verify: int, seed: int = SEED,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> CalibrationSet:
+def folder_calibration(
+    spec: str, meta: WeightsMeta, n: int, verify: int, seed: int = SEED, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> CalibrationSet:
     """Images of a folder (recursive) or glob: a random fifth (at most `verify`) held out to check."""
     from reslab.infer.predict import collect_images
 
     files = [path for path, error in collect_images([spec]) if error is None]
     if len(files) < 2:
-        raise ExportError(f"--calibration {spec}: need at least 2 image files (some to calibrate on, others "
-                          f"to check the result), found {len(files)}")
+        raise ExportError(
+            f"--calibration {spec}: need at least 2 image files (some to calibrate on, others "
+            f"to check the result), found {len(files)}"
+        )
     order = [files[i] for i in _sample(len(files), len(files), seed).tolist()]
     n_held = min(verify, max(1, len(order) // 5))
-    held_files, calib_files = order[:n_held], order[n_held:n_held + n]
+    held_files, calib_files = order[:n_held], order[n_held : n_held + n]
     calib, _ = _decode_files(calib_files, meta, max_pixels)
     held, _ = _decode_files(held_files, meta, max_pixels)
     if not calib or not held:
-        raise ExportError(f"--calibration {spec}: too few of the files decode as images "
-                          f"({len(calib)} for calibration, {len(held)} to check)")
+        raise ExportError(
+            f"--calibration {spec}: too few of the files decode as images "
+            f"({len(calib)} for calibration, {len(held)} to check)"
+        )
     skipped = len(calib_files) + len(held_files) - len(calib) - len(held)
     note = f", {skipped} unreadable file(s) skipped" if skipped else ""
-    return CalibrationSet(torch.stack(calib), torch.stack(held), None,
-                          f"{len(calib)} images from {spec}{note}", f"{len(held)} other images from {spec}", seed)
+    return CalibrationSet(
+        torch.stack(calib),
+        torch.stack(held),
+        None,
+        f"{len(calib)} images from {spec}{note}",
+        f"{len(held)} other images from {spec}",
+        seed,
+    )
 
 
-def calibration_set(spec: str | None, meta: WeightsMeta, *, data_dir: str | Path | None = None,
-                    images: int = CALIBRATION_IMAGES, verify: int = VERIFY_IMAGES, seed: int = SEED,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> CalibrationSet:
+def calibration_set(
+    spec: str | None,
+    meta: WeightsMeta,
+    *,
+    data_dir: str | Path | None = None,
+    images: int = CALIBRATION_IMAGES,
+    verify: int = VERIFY_IMAGES,
+    seed: int = SEED,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> CalibrationSet:
     """`spec`: a dataset name reslab knows, a folder or glob of images, or None for the dataset the
     weights were trained on. A dataset name wins over a folder of that name (write ./cifar10)."""
     from reslab.data import DATASET_NAMES
@@ -200,14 +228,19 @@ def calibration_set(spec: str | None, meta: WeightsMeta, *, data_dir: str | Path
     if spec is not None and spec not in DATASET_NAMES:
         return folder_calibration(spec, meta, images, verify, seed, max_pixels)
     name, recorded_dir = (spec, None) if spec is not None else dataset_from_meta(meta)
-    hint = ("pass --calibration with a dataset name (cifar10, fashion-mnist, ... with --data-dir) or a folder "
-            "or glob of images like those the model will classify")
+    hint = (
+        "pass --calibration with a dataset name (cifar10, fashion-mnist, ... with --data-dir) or a folder "
+        "or glob of images like those the model will classify"
+    )
     if not name:
-        raise ExportError(f"no calibration data: the weights do not name a dataset reslab can load "
-                          f"({meta.dataset or 'none recorded'!r}); {hint}")
+        raise ExportError(
+            f"no calibration data: the weights do not name a dataset reslab can load "
+            f"({meta.dataset or 'none recorded'!r}); {hint}"
+        )
     try:
-        return dataset_calibration(name, data_dir if data_dir is not None else recorded_dir, meta, images,
-                                   verify, seed, max_pixels)
+        return dataset_calibration(
+            name, data_dir if data_dir is not None else recorded_dir, meta, images, verify, seed, max_pixels
+        )
     except ExportError:
         raise
     except ReslabError as exc:
@@ -217,6 +250,7 @@ def calibration_set(spec: str | None, meta: WeightsMeta, *, data_dir: str | Path
 
 
 # ---- quantisation --------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -237,8 +271,15 @@ def _stem_convs(model) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type == "Conv" and node.input[0] in inputs]
 
 
-def quantize_onnx(fp32_path: str | Path, out: str | Path, images: torch.Tensor, mean: torch.Tensor,
-                  std: torch.Tensor, *, method: str = "percentile") -> dict[str, object]:
+def quantize_onnx(
+    fp32_path: str | Path,
+    out: str | Path,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    method: str = "percentile",
+) -> dict[str, object]:
     """Write the int8 QDQ model of `fp32_path` to `out` (see the module docstring); returns its settings.
 
     images: uint8 (N, C, S, S) calibration images; normalised here exactly as the predictors do.
@@ -256,8 +297,10 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, images: torch.Tensor, 
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     scale, shift = pixel_affine(mean, std, images.shape[1])
-    batches = [torch.addcmul(shift, images[i:i + CALIBRATION_BATCH].float(), scale).numpy()
-               for i in range(0, len(images), CALIBRATION_BATCH)]
+    batches = [
+        torch.addcmul(shift, images[i : i + CALIBRATION_BATCH].float(), scale).numpy()
+        for i in range(0, len(images), CALIBRATION_BATCH)
+    ]
 
     class Batches(CalibrationDataReader):  # set_range + __len__: what "CalibStridedMinMax" calls
         def __init__(self) -> None:
@@ -281,18 +324,40 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, images: torch.Tensor, 
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         stem = _stem_convs(onnx.load(str(pre)))
-        quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=op_types, nodes_to_exclude=stem,
-                        calibrate_method=methods[method],
-                        extra_options={"CalibStridedMinMax": 1, "CalibPercentile": PERCENTILE})
-    return {"format": "QDQ", "weights": "int8 per output channel", "activations": "uint8 per tensor",
-            "float32_nodes": stem + ["BatchNormalization"], "calibration_method": method,
-            "percentile": PERCENTILE if method == "percentile" else None, "calibration_images": len(images)}
+        quantize_static(
+            str(pre),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=stem,
+            calibrate_method=methods[method],
+            extra_options={"CalibStridedMinMax": 1, "CalibPercentile": PERCENTILE},
+        )
+    return {
+        "format": "QDQ",
+        "weights": "int8 per output channel",
+        "activations": "uint8 per tensor",
+        "float32_nodes": stem + ["BatchNormalization"],
+        "calibration_method": method,
+        "percentile": PERCENTILE if method == "percentile" else None,
+        "calibration_images": len(images),
+    }
 
 
-def write_int8(fp32_path: str | Path, out: str | Path, images: torch.Tensor, mean: torch.Tensor,
-               std: torch.Tensor, *, method: str = "percentile", source: str = "") -> dict[str, object]:
+def write_int8(
+    fp32_path: str | Path,
+    out: str | Path,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    method: str = "percentile",
+    source: str = "",
+) -> dict[str, object]:
     """`quantize_onnx`, then the fp32 file's reslab.* metadata with precision "int8" and the settings."""
     settings = quantize_onnx(fp32_path, out, images, mean, std, method=method)
     settings.update(calibration_source=source or f"{len(images)} images")
@@ -315,14 +380,18 @@ def _copy_metadata(fp32_path: Path, int8_path: Path, extra: dict[str, object]) -
     onnx.save(model, str(int8_path))
 
 
-def compare_files(fp32_path: Path, int8_path: Path, images: torch.Tensor, labels: torch.Tensor | None,
-                  batch: int = 64) -> dict[str, float]:
+def compare_files(
+    fp32_path: Path, int8_path: Path, images: torch.Tensor, labels: torch.Tensor | None, batch: int = 64
+) -> dict[str, float]:
     """Both files through `OnnxPredictor` on uint8 images: agreement, max |diff|, scale, accuracies."""
     ref_predictor, int8_predictor = OnnxPredictor(fp32_path), OnnxPredictor(int8_path)
-    ref = torch.cat([ref_predictor(images[i:i + batch]) for i in range(0, len(images), batch)])
-    got = torch.cat([int8_predictor(images[i:i + batch]) for i in range(0, len(images), batch)])
-    out = {"agreement": (ref.argmax(1) == got.argmax(1)).float().mean().item(),
-           "max_abs_diff": (ref - got).abs().max().item(), "logit_scale": ref.abs().max().item()}
+    ref = torch.cat([ref_predictor(images[i : i + batch]) for i in range(0, len(images), batch)])
+    got = torch.cat([int8_predictor(images[i : i + batch]) for i in range(0, len(images), batch)])
+    out = {
+        "agreement": (ref.argmax(1) == got.argmax(1)).float().mean().item(),
+        "max_abs_diff": (ref - got).abs().max().item(),
+        "logit_scale": ref.abs().max().item(),
+    }
     if labels is not None:
         out["accuracy_fp32"] = (ref.argmax(1) == labels).float().mean().item()
         out["accuracy_int8"] = (got.argmax(1) == labels).float().mean().item()
@@ -334,9 +403,16 @@ def int8_path_for(fp32_path: Path) -> Path:
     return fp32_path.with_name(f"{fp32_path.stem}.int8{fp32_path.suffix}")
 
 
-def export_int8(fp32_path: str | Path, data: CalibrationSet, mean: torch.Tensor, std: torch.Tensor, *,
-                min_agreement: float = MIN_AGREEMENT, out: str | Path | None = None,
-                method: str = "percentile") -> Int8Result:
+def export_int8(
+    fp32_path: str | Path,
+    data: CalibrationSet,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    min_agreement: float = MIN_AGREEMENT,
+    out: str | Path | None = None,
+    method: str = "percentile",
+) -> Int8Result:
     """Quantise the fp32 ONNX file written by `export_model` on `data.images`, then check it against
     that file on `data.holdout` (get `data` from `calibration_set`, before the fp32 export, so that
     missing calibration data fails fast).
@@ -349,25 +425,43 @@ def export_int8(fp32_path: str | Path, data: CalibrationSet, mean: torch.Tensor,
     out = Path(out) if out is not None else int8_path_for(fp32_path)
     if not 0.0 <= min_agreement <= 1.0:
         raise ExportError(f"--min-agreement must be in [0, 1], got {min_agreement:g}")
-    settings = write_int8(fp32_path, out, data.images, mean, std, method=method,
-                          source=f"{data.source} (random sample, seed {data.seed})")
+    settings = write_int8(
+        fp32_path, out, data.images, mean, std, method=method, source=f"{data.source} (random sample, seed {data.seed})"
+    )
     check = compare_files(fp32_path, out, data.holdout, data.holdout_labels)
-    result = Int8Result(out, out.with_name(out.name + ".json"), data.source, data.holdout_source,
-                        check["agreement"], check["max_abs_diff"], check["logit_scale"],
-                        check.get("accuracy_fp32"), check.get("accuracy_int8"))
+    result = Int8Result(
+        out,
+        out.with_name(out.name + ".json"),
+        data.source,
+        data.holdout_source,
+        check["agreement"],
+        check["max_abs_diff"],
+        check["logit_scale"],
+        check.get("accuracy_fp32"),
+        check.get("accuracy_int8"),
+    )
     if not check["agreement"] >= min_agreement:
         out.unlink(missing_ok=True)
         result.sidecar.unlink(missing_ok=True)  # a previous export's, which would now describe nothing
-        raise ExportError(f"int8 model rejected and removed: top-1 agreement with float32 is "
-                          f"{100 * check['agreement']:.2f}% on {data.holdout_source}, below --min-agreement "
-                          f"{100 * min_agreement:g}% (max |logit diff| {check['max_abs_diff']:.3g} at logit "
-                          f"scale {check['logit_scale']:.3g}); try other or more --calibration images, lower "
-                          "--min-agreement if that difference is acceptable, or deploy the float32 file")
+        raise ExportError(
+            f"int8 model rejected and removed: top-1 agreement with float32 is "
+            f"{100 * check['agreement']:.2f}% on {data.holdout_source}, below --min-agreement "
+            f"{100 * min_agreement:g}% (max |logit diff| {check['max_abs_diff']:.3g} at logit "
+            f"scale {check['logit_scale']:.3g}); try other or more --calibration images, lower "
+            "--min-agreement if that difference is acceptable, or deploy the float32 file"
+        )
     fp32_sidecar = fp32_path.with_name(fp32_path.name + ".json")
     sidecar = json.loads(fp32_sidecar.read_text()) if fp32_sidecar.is_file() else {}
-    sidecar.update(precision="int8", quantization=settings,
-                   verification={"reference": f"float32 ONNX file {fp32_path.name}", "images": data.holdout_source,
-                                 **check, "min_agreement": min_agreement})
+    sidecar.update(
+        precision="int8",
+        quantization=settings,
+        verification={
+            "reference": f"float32 ONNX file {fp32_path.name}",
+            "images": data.holdout_source,
+            **check,
+            "min_agreement": min_agreement,
+        },
+    )
     result.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
     result.seconds = time.perf_counter() - start
     return result

@@ -21,10 +21,11 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
@@ -57,8 +58,14 @@ class QueueFullError(Exception):
 class MicroBatcher:
     """Collects single images from many requests into batches for one model call at a time."""
 
-    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int,
-                 batch_wait_ms: float, queue_size: int) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        max_batch: int,
+        batch_wait_ms: float,
+        queue_size: int,
+    ) -> None:
         self.run_batch = run_batch  # uint8 (B, C, H, W) -> logits (B, classes); called in a thread
         self.max_batch = max_batch
         self.wait_s = batch_wait_ms / 1000.0
@@ -144,11 +151,23 @@ class BodySizeLimit:
         self.max_body = max_body
 
     async def _reply_413(self, send: Callable) -> None:
-        body = json.dumps({"detail": f"upload too large: the limit is {self.max_body - MULTIPART_SLACK} "
-                                     "bytes per file (server option --max-upload-bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "detail": f"upload too large: the limit is {self.max_body - MULTIPART_SLACK} "
+                "bytes per file (server option --max-upload-bytes)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -185,8 +204,9 @@ class BodySizeLimit:
                 await self._reply_413(send)
 
 
-def create_app(predictor: Predictor, meta: WeightsMeta, config: ServeConfig | None = None,
-               *, num_params: int = 0) -> Any:
+def create_app(
+    predictor: Predictor, meta: WeightsMeta, config: ServeConfig | None = None, *, num_params: int = 0
+) -> Any:
     """The FastAPI application serving `predictor` (see the module docstring)."""
     config = config or ServeConfig()
     names = class_names(meta)
@@ -199,8 +219,9 @@ def create_app(predictor: Predictor, meta: WeightsMeta, config: ServeConfig | No
         # here rather than while requests wait.
         for batch in sorted({1, 2, config.max_batch} if predictor.compiled else {1}):
             await run_in_threadpool(predictor, torch.zeros((batch, *shape), dtype=torch.uint8))
-        batcher = MicroBatcher(predictor, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms,
-                               queue_size=config.queue_size)
+        batcher = MicroBatcher(
+            predictor, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms, queue_size=config.queue_size
+        )
         batcher.start()
         app.state.batcher = batcher
         app.state.started = time.time()
@@ -215,31 +236,60 @@ def create_app(predictor: Predictor, meta: WeightsMeta, config: ServeConfig | No
     @app.get("/health")
     async def health() -> dict[str, Any]:
         batcher: MicroBatcher = app.state.batcher
-        return {"status": "ok", "model": meta.model, "queued": batcher.queue.qsize(),
-                "batches": batcher.batches, "images": batcher.images,
-                "uptime_s": round(time.time() - app.state.started, 3)}
+        return {
+            "status": "ok",
+            "model": meta.model,
+            "queued": batcher.queue.qsize(),
+            "batches": batcher.batches,
+            "images": batcher.images,
+            "uptime_s": round(time.time() - app.state.started, 3),
+        }
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
-        return {"model": meta.model, "classes": names, "num_classes": meta.num_classes,
-                "in_chans": meta.in_chans, "input_size": meta.input_size, "resize": meta.resize,
-                "params": num_params, "dataset": meta.dataset, "metrics": meta.metrics,
-                "predictor": predictor.describe(),
-                "limits": {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
-                           "max_batch": config.max_batch, "batch_wait_ms": config.batch_wait_ms,
-                           "queue_size": config.queue_size}}
+        return {
+            "model": meta.model,
+            "classes": names,
+            "num_classes": meta.num_classes,
+            "in_chans": meta.in_chans,
+            "input_size": meta.input_size,
+            "resize": meta.resize,
+            "params": num_params,
+            "dataset": meta.dataset,
+            "metrics": meta.metrics,
+            "predictor": predictor.describe(),
+            "limits": {
+                "max_upload_bytes": config.max_upload_bytes,
+                "max_pixels": config.max_pixels,
+                "max_batch": config.max_batch,
+                "batch_wait_ms": config.batch_wait_ms,
+                "queue_size": config.queue_size,
+            },
+        }
 
     @app.post("/predict")
-    async def predict(file: UploadFile = File(..., description="an image file"),
-                      top_k_: int = Query(config.default_top_k, alias="top_k", ge=1)) -> JSONResponse:
+    async def predict(
+        file: UploadFile = File(..., description="an image file"),
+        top_k_: int = Query(config.default_top_k, alias="top_k", ge=1),
+    ) -> JSONResponse:
         label = file.filename or "upload"
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, f"{label}: upload too large: the limit is {config.max_upload_bytes} "
-                                     "bytes per file (server option --max-upload-bytes)")
+            raise HTTPException(
+                413,
+                f"{label}: upload too large: the limit is {config.max_upload_bytes} "
+                "bytes per file (server option --max-upload-bytes)",
+            )
         try:
-            image = await run_in_threadpool(load_input, data, in_chans=meta.in_chans, input_size=meta.input_size,
-                                            resize=meta.resize, max_pixels=config.max_pixels, name=label)
+            image = await run_in_threadpool(
+                load_input,
+                data,
+                in_chans=meta.in_chans,
+                input_size=meta.input_size,
+                resize=meta.resize,
+                max_pixels=config.max_pixels,
+                name=label,
+            )
         except ImageTooLargeError as exc:
             raise HTTPException(413, str(exc)) from None
         except NotAnImageError as exc:
@@ -251,12 +301,20 @@ def create_app(predictor: Predictor, meta: WeightsMeta, config: ServeConfig | No
         try:
             logits, batch_size = await app.state.batcher.submit(image)
         except QueueFullError:
-            return JSONResponse({"detail": "server busy: request queue full, retry shortly"}, status_code=503,
-                                headers={"Retry-After": "1"})
+            return JSONResponse(
+                {"detail": "server busy: request queue full, retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         top = top_k(logits.unsqueeze(0), names, min(top_k_, meta.num_classes))[0]
-        return JSONResponse({"file": label, "model": meta.model, "batch_size": batch_size,
-                             "predictions": [{"class_id": i, "class": n, "probability": round(p, 6)}
-                                             for i, n, p in top]})
+        return JSONResponse(
+            {
+                "file": label,
+                "model": meta.model,
+                "batch_size": batch_size,
+                "predictions": [{"class_id": i, "class": n, "probability": round(p, 6)} for i, n, p in top],
+            }
+        )
 
     return app
 

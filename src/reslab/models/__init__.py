@@ -6,7 +6,16 @@ from reslab.models.registry import ModelInfo, create_model, list_models, model_i
 from reslab.models.resnet import ResNet
 
 __all__ = [
-    "ModelInfo", "ResNet", "count_macs", "count_params", "create_model", "describe",
-    "from_torchvision", "list_models", "load_torchvision_into", "model_info", "model_table",
+    "ModelInfo",
+    "ResNet",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "describe",
+    "from_torchvision",
+    "list_models",
+    "load_torchvision_into",
+    "model_info",
+    "model_table",
     "to_torchvision",
 ]

@@ -54,9 +54,7 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, zero_channels={self.extra}"
 
 
-def make_shortcut(
-    kind: Shortcut, in_ch: int, out_ch: int, stride: int, *, norm: bool
-) -> nn.Module | None:
+def make_shortcut(kind: Shortcut, in_ch: int, out_ch: int, stride: int, *, norm: bool) -> nn.Module | None:
     """The shortcut of one block; None means the plain identity.
 
     A: identity, zero-padding where the shape changes. B: 1x1 projection only where the shape

@@ -49,8 +49,15 @@ def describe(name: str, num_classes: int | None = None, in_chans: int = 3) -> Mo
     info = model_info(name)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_chans=in_chans)
-    return ModelRow(name, info.family, info.depth, count_params(model),
-                    count_macs(model, info.input_size, in_chans), info.input_size, info.paper)
+    return ModelRow(
+        name,
+        info.family,
+        info.depth,
+        count_params(model),
+        count_macs(model, info.input_size, in_chans),
+        info.input_size,
+        info.paper,
+    )
 
 
 def model_table(pattern: str = "*") -> list[dict]:

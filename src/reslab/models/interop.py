@@ -49,7 +49,7 @@ def read_state_dict(source: str | Path | StateDict) -> dict[str, torch.Tensor]:
         raise CheckpointError("the weights hold non-tensor entries; expected a state dict of tensors")
     prefix = "module."  # DistributedDataParallel / DataParallel wrapping
     if sd and all(k.startswith(prefix) for k in sd):
-        sd = {k[len(prefix):]: v for k, v in sd.items()}
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -101,9 +101,11 @@ def load_torchvision_into(model: ResNet, source: str | Path | StateDict) -> None
     unexpected = sorted(set(sd) - set(own))
     wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape differs", wrong)) if keys]
+        parts = [
+            f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if keys
+        ]
         raise CheckpointError(f"torchvision weights do not fit {model.name}; " + "; ".join(parts))
     model.load_state_dict(sd)
 

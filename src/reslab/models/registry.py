@@ -36,12 +36,14 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def _register(name: str, family: str, depth: int, input_size: int, num_classes: int,
-              build: Callable[..., ResNet], paper: str) -> None:
+def _register(
+    name: str, family: str, depth: int, input_size: int, num_classes: int, build: Callable[..., ResNet], paper: str
+) -> None:
     _REGISTRY[name] = ModelInfo(name, family, depth, input_size, num_classes, build, paper)
 
 
 # ---- CIFAR networks (paper sec. 4.2) -------------------------------------------------------------
+
 
 def _cifar_n(depth: int, per_block: int, extra: int, what: str) -> int:
     n, rem = divmod(depth - extra, per_block * 3)
@@ -53,19 +55,18 @@ def _cifar_n(depth: int, per_block: int, extra: int, what: str) -> int:
 def cifar_resnet(depth: int, *, residual: bool = True, shortcut: str = "A", **kw: Any) -> ResNet:
     """Paper's CIFAR net: conv3x3(16), 3 stages of n basic blocks (16/32/64), depth 6n+2."""
     n = _cifar_n(depth, 2, 2, "CIFAR ResNet")
-    return ResNet(BasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
-                  residual=residual, shortcut=shortcut, **kw)
+    return ResNet(
+        BasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, residual=residual, shortcut=shortcut, **kw
+    )
 
 
 def preact_cifar_resnet(depth: int, *, bottleneck: bool = False, shortcut: str = "B", **kw: Any) -> ResNet:
     """He et al. 2016 CIFAR nets: basic (6n+2, e.g. 110) or bottleneck (9n+2, e.g. 164, 1001)."""
     if bottleneck:
         n = _cifar_n(depth, 3, 2, "pre-activation bottleneck ResNet")
-        return ResNet(PreActBottleneck, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
-                      shortcut=shortcut, **kw)
+        return ResNet(PreActBottleneck, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
     n = _cifar_n(depth, 2, 2, "pre-activation ResNet")
-    return ResNet(PreActBasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16,
-                  shortcut=shortcut, **kw)
+    return ResNet(PreActBasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
 
 
 def wide_resnet(depth: int, k: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
@@ -73,32 +74,70 @@ def wide_resnet(depth: int, k: int, *, shortcut: str = "B", **kw: Any) -> ResNet
     n = _cifar_n(depth, 2, 4, "Wide ResNet")
     if k < 1:
         raise ConfigError(f"Wide ResNet widening factor must be >= 1, got {k}")
-    return ResNet(PreActBasicBlock, (n, n, n), (16 * k, 32 * k, 64 * k), stem="cifar",
-                  stem_width=16, shortcut=shortcut, **kw)
+    return ResNet(
+        PreActBasicBlock, (n, n, n), (16 * k, 32 * k, 64 * k), stem="cifar", stem_width=16, shortcut=shortcut, **kw
+    )
 
 
 def resnext29(cardinality: int, width: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
     """ResNeXt-29 for CIFAR (Xie et al. 2017): conv3x3(64), 3 stages of 3 grouped bottlenecks."""
-    return ResNet(Bottleneck, (3, 3, 3), (64, 128, 256), stem="cifar", stem_width=64,
-                  groups=cardinality, base_width=width, shortcut=shortcut, **kw)
+    return ResNet(
+        Bottleneck,
+        (3, 3, 3),
+        (64, 128, 256),
+        stem="cifar",
+        stem_width=64,
+        groups=cardinality,
+        base_width=width,
+        shortcut=shortcut,
+        **kw,
+    )
 
 
 for _d in (20, 32, 44, 56, 110, 1202):
-    _register(f"resnet{_d}", "resnet-cifar", _d, 32, 10,
-              lambda d=_d, **kw: cifar_resnet(d, **kw), "He et al. 2015, sec. 4.2")
+    _register(
+        f"resnet{_d}", "resnet-cifar", _d, 32, 10, lambda d=_d, **kw: cifar_resnet(d, **kw), "He et al. 2015, sec. 4.2"
+    )
 for _d in (20, 32, 44, 56, 110):
-    _register(f"plain{_d}", "plain-cifar", _d, 32, 10,
-              lambda d=_d, **kw: cifar_resnet(d, residual=False, **kw), "He et al. 2015, sec. 4.2")
-_register("preact_resnet110", "preact-resnet-cifar", 110, 32, 10,
-          lambda **kw: preact_cifar_resnet(110, **kw), "He et al. 2016")
+    _register(
+        f"plain{_d}",
+        "plain-cifar",
+        _d,
+        32,
+        10,
+        lambda d=_d, **kw: cifar_resnet(d, residual=False, **kw),
+        "He et al. 2015, sec. 4.2",
+    )
+_register(
+    "preact_resnet110",
+    "preact-resnet-cifar",
+    110,
+    32,
+    10,
+    lambda **kw: preact_cifar_resnet(110, **kw),
+    "He et al. 2016",
+)
 for _d in (164, 1001):
-    _register(f"preact_resnet{_d}", "preact-resnet-cifar", _d, 32, 10,
-              lambda d=_d, **kw: preact_cifar_resnet(d, bottleneck=True, **kw), "He et al. 2016")
+    _register(
+        f"preact_resnet{_d}",
+        "preact-resnet-cifar",
+        _d,
+        32,
+        10,
+        lambda d=_d, **kw: preact_cifar_resnet(d, bottleneck=True, **kw),
+        "He et al. 2016",
+    )
 for _d, _k in ((16, 8), (28, 10), (40, 4)):
-    _register(f"wrn{_d}_{_k}", "wide-resnet-cifar", _d, 32, 10,
-              lambda d=_d, k=_k, **kw: wide_resnet(d, k, **kw), "Zagoruyko & Komodakis 2016")
-_register("resnext29_8x64d", "resnext-cifar", 29, 32, 10,
-          lambda **kw: resnext29(8, 64, **kw), "Xie et al. 2017")
+    _register(
+        f"wrn{_d}_{_k}",
+        "wide-resnet-cifar",
+        _d,
+        32,
+        10,
+        lambda d=_d, k=_k, **kw: wide_resnet(d, k, **kw),
+        "Zagoruyko & Komodakis 2016",
+    )
+_register("resnext29_8x64d", "resnext-cifar", 29, 32, 10, lambda **kw: resnext29(8, 64, **kw), "Xie et al. 2017")
 
 
 def fast_resnet10(*, shortcut: str = "B", **kw: Any) -> ResNet:
@@ -106,12 +145,18 @@ def fast_resnet10(*, shortcut: str = "B", **kw: Any) -> ResNet:
     one block per stage, widths 16/32/64/128 (ResNet-18's at 1/4) and the CIFAR 3x3 stem.
     Depth 10 = stem + 4 blocks x 2 convs + classifier. Chosen by time to accuracy on 2 CPU cores:
     the fourth stage works at 1/8 resolution, where wide layers are cheap (recipes/fast.yaml)."""
-    return ResNet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16,
-                  shortcut=shortcut, **kw)
+    return ResNet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
 
 
-_register("fast_resnet10", "fast-resnet", 10, 32, 10, fast_resnet10,
-          "reslab: He et al. 2015 basic blocks, ResNet-18 layout at 1/4 width, one block per stage")
+_register(
+    "fast_resnet10",
+    "fast-resnet",
+    10,
+    32,
+    10,
+    fast_resnet10,
+    "reslab: He et al. 2015 basic blocks, ResNet-18 layout at 1/4 width, one block per stage",
+)
 
 
 # ---- ImageNet networks (paper Table 1) -----------------------------------------------------------
@@ -125,9 +170,17 @@ IMAGENET_LAYERS: dict[int, tuple[bool, tuple[int, ...]]] = {  # depth -> (bottle
 }
 
 
-def imagenet_resnet(depth: int, *, version: str = "v1.5", preact: bool = False,
-                    residual: bool = True, shortcut: str = "B", groups: int = 1,
-                    base_width: int = 64, **kw: Any) -> ResNet:
+def imagenet_resnet(
+    depth: int,
+    *,
+    version: str = "v1.5",
+    preact: bool = False,
+    residual: bool = True,
+    shortcut: str = "B",
+    groups: int = 1,
+    base_width: int = 64,
+    **kw: Any,
+) -> ResNet:
     """ImageNet ResNet (Table 1). version "v1" strides a bottleneck's first 1x1 (the paper);
     "v1.5" strides its 3x3 (torchvision). Pre-activation nets stride the 3x3 (He et al. 2016 code)."""
     if depth not in IMAGENET_LAYERS:
@@ -138,48 +191,140 @@ def imagenet_resnet(depth: int, *, version: str = "v1.5", preact: bool = False,
     else:
         block = Bottleneck if bottleneck else BasicBlock
     stride_on = "1x1" if version == "v1" else "3x3"
-    return ResNet(block, layers, (64, 128, 256, 512), stem="imagenet", stem_width=64,
-                  residual=residual, shortcut=shortcut, stride_on=stride_on, groups=groups,
-                  base_width=base_width, **kw)
+    return ResNet(
+        block,
+        layers,
+        (64, 128, 256, 512),
+        stem="imagenet",
+        stem_width=64,
+        residual=residual,
+        shortcut=shortcut,
+        stride_on=stride_on,
+        groups=groups,
+        base_width=base_width,
+        **kw,
+    )
 
 
 for _d in IMAGENET_LAYERS:
-    _register(f"resnet{_d}", "resnet-v1.5", _d, 224, 1000,
-              lambda d=_d, **kw: imagenet_resnet(d, version="v1.5", **kw),
-              "He et al. 2015, Table 1; stride on 3x3 as torchvision")
-    _register(f"resnet{_d}_v1", "resnet-v1", _d, 224, 1000,
-              lambda d=_d, **kw: imagenet_resnet(d, version="v1", **kw), "He et al. 2015, Table 1")
-    _register(f"preact_resnet{_d}", "preact-resnet", _d, 224, 1000,
-              lambda d=_d, **kw: imagenet_resnet(d, preact=True, **kw), "He et al. 2016")
+    _register(
+        f"resnet{_d}",
+        "resnet-v1.5",
+        _d,
+        224,
+        1000,
+        lambda d=_d, **kw: imagenet_resnet(d, version="v1.5", **kw),
+        "He et al. 2015, Table 1; stride on 3x3 as torchvision",
+    )
+    _register(
+        f"resnet{_d}_v1",
+        "resnet-v1",
+        _d,
+        224,
+        1000,
+        lambda d=_d, **kw: imagenet_resnet(d, version="v1", **kw),
+        "He et al. 2015, Table 1",
+    )
+    _register(
+        f"preact_resnet{_d}",
+        "preact-resnet",
+        _d,
+        224,
+        1000,
+        lambda d=_d, **kw: imagenet_resnet(d, preact=True, **kw),
+        "He et al. 2016",
+    )
 for _d in (18, 34):
-    _register(f"plain{_d}", "plain", _d, 224, 1000,
-              lambda d=_d, **kw: imagenet_resnet(d, version="v1", residual=False, **kw),
-              "He et al. 2015, Table 1 (plain)")
-_register("resnext50_32x4d", "resnext", 50, 224, 1000,
-          lambda **kw: imagenet_resnet(50, groups=32, base_width=4, **kw), "Xie et al. 2017")
-_register("resnext101_32x8d", "resnext", 101, 224, 1000,
-          lambda **kw: imagenet_resnet(101, groups=32, base_width=8, **kw), "Xie et al. 2017")
+    _register(
+        f"plain{_d}",
+        "plain",
+        _d,
+        224,
+        1000,
+        lambda d=_d, **kw: imagenet_resnet(d, version="v1", residual=False, **kw),
+        "He et al. 2015, Table 1 (plain)",
+    )
+_register(
+    "resnext50_32x4d",
+    "resnext",
+    50,
+    224,
+    1000,
+    lambda **kw: imagenet_resnet(50, groups=32, base_width=4, **kw),
+    "Xie et al. 2017",
+)
+_register(
+    "resnext101_32x8d",
+    "resnext",
+    101,
+    224,
+    1000,
+    lambda **kw: imagenet_resnet(101, groups=32, base_width=8, **kw),
+    "Xie et al. 2017",
+)
 for _d in (50, 101):
-    _register(f"wide_resnet{_d}_2", "wide-resnet", _d, 224, 1000,
-              lambda d=_d, **kw: imagenet_resnet(d, base_width=128, **kw),
-              "Zagoruyko & Komodakis 2016, torchvision's bottleneck variant")
+    _register(
+        f"wide_resnet{_d}_2",
+        "wide-resnet",
+        _d,
+        224,
+        1000,
+        lambda d=_d, **kw: imagenet_resnet(d, base_width=128, **kw),
+        "Zagoruyko & Komodakis 2016, torchvision's bottleneck variant",
+    )
 
 
 # ---- Parametric names ----------------------------------------------------------------------------
 
 _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], ModelInfo]]] = [
-    (re.compile(r"resnet_cifar_(\d+)"), lambda m: ModelInfo(
-        m[0], "resnet-cifar", int(m[1]), 32, 10,
-        lambda **kw: cifar_resnet(int(m[1]), **kw), "He et al. 2015, sec. 4.2")),
-    (re.compile(r"plain_cifar_(\d+)"), lambda m: ModelInfo(
-        m[0], "plain-cifar", int(m[1]), 32, 10,
-        lambda **kw: cifar_resnet(int(m[1]), residual=False, **kw), "He et al. 2015, sec. 4.2")),
-    (re.compile(r"preact_resnet_cifar_(\d+)"), lambda m: ModelInfo(
-        m[0], "preact-resnet-cifar", int(m[1]), 32, 10,
-        lambda **kw: preact_cifar_resnet(int(m[1]), **kw), "He et al. 2016")),
-    (re.compile(r"wrn_(\d+)_(\d+)"), lambda m: ModelInfo(
-        m[0], "wide-resnet-cifar", int(m[1]), 32, 10,
-        lambda **kw: wide_resnet(int(m[1]), int(m[2]), **kw), "Zagoruyko & Komodakis 2016")),
+    (
+        re.compile(r"resnet_cifar_(\d+)"),
+        lambda m: ModelInfo(
+            m[0],
+            "resnet-cifar",
+            int(m[1]),
+            32,
+            10,
+            lambda **kw: cifar_resnet(int(m[1]), **kw),
+            "He et al. 2015, sec. 4.2",
+        ),
+    ),
+    (
+        re.compile(r"plain_cifar_(\d+)"),
+        lambda m: ModelInfo(
+            m[0],
+            "plain-cifar",
+            int(m[1]),
+            32,
+            10,
+            lambda **kw: cifar_resnet(int(m[1]), residual=False, **kw),
+            "He et al. 2015, sec. 4.2",
+        ),
+    ),
+    (
+        re.compile(r"preact_resnet_cifar_(\d+)"),
+        lambda m: ModelInfo(
+            m[0],
+            "preact-resnet-cifar",
+            int(m[1]),
+            32,
+            10,
+            lambda **kw: preact_cifar_resnet(int(m[1]), **kw),
+            "He et al. 2016",
+        ),
+    ),
+    (
+        re.compile(r"wrn_(\d+)_(\d+)"),
+        lambda m: ModelInfo(
+            m[0],
+            "wide-resnet-cifar",
+            int(m[1]),
+            32,
+            10,
+            lambda **kw: wide_resnet(int(m[1]), int(m[2]), **kw),
+            "Zagoruyko & Komodakis 2016",
+        ),
+    ),
 ]
 
 
@@ -220,7 +365,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, *
         options.pop("shortcut")  # plain nets have no shortcuts to choose
     if in_chans < 1:
         raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
-    model = info.build(num_classes=info.num_classes if num_classes is None else num_classes,
-                       in_chans=in_chans, **options)
+    model = info.build(
+        num_classes=info.num_classes if num_classes is None else num_classes, in_chans=in_chans, **options
+    )
     model.name = name
     return model

@@ -26,8 +26,11 @@ Stem = Literal["cifar", "imagenet"]
 def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     """Recomputation under activation checkpointing must not update BN running stats a second
     time: momentum 0 leaves them exactly as the first forward pass set them."""
-    norms = [(m, m.momentum, m.num_batches_tracked.clone()) for m in module.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        (m, m.momentum, m.num_batches_tracked.clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     for m, _, _ in norms:
         m.momentum = 0.0
     try:
@@ -160,8 +163,11 @@ class ResNet(nn.Module):
             raise InputShapeError(
                 f"{self.name} expects input of shape (B, {self.in_chans}, H, W) with H, W >= {size}; "
                 f"got {tuple(x.shape)}"
-                + (" (wrong channel count: rebuild with in_chans=...)" if x.dim() == 4
-                   and x.shape[1] != self.in_chans else "")
+                + (
+                    " (wrong channel count: rebuild with in_chans=...)"
+                    if x.dim() == 4 and x.shape[1] != self.in_chans
+                    else ""
+                )
             )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -176,8 +182,12 @@ class ResNet(nn.Module):
         for stage in self.stages:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 for block in stage:
-                    x = checkpoint(block, x, use_reentrant=False,
-                                   context_fn=lambda b=block: (contextlib.nullcontext(), _frozen_bn_stats(b)))
+                    x = checkpoint(
+                        block,
+                        x,
+                        use_reentrant=False,
+                        context_fn=lambda b=block: (contextlib.nullcontext(), _frozen_bn_stats(b)),
+                    )
             else:
                 x = stage(x)
         if self.final_bn is not None:

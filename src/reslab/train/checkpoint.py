@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reslab.errors import CheckpointError
 from reslab.atomic import atomic_write_bytes
+from reslab.errors import CheckpointError
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
 
@@ -37,14 +37,19 @@ CHECKPOINT_SAFE_GLOBALS: list[Any] = []
 
 # ---- RNG states ----------------------------------------------------------------------------------
 
+
 def rng_states() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA RNG states of this process as weights_only-loadable values."""
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {
         "python": [list(internal), version, gauss],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -56,14 +61,22 @@ def set_rng_states(state: dict[str, Any]) -> None:
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---- Writing -------------------------------------------------------------------------------------
+
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"{PREFIX}{step:08d}{SUFFIX}"
@@ -110,6 +123,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: in
 
 # ---- Reading -------------------------------------------------------------------------------------
 
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Checkpoints oldest first (the zero-padded step makes name order step order)."""
     return sorted(ckpt_dir.glob(f"{PREFIX}*{SUFFIX}"))
@@ -152,8 +166,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from exc
 
 
-def load_latest_good(ckpt_dir: str | Path, map_location: str | torch.device = "cpu"
-                     ) -> tuple[Path, dict[str, Any]]:
+def load_latest_good(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint that passes its checksum, warning about each damaged newer one."""
     ckpt_dir = Path(ckpt_dir)
     candidates = list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []

@@ -14,9 +14,15 @@ from reslab.errors import DataError
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     """Shorthand flags are --set overrides; explicit --set comes last and wins."""
-    pairs = [("model.name", args.model), ("data.dataset", args.data), ("data.data_dir", args.data_dir),
-             ("train.epochs", args.epochs), ("train.iterations", args.iterations),
-             ("train.seed", args.seed), ("train.device", args.device)]
+    pairs = [
+        ("model.name", args.model),
+        ("data.dataset", args.data),
+        ("data.data_dir", args.data_dir),
+        ("train.epochs", args.epochs),
+        ("train.iterations", args.iterations),
+        ("train.seed", args.seed),
+        ("train.device", args.device),
+    ]
     out = [f"{k}={v}" for k, v in pairs if v is not None]
     if args.epochs is not None:
         out.append("train.iterations=0")
@@ -31,8 +37,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def print_summary(summary: dict) -> None:
     final = summary["final"]
-    rows = [("model", summary["model"]), ("data", summary["dataset"] + (" (SYNTHETIC)" if summary["synthetic_data"] else "")),
-            ("steps / epochs", f"{summary['steps']} / {summary['epochs']}")]
+    rows = [
+        ("model", summary["model"]),
+        ("data", summary["dataset"] + (" (SYNTHETIC)" if summary["synthetic_data"] else "")),
+        ("steps / epochs", f"{summary['steps']} / {summary['epochs']}"),
+    ]
     for key in sorted(final):
         if key.endswith("error"):
             rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
@@ -50,8 +59,11 @@ def _train(args: argparse.Namespace) -> int:
         # the cores are free; everything else comes from the run's config.yaml.
         runtime = [s for s in args.set or [] if s.split("=", 1)[0].strip() in RUNTIME_SETTINGS]
         if args.recipe or len(runtime) < len(args.set or []):
-            print("note: --resume uses the run's saved config.yaml; --recipe and --set are ignored "
-                  f"(except {', '.join(RUNTIME_SETTINGS)})", file=sys.stderr)
+            print(
+                "note: --resume uses the run's saved config.yaml; --recipe and --set are ignored "
+                f"(except {', '.join(RUNTIME_SETTINGS)})",
+                file=sys.stderr,
+            )
         cfg = resolve_resume(Path(args.resume), runtime)
         summary = train(cfg, args.resume, resume=True)
     else:
@@ -67,19 +79,24 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     overrides = ([f"train.epochs={args.epochs}", "train.iterations=0"] if args.epochs else []) + (
-        [f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+        [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    )
     cfg = load_config("fast", overrides)
     from reslab.train.loop import train
 
     try:
         summary = train(cfg, args.run_dir)
     except DataError as exc:
-        raise DataError(f"{exc}\nThe demo trains on Fashion-MNIST: `apt-get install dataset-fashion-mnist` "
-                        "(Debian) or pass --data-dir DIR with the four *-ubyte.gz files") from None
+        raise DataError(
+            f"{exc}\nThe demo trains on Fashion-MNIST: `apt-get install dataset-fashion-mnist` "
+            "(Debian) or pass --data-dir DIR with the four *-ubyte.gz files"
+        ) from None
     print_summary(summary)
     test_error = summary["final"]["test_top1_error"]
-    print(f"\n{cfg.model.name} on Fashion-MNIST ({cfg.train.epochs:g} epochs, fast recipe): "
-          f"test accuracy {100 * (1 - test_error):.2f}%, wall time {time.perf_counter() - start:.1f} s")
+    print(
+        f"\n{cfg.model.name} on Fashion-MNIST ({cfg.train.epochs:g} epochs, fast recipe): "
+        f"test accuracy {100 * (1 - test_error):.2f}%, wall time {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -90,16 +107,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train a network (recipes: " + ", ".join(list_recipes()) + ")",
+        "train",
+        help="train a network (recipes: " + ", ".join(list_recipes()) + ")",
         description="Train a network. Settings layer: defaults < --recipe < shorthand flags < --set. "
-                    "Every setting is section.key (model, data, optim, schedule, train); "
-                    "see src/reslab/config.py or a recipe file for the list.",
+        "Every setting is section.key (model, data, optim, schedule, train); "
+        "see src/reslab/config.py or a recipe file for the list.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  reslab train --recipe cifar-paper --model resnet110 --data-dir ~/data\n"
-               "  reslab train --recipe fast --epochs 10 --set optim.lr=0.1\n"
-               "  reslab train --resume runs/20261122-101500-resnet20-cifar10\n"
-               "  torchrun --nproc_per_node=2 -m reslab train --recipe cifar-paper")
+        "  reslab train --recipe cifar-paper --model resnet110 --data-dir ~/data\n"
+        "  reslab train --recipe fast --epochs 10 --set optim.lr=0.1\n"
+        "  reslab train --resume runs/20261122-101500-resnet20-cifar10\n"
+        "  torchrun --nproc_per_node=2 -m reslab train --recipe cifar-paper",
+    )
     p.add_argument("--recipe", help=f"built-in ({', '.join(list_recipes())}) or a .yaml path")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--model", help="model.name, e.g. resnet56 (`reslab models` lists them)")
@@ -115,9 +134,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     d = subparsers.add_parser(
-        "demo", help="train a ResNet on Fashion-MNIST with the fast recipe",
-        description="Train a residual network (the fast recipe's, fast_resnet10) on real Fashion-MNIST (Debian's dataset-fashion-mnist) with the "
-                    "`fast` recipe; prints test accuracy and wall time.")
+        "demo",
+        help="train a ResNet on Fashion-MNIST with the fast recipe",
+        description="Train a residual network (the fast recipe's, fast_resnet10) on real Fashion-MNIST "
+        "(Debian's dataset-fashion-mnist) with the `fast` recipe; prints test accuracy and wall time.",
+    )
     d.add_argument("--epochs", type=float, default=None, help="epochs (default: the fast recipe's)")
     _add_common(d)
     d.set_defaults(func=_demo)

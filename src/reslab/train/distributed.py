@@ -6,7 +6,6 @@ Only rank 0 touches the run directory; these helpers run a function there and sh
 
 from __future__ import annotations
 
-
 import hashlib
 import os
 import signal

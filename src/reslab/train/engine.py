@@ -63,15 +63,19 @@ def _nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
     """What is not finite ("" when all is well), agreed by every process under torchrun: a NaN on
     one rank must stop or skip the step on all of them, or the others would wait forever."""
     flags = torch.stack([~torch.isfinite(loss.detach().float()), ~torch.isfinite(grad_norm.float())]).float()
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     bad_loss, bad_grad = flags.tolist()
     return "loss" if bad_loss else "gradient norm" if bad_grad else ""
 
 
-def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    state: TrainState, progress=None) -> dict[str, float]:
+def train_one_epoch(
+    ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], state: TrainState, progress=None
+) -> dict[str, float]:
     """Train over `batches` (the rest of one epoch) until it ends, total_steps is reached or a
     stop is requested. Returns {"loss", "error", "images", "seconds", "img_per_s"}."""
     cfg, model = ctx.cfg, ctx.model
@@ -106,17 +110,21 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         if what:
             value = loss_value if what == "loss" else grad_norm.item()
             value_text = value if not math.isfinite(value) else "on another process"
-            where = (f"non-finite {what} ({value_text}) at step {state.step} "
-                     f"(epoch {state.epoch}, batch {state.batch_in_epoch})")
+            where = (
+                f"non-finite {what} ({value_text}) at step {state.step} "
+                f"(epoch {state.epoch}, batch {state.batch_in_epoch})"
+            )
             if not skip_mode:
                 raise NonFiniteError(
                     f"{where}; stopped. The last good checkpoint is untouched; lower optim.lr, set "
-                    "optim.grad_clip, or train.on_nonfinite=skip")
+                    "optim.grad_clip, or train.on_nonfinite=skip"
+                )
             if state.skipped_steps >= cfg.train.max_skips:
                 raise NonFiniteError(
                     f"{where}; stopped after {state.skipped_steps} skipped steps (train.max_skips="
                     f"{cfg.train.max_skips}). The last good checkpoint is untouched; lower optim.lr or set "
-                    "optim.grad_clip")
+                    "optim.grad_clip"
+                )
             ctx.optimizer.zero_grad(set_to_none=True)
             for b, saved in zip(buffers, saved_buffers):
                 b.copy_(saved)
@@ -148,14 +156,26 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             ctx.after_step(state, step_metrics)
     seconds = time.perf_counter() - start
     n = max(images, 1)
-    return {"loss": loss_sum.item() / n, "error": wrong_sum.item() / n, "images": images,
-            "seconds": seconds, "img_per_s": images / max(seconds, 1e-9)}
+    return {
+        "loss": loss_sum.item() / n,
+        "error": wrong_sum.item() / n,
+        "images": images,
+        "seconds": seconds,
+        "img_per_s": images / max(seconds, 1e-9),
+    }
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-             *, device: torch.device, precision: str = "fp32", tta_flip: bool = False,
-             predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    tta_flip: bool = False,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
     """Top-1/top-5 error, mean loss, per-class accuracy and the confusion matrix (rows = truth).
 
     `predict` maps a batch to logits (for 10-crop or multi-scale evaluation); by default the
@@ -178,8 +198,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         k = min(5, num_classes)
         top5_hits += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
-        confusion += torch.bincount(y * num_classes + logits.argmax(1),
-                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes).view(
+            num_classes, num_classes
+        )
         n += y.numel()
     confusion = confusion.cpu()
     correct = confusion.diag().sum().item()

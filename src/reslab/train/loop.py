@@ -50,6 +50,7 @@ from reslab.weights import WeightsMeta, save_weights
 
 # ---- Environment ---------------------------------------------------------------------------------
 
+
 def pick_device(name: str, dist: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,14 +76,20 @@ def set_determinism(cfg: Config) -> None:
 def environment() -> dict[str, Any]:
     from reslab import __version__
 
-    return {"reslab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": cpu_model(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    return {
+        "reslab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
 
 
 # ---- Data ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Data:
@@ -102,8 +109,7 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     if not d.in_memory:
         return build_folder_data(cfg, device, dist)
-    load = dict(cache_dir=d.cache_dir, download=d.download, image_size=d.image_size,
-                synthetic_size=d.synthetic_size)
+    load = dict(cache_dir=d.cache_dir, download=d.download, image_size=d.image_size, synthetic_size=d.synthetic_size)
     train = load_cached(d.dataset, "train", d.data_dir, **load)
     test = load_cached(d.dataset, "test", d.data_dir, **load)
     evals_ds = {"test": test}
@@ -113,15 +119,25 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         train, val = train_val_split(train, d.val_size, seed=cfg.train.seed)
         evals_ds = {"val": val, "test": test}
     common = dict(device=device, channels_last=cfg.train.channels_last)
-    train_batches = InMemoryBatches(train, cfg.train.batch_size // dist.world_size, train=True,
-                                    augment=d.augment, pad=d.pad, normalize=d.normalize,
-                                    seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size, **common)
+    train_batches = InMemoryBatches(
+        train,
+        cfg.train.batch_size // dist.world_size,
+        train=True,
+        augment=d.augment,
+        pad=d.pad,
+        normalize=d.normalize,
+        seed=cfg.train.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        **common,
+    )
     eval_bs = max(256, cfg.train.batch_size)
-    evals = {k: InMemoryBatches(ds, eval_bs, train=False, stats=train_batches.stats,
-                                normalize=d.normalize, **common) for k, ds in evals_ds.items()}
+    evals = {
+        k: InMemoryBatches(ds, eval_bs, train=False, stats=train_batches.stats, normalize=d.normalize, **common)
+        for k, ds in evals_ds.items()
+    }
     c, h, w = train.image_shape
-    return Data(train_batches, evals, list(train.classes), c, h, train_batches.stats, train.name,
-                bool(train.synthetic))
+    return Data(train_batches, evals, list(train.classes), c, h, train_batches.stats, train.name, bool(train.synthetic))
 
 
 def build_folder_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
@@ -139,25 +155,37 @@ def build_folder_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     if d.augment not in FOLDER_AUGMENT_KINDS:
         problems.append(f"data.augment={d.augment!r} (valid here: {', '.join(FOLDER_AUGMENT_KINDS)})")
     if d.normalize != "channel":
-        problems.append(f"data.normalize={d.normalize!r} (streaming normalises per channel with ImageNet's "
-                        "mean/std: use channel)")
+        problems.append(
+            f"data.normalize={d.normalize!r} (streaming normalises per channel with ImageNet's mean/std: use channel)"
+        )
     if problems:
         raise ConfigError("data.in_memory=false does not fit " + "; ".join(problems))
     size = d.image_size or 224
-    common = dict(image_size=size, workers=d.workers, seed=cfg.train.seed, device=device,
-                  channels_last=cfg.train.channels_last)
+    common = dict(
+        image_size=size, workers=d.workers, seed=cfg.train.seed, device=device, channels_last=cfg.train.channels_last
+    )
     root = d.data_dir or "."
-    train = FolderBatches(root, "train", batch_size=cfg.train.batch_size // dist.world_size, train=True,
-                          augment=d.augment, rank=dist.rank, world_size=dist.world_size, **common)
-    test = FolderBatches(root, "test", batch_size=max(256, cfg.train.batch_size), train=False, augment="none",
-                         **common)
+    train = FolderBatches(
+        root,
+        "train",
+        batch_size=cfg.train.batch_size // dist.world_size,
+        train=True,
+        augment=d.augment,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        **common,
+    )
+    test = FolderBatches(root, "test", batch_size=max(256, cfg.train.batch_size), train=False, augment="none", **common)
     if len(train) == 0:
-        raise ConfigError(f"{root}: {len(train.dataset)} training images make no whole batch of "
-                          f"{cfg.train.batch_size}; lower train.batch_size")
+        raise ConfigError(
+            f"{root}: {len(train.dataset)} training images make no whole batch of "
+            f"{cfg.train.batch_size}; lower train.batch_size"
+        )
     return Data(train, {"test": test}, train.classes, 3, size, train.stats, "imagefolder", False)
 
 
 # ---- Model ---------------------------------------------------------------------------------------
+
 
 def build_model(cfg: Config, data: Data) -> ResNet:
     m = cfg.model
@@ -192,8 +220,9 @@ def load_pretrained(model: ResNet, source: str) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ConfigError(f"model.pretrained={source} does not fit {model.name}: missing {missing[:4]}, "
-                          f"unexpected {unexpected[:4]}")
+        raise ConfigError(
+            f"model.pretrained={source} does not fit {model.name}: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
 
 
 def data_checksum(cfg: Config) -> str:
@@ -206,8 +235,10 @@ def data_checksum(cfg: Config) -> str:
     if cfg.data.dataset == "synthetic":
         return "synthetic"
     digest = hashlib.sha256()
-    files = {*source_files(cfg.data.dataset, "train", cfg.data.data_dir),
-             *source_files(cfg.data.dataset, "test", cfg.data.data_dir)}
+    files = {
+        *source_files(cfg.data.dataset, "train", cfg.data.data_dir),
+        *source_files(cfg.data.dataset, "test", cfg.data.data_dir),
+    }
     if not cfg.data.in_memory:
         root = Path(cfg.data.data_dir or ".")
         for path in sorted(files):
@@ -232,6 +263,7 @@ def apply_depth_rules(cfg: Config) -> None:
 
 # ---- The run -------------------------------------------------------------------------------------
 
+
 def new_run_dir(cfg: Config, run_dir: str | None) -> Path:
     if run_dir:
         path = Path(run_dir)
@@ -239,8 +271,9 @@ def new_run_dir(cfg: Config, run_dir: str | None) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(cfg.train.out_dir) / f"{stamp}-{cfg.model.name}-{cfg.data.dataset}"
     if (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
-        raise ConfigError(f"{path} already holds a run; resume it with `reslab train --resume {path}` "
-                          "or choose another --run-dir")
+        raise ConfigError(
+            f"{path} already holds a run; resume it with `reslab train --resume {path}` or choose another --run-dir"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -306,13 +339,23 @@ def drop_metrics_after(path: Path, step: int) -> None:
 
 def config_changes(saved: dict, current: dict) -> list[str]:
     """section.key of each setting that differs between a checkpoint's config and the current one."""
-    return [f"{section}.{key}" for section, values in current.items() if isinstance(values, dict)
-            for key, value in values.items()
-            if saved.get(section, {}).get(key) != value and f"{section}.{key}" not in RUNTIME_SETTINGS]
+    return [
+        f"{section}.{key}"
+        for section, values in current.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if saved.get(section, {}).get(key) != value and f"{section}.{key}" not in RUNTIME_SETTINGS
+    ]
 
 
-def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
-            scaler: torch.amp.GradScaler | None, dist: Dist) -> TrainState:
+def restore(
+    payload: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    scaler: torch.amp.GradScaler | None,
+    dist: Dist,
+) -> TrainState:
     """Put a checkpoint's state back into the objects of a fresh run; returns the loop state."""
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -323,19 +366,28 @@ def restore(payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer, e
     same_world = payload["world_size"] == dist.world_size
     ckpt.set_rng_states(payload["rng"][dist.rank if same_world else 0])
     s = payload["state"]
-    return TrainState(step=s["step"], epoch=s["epoch"], batch_in_epoch=s["batch_in_epoch"],
-                      skipped_steps=s["skipped_steps"], schedule=ScheduleState(**s["schedule"]))
+    return TrainState(
+        step=s["step"],
+        epoch=s["epoch"],
+        batch_in_epoch=s["batch_in_epoch"],
+        skipped_steps=s["skipped_steps"],
+        schedule=ScheduleState(**s["schedule"]),
+    )
 
 
 def resume_mismatches(payload: dict, cfg: Config, dist: Dist, order: torch.Tensor, epoch: int) -> list[str]:
     """Why a resumed run would not match an uninterrupted one, if it would not."""
     notes = []
     if payload["world_size"] != dist.world_size:
-        notes.append(f"the checkpoint was written by {payload['world_size']} process(es), this run has "
-                     f"{dist.world_size}: it continues, but will not match an uninterrupted run exactly")
+        notes.append(
+            f"the checkpoint was written by {payload['world_size']} process(es), this run has "
+            f"{dist.world_size}: it continues, but will not match an uninterrupted run exactly"
+        )
     elif not torch.equal(payload["data_order"][dist.rank], order):
-        notes.append(f"the data order of epoch {epoch} differs from the checkpoint's (another dataset "
-                     "or torch version?): the run will not match an uninterrupted one exactly")
+        notes.append(
+            f"the data order of epoch {epoch} differs from the checkpoint's (another dataset "
+            "or torch version?): the run will not match an uninterrupted one exactly"
+        )
     changed = config_changes(payload["config"], cfg.to_dict())
     if changed:
         notes.append(f"config.yaml differs from the checkpoint's config in {', '.join(changed)}; using config.yaml")
@@ -368,8 +420,10 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
     device = pick_device(cfg.train.device, dist)
     set_determinism(cfg)
     if dist.world_size > 1 and cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); "
-                          "leave it off for CPU/gloo runs")
+        raise ConfigError(
+            "train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); "
+            "leave it off for CPU/gloo runs"
+        )
     if resume:
         run_path = Path(run_dir)
     else:  # every rank uses the directory rank 0 made
@@ -396,6 +450,7 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
     ckpt_dir = run_path / "checkpoints"
 
     if resume:
+
         def load() -> tuple[Path, dict, list[Path]]:
             path, payload = ckpt.load_latest_good(ckpt_dir)
             return path, payload, ckpt.set_aside_newer(ckpt_dir, path)
@@ -417,7 +472,8 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
     train_model: nn.Module = model
     if dist.world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.train.compile:
         train_model = torch.compile(train_model)
     log = RunLog(run_path, dist.main, total, state.step, cfg.train.progress, data.synthetic)
@@ -428,14 +484,29 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
 
     def run_evals(epoch_float: float) -> dict:
         """Rank 0 evaluates (the test set is not sharded) and shares the record."""
+
         def compute() -> dict:
-            record: dict[str, Any] = {"step": state.step, "epoch": round(epoch_float, 4),
-                                      "elapsed_s": round(time.perf_counter() - wall_start, 2)}
+            record: dict[str, Any] = {
+                "step": state.step,
+                "epoch": round(epoch_float, 4),
+                "elapsed_s": round(time.perf_counter() - wall_start, 2),
+            }
             for split, batches in data.evals.items():
-                m = evaluate(eval_model(), batches.epoch(0), len(data.classes), device=device,
-                             precision=cfg.train.precision, tta_flip=cfg.train.tta_flip)
-                record.update({f"{split}_top1_error": m["top1_error"], f"{split}_top5_error": m["top5_error"],
-                               f"{split}_loss": m["loss"]})
+                m = evaluate(
+                    eval_model(),
+                    batches.epoch(0),
+                    len(data.classes),
+                    device=device,
+                    precision=cfg.train.precision,
+                    tta_flip=cfg.train.tta_flip,
+                )
+                record.update(
+                    {
+                        f"{split}_top1_error": m["top1_error"],
+                        f"{split}_top5_error": m["top5_error"],
+                        f"{split}_loss": m["loss"],
+                    }
+                )
             return record
 
         record = on_rank0(dist, compute)
@@ -453,12 +524,21 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
 
         def write() -> None:
             payload = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                          "skipped_steps": state.skipped_steps, "schedule": asdict(state.schedule)},
-                "rng": [rng for rng, _ in ranks], "data_order": [order for _, order in ranks],
-                "config": cfg.to_dict(), "elapsed": time.perf_counter() - wall_start,
-                "reslab_version": __version__, "world_size": dist.world_size,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "batch_in_epoch": state.batch_in_epoch,
+                    "skipped_steps": state.skipped_steps,
+                    "schedule": asdict(state.schedule),
+                },
+                "rng": [rng for rng, _ in ranks],
+                "data_order": [order for _, order in ranks],
+                "config": cfg.to_dict(),
+                "elapsed": time.perf_counter() - wall_start,
+                "reslab_version": __version__,
+                "world_size": dist.world_size,
             }
             if ema is not None:
                 payload["ema"] = ema.state_dict()
@@ -480,15 +560,20 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
             model.train()
         # Evaluate before saving, so the checkpoint holds the schedule state after this step's
         # evaluation; an epoch's last step is saved by the epoch end, after its evaluation.
-        if (cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0 and st.step < total
-                and st.batch_in_epoch < steps_per_epoch):
+        if (
+            cfg.train.checkpoint_every
+            and st.step % cfg.train.checkpoint_every == 0
+            and st.step < total
+            and st.batch_in_epoch < steps_per_epoch
+        ):
             save()
 
     def on_skip(st: TrainState, what: str) -> None:
         log.message(f"skipped: {what} ({st.skipped_steps} of at most {cfg.train.max_skips} skips)")
 
-    ctx = StepContext(train_model, optimizer, cfg, device, total, ema=ema, scaler=scaler,
-                      after_step=after_step, on_skip=on_skip)
+    ctx = StepContext(
+        train_model, optimizer, cfg, device, total, ema=ema, scaler=scaler, after_step=after_step, on_skip=on_skip
+    )
     history = []
     try:
         with stopper:
@@ -504,16 +589,23 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
                     state.batch_in_epoch = 0
                     if cfg.train.eval_every == 0 or state.step >= total:
                         record = run_evals(state.step / steps_per_epoch)
-                        record.update({"train_loss": last_train["loss"], "train_error": last_train["error"],
-                                       "train_img_per_s": round(last_train["img_per_s"], 1)})
+                        record.update(
+                            {
+                                "train_loss": last_train["loss"],
+                                "train_error": last_train["error"],
+                                "train_img_per_s": round(last_train["img_per_s"], 1),
+                            }
+                        )
                         log.eval(record)
                         history.append(record)
                     if state.step < total:
                         save()
             if state.stop_requested and state.step < total:
                 save()
-                log.message(f"stopped by {state.stop_requested} at step {state.step}/{total}; checkpoint "
-                            f"written. Resume with: reslab train --resume {run_path}")
+                log.message(
+                    f"stopped by {state.stop_requested} at step {state.step}/{total}; checkpoint "
+                    f"written. Resume with: reslab train --resume {run_path}"
+                )
                 return {"stopped": state.stop_requested, "step": state.step, "run_dir": str(run_path)}
 
         if state.batch_in_epoch:  # an iteration budget that ended mid-epoch: evaluate once more
@@ -530,32 +622,52 @@ def _train(cfg: Config, dist: Dist, run_dir: str | Path | None, resume: bool) ->
                 torch.distributed.broadcast(buffer, src=0)
             digests = gather_to_rank0(dist, state_digest(model))
         wall = time.perf_counter() - wall_start
-        summary = {"run_dir": str(run_path), "model": cfg.model.name, "dataset": data.name,
-                   "synthetic_data": data.synthetic, "steps": state.step,
-                   "epochs": round(state.step / steps_per_epoch, 3), "wall_time_s": round(wall, 2),
-                   "final": final, "skipped_steps": state.skipped_steps, "environment": environment()}
+        summary = {
+            "run_dir": str(run_path),
+            "model": cfg.model.name,
+            "dataset": data.name,
+            "synthetic_data": data.synthetic,
+            "steps": state.step,
+            "epochs": round(state.step / steps_per_epoch, 3),
+            "wall_time_s": round(wall, 2),
+            "final": final,
+            "skipped_steps": state.skipped_steps,
+            "environment": environment(),
+        }
         if dist.world_size > 1:
-            summary["distributed"] = {"world_size": dist.world_size, "backend": dist.backend,
-                                      "weights_sha256_per_rank": digests}
+            summary["distributed"] = {
+                "world_size": dist.world_size,
+                "backend": dist.backend,
+                "weights_sha256_per_rank": digests,
+            }
 
         def write_results() -> None:
             if digests and len(set(digests)) > 1:
-                log.message(f"warning: the {dist.world_size} processes ended with different weights; "
-                            "rank 0's are saved")
+                log.message(
+                    f"warning: the {dist.world_size} processes ended with different weights; rank 0's are saved"
+                )
             metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
             metrics["eval_tta_flip"] = float(cfg.train.tta_flip)  # how the test metrics were measured
-            meta = WeightsMeta(model=cfg.model.name, num_classes=len(data.classes), in_chans=data.in_chans,
-                               options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
-                               classes=data.classes, input_size=data.image_size, dataset=data.name,
-                               metrics=metrics, command=environment()["command"],
-                               data_sha256=data_checksum(cfg))
+            meta = WeightsMeta(
+                model=cfg.model.name,
+                num_classes=len(data.classes),
+                in_chans=data.in_chans,
+                options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
+                classes=data.classes,
+                input_size=data.image_size,
+                dataset=data.name,
+                metrics=metrics,
+                command=environment()["command"],
+                data_sha256=data_checksum(cfg),
+            )
             try:
                 save_weights(run_path / "weights.safetensors", eval_model(), meta, data.stats.mean, data.stats.std)
                 (run_path / "summary.json").write_text(json.dumps(summary, indent=2))
             except OSError as exc:
                 raise CheckpointError(
                     f"could not write the final weights to {run_path} ({exc.strerror or exc}); the last "
-                    f"checkpoint is intact: free some space, then `reslab train --resume {run_path}`") from exc
+                    f"checkpoint is intact: free some space, then `reslab train --resume {run_path}`"
+                ) from exc
 
         on_rank0(dist, write_results)
         return summary

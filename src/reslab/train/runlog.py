@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import json
 import sys
 import time
 from pathlib import Path
-
 
 from reslab.train.engine import TrainState
 
@@ -15,8 +13,9 @@ from reslab.train.engine import TrainState
 class RunLog:
     """metrics.jsonl + TensorBoard + progress bar; silent on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
-                 synthetic: bool) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool, synthetic: bool
+    ) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
         self.synthetic = synthetic
@@ -31,8 +30,14 @@ class RunLog:
         # A resumed run purges events logged after its checkpoint, so curves have no doubled stretch.
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
         if progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            desc="train" + (" [SYNTHETIC DATA]" if synthetic else ""), file=sys.stderr)
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                desc="train" + (" [SYNTHETIC DATA]" if synthetic else ""),
+                file=sys.stderr,
+            )
 
     def step(self, state: TrainState, m: dict) -> None:
         if not self.enabled:
@@ -42,8 +47,7 @@ class RunLog:
             now = time.perf_counter()
             if now - self._last[0] > 1.0:
                 rate = (state.step - self._last[1]) * m["batch"] / (now - self._last[0])
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.4g}", img_s=f"{rate:.0f}",
-                                     refresh=False)
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.4g}", img_s=f"{rate:.0f}", refresh=False)
                 self._last = (now, state.step)
         if self.writer is not None and state.step % 50 == 0:
             self.writer.add_scalar("train/loss", m["loss"], state.step)

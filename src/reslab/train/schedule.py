@@ -91,7 +91,7 @@ def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: Sch
     elif name == "onecycle":
         return onecycle(step, total, base_lr, cfg.warmup_lr, cfg.final_lr, cfg.pct_start)
     elif name == "plateau":
-        lr = base_lr * cfg.gamma ** state.plateau_decays
+        lr = base_lr * cfg.gamma**state.plateau_decays
     else:
         raise ValueError(f"unknown schedule {name!r}")
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
