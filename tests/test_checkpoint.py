@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from reslab import __version__
+from reslab import checkpoint as ckpt
 from reslab.cli import main
 from reslab.data import InMemoryBatches
 from reslab.errors import CheckpointError
 from reslab.models.interop import from_torchvision, read_state_dict
-from reslab.train import checkpoint as ckpt
+from reslab.rundir import RunDir
 
 # 32 images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
 RUN = [
@@ -75,7 +76,7 @@ def step_of(path: Path) -> int:
 def test_checkpoint_holds_the_full_state_as_plain_values(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert train(run, "--set", "optim.ema_decay=0.9") == 0
-    checkpoints = ckpt.list_checkpoints(run / "checkpoints")
+    checkpoints = RunDir(run).list_checkpoints()
     assert [step_of(p) for p in checkpoints] == [5, 6, 7, 8]  # keep_checkpoints=4
     assert all(ckpt.verify(p) is None for p in checkpoints)
     mid = checkpoints[1]  # step 6: epoch 1, batch 2
@@ -104,19 +105,19 @@ def test_checkpoint_holds_the_full_state_as_plain_values(tmp_path, capsys) -> No
 @pytest.mark.parametrize("failing", ["replace", "fsync"])
 def test_full_disk_leaves_previous_checkpoint_usable(tmp_path, monkeypatch, failing) -> None:
     ckpt_dir = tmp_path / "checkpoints"
-    ckpt.save_checkpoint(ckpt_dir, 1, {"w": torch.ones(3)})
+    ckpt.save_checkpoint(RunDir(tmp_path), 1, {"w": torch.ones(3)})
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, failing, no_space)
     with pytest.raises(CheckpointError) as info:
-        ckpt.save_checkpoint(ckpt_dir, 2, {"w": torch.zeros(3)})
+        ckpt.save_checkpoint(RunDir(tmp_path), 2, {"w": torch.zeros(3)})
     monkeypatch.undo()
     message = str(info.value)
     assert "No space left on device" in message and "ckpt-00000001.pt is intact" in message
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["ckpt-00000001.pt", "ckpt-00000001.pt.sha256"]
-    assert torch.equal(ckpt.load_latest_good(ckpt_dir)[1]["w"], torch.ones(3))
+    assert torch.equal(ckpt.load_checkpoint(RunDir(tmp_path).list_checkpoints()[-1])["w"], torch.ones(3))
 
 
 def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch, capsys) -> None:
@@ -137,7 +138,7 @@ def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch,
     assert "could not write checkpoint" in err and "No space left on device" in err
     assert "ckpt-00000002.pt is intact" in err and f"reslab train --resume {run}" in err
     assert "Traceback" not in err
-    assert [step_of(p) for p in ckpt.list_checkpoints(run / "checkpoints")] == [1, 2]
+    assert [step_of(p) for p in RunDir(run).list_checkpoints()] == [1, 2]
     assert main(["train", "--resume", str(run)]) == 0
     assert "from ckpt-00000002.pt" in capsys.readouterr().err
     assert same_weights(run, reference)
@@ -158,34 +159,32 @@ def test_resume_skips_truncated_and_flipped_checkpoints(tmp_path, capsys) -> Non
     finished = tmp_path / "finished.safetensors"
     shutil.copy(run / "weights.safetensors", finished)
     (run / "weights.safetensors").unlink()
-    newest, second = ckpt.list_checkpoints(run / "checkpoints")[-1:-3:-1]  # steps 8 and 7
+    newest, second = RunDir(run).list_checkpoints()[-1:-3:-1]  # steps 8 and 7
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     flip_byte(second, second.stat().st_size // 2)  # one flipped byte, same length
 
     capsys.readouterr()
-    with pytest.warns(UserWarning) as caught:
-        assert main(["train", "--resume", str(run)]) == 0
-    warned = " ".join(str(w.message) for w in caught)
-    assert "ckpt-00000008.pt" in warned and "ckpt-00000007.pt" in warned and "checksum" in warned
+    assert main(["train", "--resume", str(run)]) == 0
     err = capsys.readouterr().err
+    warned = " ".join(line for line in err.splitlines() if "falling back" in line)
+    assert "ckpt-00000008.pt" in warned and "ckpt-00000007.pt" in warned and "checksum" in warned
     assert "from ckpt-00000006.pt" in err
     assert "set aside damaged ckpt-00000008.pt" in err and (run / "checkpoints" / "ckpt-00000007.pt.damaged").exists()
     # The resumed run redid steps 7 and 8 and ended where the undamaged run did.
-    assert [step_of(p) for p in ckpt.list_checkpoints(run / "checkpoints")] == [5, 6, 7, 8]
+    assert [step_of(p) for p in RunDir(run).list_checkpoints()] == [5, 6, 7, 8]
     assert load_file(str(finished)).keys() == weights(run).keys()
     assert all(torch.equal(v, weights(run)[k]) for k, v in load_file(str(finished)).items())
 
     # Damage every checkpoint: resume stops with one clear line naming them.
-    for path in ckpt.list_checkpoints(run / "checkpoints"):
+    for path in RunDir(run).list_checkpoints():
         flip_byte(path, 100)
-    with pytest.warns(UserWarning):
-        assert main(["train", "--resume", str(run)]) == 2
+    assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "no usable checkpoint" in err and "ckpt-00000005.pt" in err and "Traceback" not in err
 
 
 def test_missing_checksum_is_damage(tmp_path) -> None:
-    path = ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(1)})
+    path = ckpt.save_checkpoint(RunDir(tmp_path), 1, {"w": torch.ones(1)})
     path.with_name(path.name + ".sha256").unlink()
     with pytest.raises(CheckpointError, match="checksum file is missing"):
         ckpt.load_checkpoint(path)
@@ -226,7 +225,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, zip_format)
     assert train(run, "--epochs", "0.25") == 0  # a real run directory: config.yaml, one checkpoint
     for p in (run / "checkpoints").iterdir():
         p.unlink()
-    evil = write_evil(ckpt.checkpoint_path(run / "checkpoints", 1), marker, zip_format=zip_format)
+    evil = write_evil(RunDir(run).checkpoint(1), marker, zip_format=zip_format)
     # A matching checksum, so the refusal comes from the unpickler, not the damage check.
     evil.with_name(evil.name + ".sha256").write_text(hashlib.sha256(evil.read_bytes()).hexdigest() + "\n")
 
@@ -235,9 +234,9 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, zip_format)
     if zip_format:
         assert "io.open" in str(info.value)  # names what it would have called (builtins.open)
     capsys.readouterr()
-    with pytest.warns(UserWarning, match="never runs code"):
-        assert main(["train", "--resume", str(run)]) == 2
-    assert "refused" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "never runs code" in err
     assert not marker.exists()
 
 
@@ -292,7 +291,7 @@ def test_nan_skip_mode_gives_up_after_max_skips(tmp_path, capsys, nan_batches) -
     assert train(run, "--set", "train.on_nonfinite=skip", "--set", "train.max_skips=2") == 2
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 1 (epoch 0, batch 3); stopped after 2 skipped steps" in err
-    assert [step_of(p) for p in ckpt.list_checkpoints(run / "checkpoints")] == [1]
+    assert [step_of(p) for p in RunDir(run).list_checkpoints()] == [1]
 
 
 def test_nan_stop_mode_names_the_step_and_keeps_the_checkpoint(tmp_path, capsys, nan_batches) -> None:
@@ -301,6 +300,6 @@ def test_nan_stop_mode_names_the_step_and_keeps_the_checkpoint(tmp_path, capsys,
     assert train(run) == 2
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 5 (epoch 1, batch 1); stopped" in err and "Traceback" not in err
-    newest = ckpt.list_checkpoints(run / "checkpoints")[-1]
+    newest = RunDir(run).list_checkpoints()[-1]
     assert step_of(newest) == 5 and ckpt.load_checkpoint(newest)["state"]["step"] == 5
     assert not (run / "weights.safetensors").exists()

@@ -8,7 +8,7 @@ import pytest
 
 from reslab.config import ScheduleConfig, list_recipes, load_config
 from reslab.errors import ConfigError
-from reslab.train.loop import apply_depth_rules
+from reslab.train.build import apply_depth_rules
 from reslab.train.schedule import (
     ScheduleState,
     constant,

@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from reslab.checkpoint import load_checkpoint
 from reslab.cli import main
 from reslab.data import ArrayDataset, InMemoryBatches
+from reslab.rundir import RunDir
 from reslab.train import loop
-from reslab.train.checkpoint import list_checkpoints, load_checkpoint
+from reslab.train.build import build_data, build_model
+from reslab.train.distributed import Dist
 from reslab.train.optim import build_optimizer, set_lr
 from reslab.train.schedule import lr_at
 
@@ -157,9 +160,9 @@ def one_ddp_step(cfg) -> dict[str, torch.Tensor]:
     half batch through the model in train mode, gradients averaged, one optimizer step."""
     torch.manual_seed(cfg.train.seed)
     device = torch.device("cpu")
-    shard0 = loop.build_data(cfg, device, loop.Dist(0, 2))
-    model = loop.build_model(cfg, shard0)  # same RNG sequence as rank 0 in the loop
-    shard1 = loop.build_data(cfg, device, loop.Dist(1, 2))
+    shard0 = build_data(cfg, device, Dist(0, 2))
+    model = build_model(cfg, shard0)  # same RNG sequence as rank 0 in the loop
+    shard1 = build_data(cfg, device, Dist(1, 2))
     optimizer = build_optimizer(model, cfg.optim)
     set_lr(optimizer, lr_at(0, STEPS, cfg.schedule, cfg.optim.lr))
     model.train()
@@ -211,7 +214,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path, capsys, monkeypatch, d
     assert main(["train", *ARGS, "--run-dir", str(single)]) == 0
     capsys.readouterr()
     torch.manual_seed(cfg.train.seed)
-    init = params(loop.build_model(cfg, loop.build_data(cfg, torch.device("cpu"), loop.Dist())).state_dict())
+    init = params(build_model(cfg, build_data(cfg, torch.device("cpu"), Dist())).state_dict())
     w_ddp = flat(params(load_file(str(run / "weights.safetensors"))))
     w_one = flat(params(load_file(str(single / "weights.safetensors"))))
     update = w_one - flat(init)
@@ -233,6 +236,6 @@ def test_torchrun_resume_is_bit_exact(tmp_path: Path, ddp_run: Path) -> None:
     assert result.stderr.count("resuming") == 1  # rank 0 only
     a, b = load_file(str(full / "weights.safetensors")), load_file(str(resumed / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    x, y = (load_checkpoint(list_checkpoints(r / "checkpoints")[-1])["optimizer"]["state"] for r in (full, resumed))
+    x, y = (load_checkpoint(RunDir(r).list_checkpoints()[-1])["optimizer"]["state"] for r in (full, resumed))
     assert x.keys() == y.keys()
     assert all(torch.equal(x[i]["momentum_buffer"], y[i]["momentum_buffer"]) for i in x)

@@ -21,6 +21,7 @@ from reslab.analysis.experiment import Settings, available_cores
 from reslab.analysis.layer_responses import layer_response_stds, response_norms
 from reslab.analysis.plan import check_data, training_plan
 from reslab.cli import main
+from reslab.data.norm import NormStats
 from reslab.errors import ConfigError
 from reslab.models import create_model
 from reslab.weights import WeightsMeta, save_weights
@@ -221,7 +222,10 @@ def test_imagenet_table_evaluates_weights_with_one_and_ten_crops(tmp_path: Path,
     weights = tmp_path / "r18.safetensors"
     meta = WeightsMeta(model="resnet18", num_classes=2, in_chans=3, classes=["cat", "dog"], input_size=32)
     save_weights(
-        weights, create_model("resnet18", num_classes=2), meta, torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+        weights,
+        create_model("resnet18", num_classes=2),
+        meta,
+        NormStats(torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)),
     )
     out = tmp_path / "imagenet"
     args = [

@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reslab.train.checkpoint import list_checkpoints, load_checkpoint
+from reslab.checkpoint import load_checkpoint
+from reslab.rundir import RunDir
 
 STEPS_PER_EPOCH = 8  # 64 images / batch 8
 EPOCHS = 3
@@ -86,7 +87,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, step: int, timeo
 
 
 def newest_step(run: Path) -> int:
-    return int(list_checkpoints(run / "checkpoints")[-1].stem.split("-")[1])
+    return int(RunDir(run).list_checkpoints()[-1].stem.split("-")[1])
 
 
 def assert_same_final_state(run: Path, reference: Path) -> None:
@@ -94,7 +95,7 @@ def assert_same_final_state(run: Path, reference: Path) -> None:
     a, b = load_file(str(run / "weights.safetensors")), load_file(str(reference / "weights.safetensors"))
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    x, y = (load_checkpoint(list_checkpoints(r / "checkpoints")[-1]) for r in (run, reference))
+    x, y = (load_checkpoint(RunDir(r).list_checkpoints()[-1]) for r in (run, reference))
     assert x["state"] == y["state"]
     for part in ("model", "ema"):
         assert [k for k in x[part] if not torch.equal(x[part][k], y[part][k])] == [], part
@@ -150,7 +151,7 @@ def test_sigterm_writes_checkpoint_and_resumes_cleanly(tmp_path: Path, reference
     stopped = int(out.split("stopped by SIGTERM at step ")[1].split("/")[0])
     assert f"Resume with: reslab train --resume {run}" in out
     assert newest_step(run) == stopped and stopped % STEPS_PER_EPOCH
-    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["state"]["batch_in_epoch"] == stopped
+    assert load_checkpoint(RunDir(run).list_checkpoints()[-1])["state"]["batch_in_epoch"] == stopped
 
     rc, out = finish(reslab("train", "--resume", str(run), cwd=tmp_path))
     assert rc == 0, out[-3000:]
@@ -184,16 +185,16 @@ IN_PROCESS = [
 
 def signal_during_evaluation(monkeypatch, *signals: signal.Signals) -> None:
     """Deliver `signals` to this process from inside the first evaluation (the end of epoch 0)."""
-    from reslab.train import loop
+    from reslab.train import trainer
 
-    real, pending = loop.evaluate, list(signals)
+    real, pending = trainer.evaluate, list(signals)
 
     def evaluate(*args, **kwargs):
         while pending:
             os.kill(os.getpid(), pending.pop(0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
 
 
 def test_stop_between_epochs_then_resume(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -209,7 +210,7 @@ def test_stop_between_epochs_then_resume(tmp_path: Path, monkeypatch, capsys) ->
     # The epoch is finished (evaluated, logged, checkpointed at its end), then the run stops.
     assert "stopped by SIGTERM at step 4/8" in err
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [4]
-    newest = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["state"]
+    newest = load_checkpoint(RunDir(run).list_checkpoints()[-1])["state"]
     assert (newest["step"], newest["epoch"], newest["batch_in_epoch"]) == (4, 1, 0)
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
     # On resume, runtime settings (threads) may change; anything else given is ignored, with a note.
@@ -246,11 +247,11 @@ def test_second_ctrl_c_quits_at_once(tmp_path: Path, monkeypatch, capsys) -> Non
 
 def test_an_ignored_sigint_stays_ignored(tmp_path: Path, monkeypatch) -> None:
     """nohup / background jobs: a SIGINT ignored by the parent is not turned into a stop request."""
-    from reslab.train.loop import _StopOnSignal
+    from reslab.train.signals import StopOnSignal
 
     outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with _StopOnSignal() as stop:
+        with StopOnSignal() as stop:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
             assert stop.pending == ""

@@ -324,7 +324,7 @@ def test_nan_loss_stops_at_that_step(tmp_path, capsys) -> None:
     checkpoints = sorted((run / "checkpoints").glob("ckpt-*.pt"))
     # The newest checkpoint is the last good step, written before the bad one, and it loads.
     assert checkpoints and int(checkpoints[-1].stem.split("-")[1]) == step
-    from reslab.train.checkpoint import load_checkpoint
+    from reslab.checkpoint import load_checkpoint
 
     assert load_checkpoint(checkpoints[-1])["state"]["step"] == step
 

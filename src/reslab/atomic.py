@@ -55,3 +55,18 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, sync_dir: b
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temp files (`.NAME.XXXX.tmp`) that a write killed mid-way left in `directory`.
+
+    Call it only where no other process is writing (at the start or resume of a run)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for stale in directory.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed

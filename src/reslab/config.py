@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from reslab import vocab
 from reslab.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -225,14 +226,14 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
 
 
 CHOICES = {
-    ("data", "dataset"): ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder", "synthetic"),
-    ("data", "split"): ("paper", "full"),
-    ("data", "normalize"): ("pixel-mean", "channel", "none"),
-    ("data", "augment"): ("none", "flip", "crop", "crop-flip", "scale", "rrc"),
-    ("optim", "name"): ("sgd", "adamw"),
-    ("schedule", "name"): ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau"),
-    ("train", "precision"): ("fp32", "bf16", "fp16"),
-    ("train", "on_nonfinite"): ("stop", "skip"),
+    ("data", "dataset"): vocab.DATASETS,
+    ("data", "split"): vocab.SPLIT_MODES,
+    ("data", "normalize"): vocab.NORMALIZE_KINDS,
+    ("data", "augment"): vocab.AUGMENT_KINDS + tuple(k for k in vocab.FOLDER_AUGMENT_KINDS if k != "none"),
+    ("optim", "name"): vocab.OPTIMIZERS,
+    ("schedule", "name"): vocab.SCHEDULES,
+    ("train", "precision"): vocab.PRECISIONS,
+    ("train", "on_nonfinite"): vocab.ON_NONFINITE,
 }
 
 
@@ -241,8 +242,8 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}; got {value!r}")
-    if cfg.model.shortcut is not None and cfg.model.shortcut not in ("A", "B", "C"):
-        raise ConfigError(f"model.shortcut must be A, B or C; got {cfg.model.shortcut!r}")
+    if cfg.model.shortcut is not None and cfg.model.shortcut not in vocab.SHORTCUTS:
+        raise ConfigError(f"model.shortcut must be one of {', '.join(vocab.SHORTCUTS)}; got {cfg.model.shortcut!r}")
     if (cfg.train.iterations > 0) == (cfg.train.epochs > 0):
         raise ConfigError(
             "set exactly one of train.iterations and train.epochs (the other 0); "

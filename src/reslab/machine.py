@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -15,3 +16,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Software and hardware of this process, for run summaries."""
+    import os
+    import sys
+
+    import torch
+
+    from reslab import __version__
+
+    return {
+        "reslab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }

@@ -5,12 +5,18 @@ Layout: the model's state dict under its own keys, the input normalisation as th
 (C, H, W) per pixel), and a JSON document in the safetensors metadata under "reslab" that names
 the architecture, the classes and how images were prepared. safetensors holds tensors and
 strings only, so loading one never runs code.
+
+`load_weights` returns a `Weights`: the model, its `WeightsMeta` and its `NormStats`, with the
+`Preprocess` record that every consumer (evaluation, predict, serve, export) prepares images by.
+Everything read from a file is checked before use: metadata types and ranges, tensor names and
+shapes against the architecture (built on the "meta" device first, so a file that claims a huge
+network allocates nothing), and the normalisation's shape and values.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +25,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from reslab.atomic import atomic_write_bytes
-from reslab.errors import CheckpointError
+from reslab.data.norm import NormStats
+from reslab.data.preprocess import Preprocess, check_resize
+from reslab.errors import CheckpointError, ReslabError
 from reslab.models import ResNet, create_model
+from reslab.models.registry import OPTIONS
+from reslab.rundir import RunDir
 
 FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+MEAN_KEY, STD_KEY = "_preprocess.mean", "_preprocess.std"
+
+# Bounds on what metadata may claim, far above any real network, so a small file cannot make
+# reslab allocate gigabytes before its tensors are compared with the architecture.
+MAX_CLASSES = 100_000
+MAX_INPUT_SIZE = 1024
+MAX_IN_CHANS = 16
+MAX_META_BYTES = 16 * 1024 * 1024  # of the JSON metadata (class names of 100k classes fit)
 
 
 @dataclass
@@ -36,15 +54,112 @@ class WeightsMeta:
     input_size: int = 32  # images are resized / cropped to input_size x input_size
     resize: str = "shorter-center-crop"  # how a photo of another size is brought to input_size
     dataset: str = ""  # what the weights were trained on
+    data_dir: str = ""  # where that dataset's files were ("" = the default search path)
     data_sha256: str = ""  # SHA-256 over the dataset's source files (train + test); "listing:..." for streamed trees
     # e.g. {"test_top1_error": 0.08, "eval_tta_flip": 1.0}; eval_tta_flip = 1.0 when the test
     # metrics averaged the logits of each image and its mirror (`reslab eval --tta flip`)
     metrics: dict[str, float] = field(default_factory=dict)
+    # how the metrics were measured: {"tta_flip": bool, "precision": "fp32", "channels_last": bool}
+    evaluation: dict[str, Any] = field(default_factory=dict)
     command: str = ""  # the command that produced them
     reslab_version: str = ""
 
+    @property
+    def tta_flip(self) -> bool:
+        """Whether the recorded metrics were measured with flip test-time augmentation."""
+        return bool(self.evaluation.get("tta_flip", self.metrics.get("eval_tta_flip", 0.0)))
 
-def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor) -> Path:
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's registry name ("imagefolder:/data/x" -> "imagefolder")."""
+        return self.dataset.split(":")[0].split()[0] if self.dataset.strip() else ""
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per output; ids where the file names none."""
+        return list(self.classes) + [str(i) for i in range(len(self.classes), self.num_classes)]
+
+    @classmethod
+    def from_json(cls, raw: str, where: str) -> WeightsMeta:
+        """Parse and check the "reslab" metadata; a CheckpointError names the field and the file."""
+        if len(raw) > MAX_META_BYTES:
+            raise CheckpointError(f"{where}: its reslab metadata is {len(raw):,} bytes, over {MAX_META_BYTES:,}")
+        try:
+            values = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{where} has damaged reslab metadata ({exc})") from None
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{where}: its reslab metadata is not a JSON object")
+        return cls.from_values(values, where)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], where: str) -> WeightsMeta:
+        """From a mapping of field values (unknown keys ignored), checked by `check`."""
+        missing = [k for k in ("model", "num_classes", "in_chans") if k not in values]
+        if missing:
+            raise CheckpointError(f"{where}: its reslab metadata lacks {', '.join(missing)}")
+        known = {f.name for f in fields(cls)}
+        meta = cls(**{k: v for k, v in values.items() if k in known})
+        meta.check(where)
+        return meta
+
+    def check(self, where: str) -> None:
+        """Types and ranges of every field, so later code may trust them."""
+
+        def bad(name: str, what: str) -> CheckpointError:
+            return CheckpointError(f"{where}: metadata {name}={getattr(self, name)!r} is not {what}")
+
+        def integer(name: str, low: int, high: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise bad(name, f"an integer in [{low}, {high}]")
+
+        if not isinstance(self.model, str) or not self.model:
+            raise bad("model", "a model name")
+        integer("num_classes", 1, MAX_CLASSES)
+        integer("in_chans", 1, MAX_IN_CHANS)
+        integer("input_size", 1, MAX_INPUT_SIZE)
+        if not isinstance(self.options, dict) or set(self.options) - set(OPTIONS):
+            raise bad("options", f"a mapping with keys among {', '.join(OPTIONS)}")
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise bad("classes", "a list of names")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise bad("classes", f"{self.num_classes} names (num_classes)")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in self.metrics.items()
+        ):
+            raise bad("metrics", "a mapping of names to numbers")
+        if not isinstance(self.evaluation, dict):
+            raise bad("evaluation", "a mapping")
+        for name in ("resize", "dataset", "data_dir", "data_sha256", "command", "reslab_version"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "a string")
+        try:
+            check_resize(self.resize, self.input_size)
+        except ReslabError as exc:
+            raise CheckpointError(f"{where}: metadata {exc}") from None
+
+
+@dataclass
+class Weights:
+    """A network with everything needed to use it: metadata, normalisation, where it came from."""
+
+    model: ResNet  # in eval mode
+    meta: WeightsMeta
+    stats: NormStats  # the uint8 -> float affine of its inputs
+    path: Path | None = None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How an image becomes this network's input (the single source of truth for every consumer)."""
+        return Preprocess(self.meta.in_chans, self.meta.input_size, self.meta.resize, self.stats)
+
+    def to(self, device: str | torch.device) -> Weights:
+        return Weights(self.model.to(device), self.meta, self.stats.to(device), self.path)
+
+
+def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta, stats: NormStats) -> Path:
     """Write weights atomically (see reslab.atomic)."""
     from reslab import __version__
 
@@ -52,65 +167,108 @@ def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta, mean: torch
     path.parent.mkdir(parents=True, exist_ok=True)
     meta.reslab_version = meta.reslab_version or __version__
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tensors["_preprocess.mean"] = mean.detach().to("cpu", torch.float32).contiguous()
-    tensors["_preprocess.std"] = std.detach().to("cpu", torch.float32).contiguous()
+    tensors[MEAN_KEY] = stats.mean.detach().to("cpu", torch.float32).contiguous()
+    tensors[STD_KEY] = stats.std.detach().to("cpu", torch.float32).contiguous()
     payload = save(tensors, metadata={"reslab": json.dumps(asdict(meta)), "format": str(FORMAT_VERSION)})
     atomic_write_bytes(path, payload)
     return path
 
 
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+
+
 def resolve_weights(source: str | Path) -> Path:
-    """A weights path from a file, a run directory (its best/final weights) or a shipped name."""
+    """A weights path from a file, a run directory (its weights.safetensors) or a shipped name."""
     path = Path(source)
     if path.is_dir():
-        for candidate in ("weights.safetensors", "final.safetensors"):
-            if (path / candidate).is_file():
-                return path / candidate
-        raise CheckpointError(f"{path} holds no weights.safetensors; is it a finished reslab run directory?")
+        run = RunDir(path)
+        if run.weights.is_file():
+            return run.weights
+        raise CheckpointError(f"{path} holds no {run.weights.name}; is it a finished reslab run directory?")
     if path.is_file():
         return path
     shipped = PRETRAINED_DIR / f"{source}.safetensors"
     if shipped.is_file():
         return shipped
-    names = sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
     raise CheckpointError(
         f"no weights at {source!r}: not a file, a run directory, or a shipped name "
-        f"(shipped: {', '.join(names) or 'none'})"
+        f"(shipped: {', '.join(shipped_names()) or 'none'})"
     )
 
 
-def read_meta(path: str | Path) -> WeightsMeta:
-    path = resolve_weights(path)
+def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]]]:
+    """(metadata, {tensor name: (dtype, shape)}) from the header, without reading any tensor."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("reslab")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
+            metadata = f.metadata() or {}
+            shapes = {}
+            for key in f.keys():
+                sliced = f.get_slice(key)
+                shapes[key] = (sliced.get_dtype(), list(sliced.get_shape()))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first})") from None
+    return metadata, shapes
+
+
+def read_meta(source: str | Path) -> WeightsMeta:
+    path = resolve_weights(source)
+    metadata, _ = _open(path)
+    raw = metadata.get("reslab")
     if raw is None:
         raise CheckpointError(f"{path} has no reslab metadata; for torchvision weights use --set model.pretrained=...")
+    return WeightsMeta.from_json(raw, str(path))
+
+
+def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, list[int]]]) -> None:
+    """The file's tensors against the architecture its metadata names, built on the meta device."""
+    for key in (MEAN_KEY, STD_KEY):
+        if key not in shapes:
+            raise CheckpointError(f"{path} lacks the tensor {key} (its input normalisation)")
+        dims = shapes[key][1]
+        if len(dims) != 3 or dims[0] != meta.in_chans or dims[1] > MAX_INPUT_SIZE or dims[2] > MAX_INPUT_SIZE:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(dims)}, expected ({meta.in_chans}, 1, 1) or (C, H, W)"
+            )
     try:
-        fields = json.loads(raw)
-        return WeightsMeta(**fields)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"{path} has damaged reslab metadata ({exc})") from exc
+        with torch.device("meta"):
+            skeleton = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
+    except ReslabError as exc:
+        raise CheckpointError(f"{path}: its metadata names a network reslab cannot build ({exc})") from None
+    expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k: dims for k, (_, dims) in shapes.items() if k not in (MEAN_KEY, STD_KEY)}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = [k for k in expected.keys() & stored.keys() if expected[k] != stored[k]]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what} {items[:3]}"
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", sorted(wrong)))
+            if items
+        )
+        raise CheckpointError(f"{path} does not match {meta.model} as its metadata describes it: {detail}")
 
 
-def load_weights(
-    source: str | Path, device: str | torch.device = "cpu"
-) -> tuple[ResNet, WeightsMeta, torch.Tensor, torch.Tensor]:
-    """(model in eval mode, meta, mean, std) from a weights file, run directory or shipped name."""
+def load_weights(source: str | Path, device: str | torch.device = "cpu") -> Weights:
+    """The `Weights` of a weights file, run directory or shipped name, checked (see the module docstring)."""
     path = resolve_weights(source)
-    meta = read_meta(path)
+    metadata, shapes = _open(path)
+    raw = metadata.get("reslab")
+    if raw is None:
+        raise CheckpointError(f"{path} has no reslab metadata; for torchvision weights use --set model.pretrained=...")
+    meta = WeightsMeta.from_json(raw, str(path))
+    _check_tensors(path, meta, shapes)
     try:
         tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc})") from exc
-    mean = tensors.pop("_preprocess.mean")
-    std = tensors.pop("_preprocess.std")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc})") from None
+    mean, std = tensors.pop(MEAN_KEY).float(), tensors.pop(STD_KEY).float()
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError(f"{path}: its normalisation holds non-finite values or a std <= 0")
     model = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match {meta.model}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"{path} does not match {meta.model}: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return model.to(device), meta, mean.to(device), std.to(device)
+    return Weights(model.to(device), meta, NormStats(mean, std).to(device), path)

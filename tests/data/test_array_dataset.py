@@ -10,7 +10,7 @@ from reslab.data import (
     convert_channels,
     load_dataset,
     make_synthetic,
-    resize_images,
+    resize_array,
     train_val_split,
 )
 from reslab.errors import DataError
@@ -68,8 +68,8 @@ def test_convert_channels_and_resize() -> None:
     with pytest.raises(DataError):
         convert_channels(red, 2)
     wide = torch.arange(4 * 8, dtype=torch.uint8).view(1, 1, 4, 8)
-    assert resize_images(wide, 4).shape == (1, 1, 4, 4)
-    assert torch.equal(resize_images(wide, 4)[0, 0], wide[0, 0, :, 2:6])  # same height: only the crop
+    assert resize_array(wide, 4).shape == (1, 1, 4, 4)
+    assert torch.equal(resize_array(wide, 4)[0, 0], wide[0, 0, :, 2:6])  # same height: only the crop
 
 
 def test_array_dataset_checks_types() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from reslab.data.norm import NormStats
 from reslab.models import create_model
 from reslab.weights import WeightsMeta, save_weights
 
@@ -53,7 +54,7 @@ def make_weights(
         dataset="random init (test)",
     )
     mean, std = (MEAN, STD) if in_chans == 3 else (MEAN[:1], STD[:1])
-    return save_weights(path, model, meta, mean, std)
+    return save_weights(path, model, meta, NormStats(mean, std))
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import torchvision.transforms as T
 from infer_testdata import BAD_FILES, BLUE, CORPUS_MAX_PIXELS, CYAN, GOOD_FILES, RED, two_halves
 from PIL import Image
 
+from reslab.data.decode import ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
+from reslab.data.preprocess import fit_image, load_image
 from reslab.errors import ConfigError, ReslabError
-from reslab.infer.decode import ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
-from reslab.infer.preprocess import fit_image, load_input
 
 
 def decode(corpus: Path, name: str, mode: str = "RGB") -> np.ndarray:
@@ -31,7 +31,7 @@ def png_bytes(img: Image.Image) -> bytes:
 @pytest.mark.parametrize("name", GOOD_FILES)
 @pytest.mark.parametrize("in_chans", [3, 1])
 def test_every_good_file_gives_an_input_tensor(corpus: Path, name: str, in_chans: int) -> None:
-    x = load_input(corpus / name, in_chans=in_chans, input_size=32, max_pixels=CORPUS_MAX_PIXELS)
+    x = load_image(corpus / name, in_chans=in_chans, input_size=32, max_pixels=CORPUS_MAX_PIXELS)
     assert x.dtype == torch.uint8 and x.shape == (in_chans, 32, 32)
 
 
@@ -47,7 +47,7 @@ def test_every_good_file_gives_an_input_tensor(corpus: Path, name: str, in_chans
 )
 def test_bad_files_raise_one_line_naming_the_file(corpus: Path, name: str, error: type, words: str) -> None:
     with pytest.raises(error) as info:
-        load_input(corpus / name, in_chans=3, input_size=32, max_pixels=CORPUS_MAX_PIXELS)
+        load_image(corpus / name, in_chans=3, input_size=32, max_pixels=CORPUS_MAX_PIXELS)
     message = str(info.value)
     assert isinstance(info.value, ReslabError)
     assert str(corpus / name) in message and words in message and "\n" not in message
@@ -123,7 +123,7 @@ def test_exif_orientation_is_applied(corpus: Path) -> None:
 
 
 def test_one_pixel_image_fills_the_input(corpus: Path) -> None:
-    x = load_input(corpus / "one_pixel.png", in_chans=3, input_size=32)
+    x = load_image(corpus / "one_pixel.png", in_chans=3, input_size=32)
     assert torch.equal(x, torch.tensor([10, 200, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
 
 

@@ -19,7 +19,8 @@ TOL = 1e-4  # max |logit diff| <= TOL * max(1, max |logit|)
 
 
 def pytorch_logits(weights: Path, x: torch.Tensor) -> np.ndarray:
-    model, _, _, _ = load_weights(weights)
+    _w = load_weights(weights)
+    model, _, _, _ = _w.model, _w.meta, _w.stats.mean, _w.stats.std
     with torch.inference_mode():
         return model(x).numpy()
 
@@ -64,8 +65,8 @@ def test_onnx_export_of_a_cifar_net_through_the_cli(
 
 
 def test_onnx_export_of_an_imagenet_net(imagenet_weights: Path, tmp_path: Path) -> None:
-    model, meta, mean, std = load_weights(imagenet_weights)
-    result = export_model(model, meta, mean, std, "onnx", tmp_path / "r18.onnx")
+    _w = load_weights(imagenet_weights)
+    result = export_model(_w, "onnx", tmp_path / "r18.onnx")
     assert "dynamo=True" in result.exporter
     for batch in (1, 7):
         x = torch.randn(batch, 3, 64, 64)
@@ -83,8 +84,8 @@ def test_onnx_falls_back_to_the_legacy_exporter(
         return real_export(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
-    model, meta, mean, std = load_weights(weights_file)
-    result = export_model(model, meta, mean, std, "onnx", tmp_path / "legacy.onnx")
+    _w = load_weights(weights_file)
+    result = export_model(_w, "onnx", tmp_path / "legacy.onnx")
     assert "dynamo=False" in result.exporter
     x = torch.randn(7, 3, 32, 32)
     check_close(run_onnx(result.path, x), pytorch_logits(weights_file, x))
@@ -92,8 +93,8 @@ def test_onnx_falls_back_to_the_legacy_exporter(
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_loads_back_and_matches(weights_file: Path, tmp_path: Path) -> None:
-    model, meta, mean, std = load_weights(weights_file)
-    result = export_model(model, meta, mean, std, "torchscript", tmp_path / "net.pt")
+    _w = load_weights(weights_file)
+    result = export_model(_w, "torchscript", tmp_path / "net.pt")
     files = {"reslab.json": ""}
     loaded = torch.jit.load(str(result.path), _extra_files=files)
     assert json.loads(files["reslab.json"])["classes"] == CLASSES
@@ -107,8 +108,8 @@ def test_exported_program_loads_back_and_matches(
     weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the default output is ./<model>.pt2
-    model, meta, mean, std = load_weights(weights_file)
-    result = export_model(model, meta, mean, std, "exported-program")
+    _w = load_weights(weights_file)
+    result = export_model(_w, "exported-program")
     assert result.path == Path("resnet20.pt2") and result.sidecar == Path("resnet20.pt2.json")
     loaded = torch.export.load(str(result.path)).module()
     for batch in (1, 7):
@@ -122,9 +123,9 @@ def test_unknown_format_and_a_failed_check_are_errors(
 ) -> None:
     import reslab.infer.export as export
 
-    model, meta, mean, std = load_weights(weights_file)
+    _w = load_weights(weights_file)
     with pytest.raises(ExportError, match="unknown export format"):
-        export_model(model, meta, mean, std, "tflite", tmp_path / "x")
+        export_model(_w, "tflite", tmp_path / "x")
 
     def fold_wrongly(net):  # an exporter-side bug: the written network differs from the model
         folded = fold_batchnorm(net)
@@ -133,4 +134,4 @@ def test_unknown_format_and_a_failed_check_are_errors(
 
     monkeypatch.setattr(export, "fold_batchnorm", fold_wrongly)
     with pytest.raises(ExportError, match="does not match PyTorch"):
-        export_model(model, meta, mean, std, "torchscript", tmp_path / "x.pt")
+        export_model(_w, "torchscript", tmp_path / "x.pt")

@@ -15,6 +15,8 @@ import torch
 from infer_testdata import MEAN, STD, randomize_batchnorm
 from torch import nn
 
+from reslab.data.norm import NormStats
+from reslab.data.preprocess import Preprocess
 from reslab.errors import InputShapeError
 from reslab.infer.fast import FastPredictor, fold_batchnorm, resolve_precision
 from reslab.models import create_model, model_info
@@ -40,6 +42,11 @@ FAMILIES = [
     ("resnext50_32x4d", {}, 32),  # resnext (grouped conv)
 ]
 COVERED = {model_info(name).family for name, _, _ in FAMILIES}
+
+
+def pre(mean: torch.Tensor, std: torch.Tensor, size: int = 32) -> Preprocess:
+    """The preprocessing of weights normalised by (mean, std)."""
+    return Preprocess(mean.shape[0], size, "shorter-center-crop", NormStats(mean, std))
 
 
 def build(name: str, options: dict, seed: int = 0) -> nn.Module:
@@ -71,7 +78,7 @@ def test_families_cover_the_registry_except_the_big_twins() -> None:
 def test_fp32_fast_path_matches_the_plain_network(name: str, options: dict, size: int) -> None:
     model = build(name, options)
     probe = model.conv1.weight.clone()
-    predictor = FastPredictor(model, MEAN, STD, precision="fp32")
+    predictor = FastPredictor(model, pre(MEAN, STD), precision="fp32")
 
     # Every BN that follows a conv is folded; pre-activation nets keep each block's leading BN
     # and the final BN, which follow an addition and so have no conv to fold into.
@@ -108,9 +115,9 @@ def test_fold_batchnorm_in_place_and_copy() -> None:
 def test_bf16_is_close_to_fp32(name: str, options: dict, size: int) -> None:
     model = build(name, options)
     u8 = images(16, size, seed=1)
-    fp32 = FastPredictor(model, MEAN, STD, precision="fp32")(u8)
+    fp32 = FastPredictor(model, pre(MEAN, STD), precision="fp32")(u8)
     with pytest.warns(UserWarning) if resolve_precision("auto") == "fp32" else nullcontext():
-        bf16 = FastPredictor(model, MEAN, STD, precision="bf16")(u8)
+        bf16 = FastPredictor(model, pre(MEAN, STD), precision="bf16")(u8)
     scale = max(1.0, fp32.abs().max().item())
     diff = (bf16 - fp32).abs().max().item()
     assert 0 < diff <= BF16_TOL * scale  # > 0: bf16 really ran
@@ -126,12 +133,12 @@ def test_grey_input_and_per_pixel_mean() -> None:
     u8 = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
         expected = model((u8 / 255.0 - mean) / std)
-    got = FastPredictor(model, mean, std, precision="fp32")(u8)
+    got = FastPredictor(model, pre(mean, std), precision="fp32")(u8)
     assert (got - expected).abs().max().item() <= FP32_TOL * max(1.0, expected.abs().max().item())
 
 
 def test_wrong_input_is_a_clear_error() -> None:
-    predictor = FastPredictor(create_model("resnet20"), MEAN, STD, precision="fp32")
+    predictor = FastPredictor(create_model("resnet20"), pre(MEAN, STD), precision="fp32")
     with pytest.raises(InputShapeError, match="uint8"):
         predictor(torch.zeros(1, 3, 32, 32))
     with pytest.raises(InputShapeError, match=r"\(B, 3, H, W\)"):
@@ -141,7 +148,7 @@ def test_wrong_input_is_a_clear_error() -> None:
 @pytest.mark.slow
 def test_compiled_fast_path_matches() -> None:
     model = build("resnet_cifar_8", {})  # the smallest net: compile time grows with the graph
-    predictor = FastPredictor(model, MEAN, STD, precision="fp32", compile=True, dynamic=False)
+    predictor = FastPredictor(model, pre(MEAN, STD), precision="fp32", compile=True, dynamic=False)
     u8 = images(4, 32)
     expected = reference_logits(model, u8)
     got = predictor(u8)

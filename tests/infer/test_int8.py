@@ -20,10 +20,11 @@ from infer_testdata import CLASSES, GOOD_FILES
 from PIL import Image
 
 from reslab.cli import main as reslab_main
+from reslab.data.norm import NormStats
+from reslab.data.preprocess import load_image
 from reslab.errors import CheckpointError
 from reslab.infer.backends import OnnxPredictor
 from reslab.infer.export import ExportError, export_model
-from reslab.infer.preprocess import load_input
 from reslab.weights import load_weights, save_weights
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -149,8 +150,9 @@ def test_serve_runs_an_onnx_file(
 
 def test_onnx_predictor_matches_the_exported_logits(exported: Path, weights_file: Path, corpus: Path) -> None:
     predictor = OnnxPredictor(exported / "resnet20.onnx")
-    model, _, mean, std = load_weights(weights_file)
-    x = torch.stack([load_input(corpus / n, in_chans=3, input_size=32) for n in ("image.bmp", "grey.png")])
+    _w = load_weights(weights_file)
+    model, _, mean, std = _w.model, _w.meta, _w.stats.mean, _w.stats.std
+    x = torch.stack([load_image(corpus / n, in_chans=3, input_size=32) for n in ("image.bmp", "grey.png")])
     with torch.inference_mode():
         expected = model((x / 255.0 - mean) / std)
     got = predictor(x)
@@ -167,21 +169,24 @@ def test_int8_export_with_dataset_calibration(
 
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
     written = write_cifar(tmp_path / "data", per_batch=8)  # 40 train, 8 test images
-    model, meta, mean, std = load_weights(weights_file)
-    data = calibration_set("cifar10", meta, data_dir=tmp_path / "data", images=16, verify=6)
+    _w = load_weights(weights_file)
+    model, meta, mean, std = _w.model, _w.meta, _w.stats.mean, _w.stats.std
+    data = calibration_set("cifar10", meta, _w.preprocess, data_dir=tmp_path / "data", images=16, verify=6)
     assert data.images.shape == (16, 3, 32, 32) and data.holdout.shape == (6, 3, 32, 32)
     train = torch.from_numpy(written["train_data"].reshape(-1, 3, 32, 32))
     test = torch.from_numpy(written["test_data"].reshape(-1, 3, 32, 32))
     assert all((train == img).all((1, 2, 3)).any() for img in data.images)  # training images ...
     assert all((test == img).all((1, 2, 3)).any() for img in data.holdout)  # ... checked on test ones
     # 6 held-out images of a random-weight net: one near-tie flip would be 17%, so no floor here
-    result = export_int8(exported / "resnet20.onnx", data, mean, std, out=tmp_path / "r20.int8.onnx", min_agreement=0)
+    result = export_int8(
+        exported / "resnet20.onnx", data, NormStats(mean, std), out=tmp_path / "r20.int8.onnx", min_agreement=0
+    )
     assert result.accuracy_fp32 is not None and result.accuracy_int8 is not None
     assert onnx_props(result.path)["reslab.precision"] == "int8"
     assert result.calibration == "16 cifar10 training images" and result.holdout == "6 cifar10 test images"
 
     meta.dataset = "cifar10"  # weights that record their dataset need no --calibration
-    save_weights(tmp_path / "cifar.safetensors", model, meta, mean, std)
+    save_weights(tmp_path / "cifar.safetensors", model, meta, NormStats(mean, std))
     assert (
         reslab_main(
             [
@@ -258,7 +263,9 @@ def test_low_agreement_rejects_and_removes_the_int8_file(
 ) -> None:
     from reslab.infer import quantize
 
-    _, _, mean, std = load_weights(weights_file)
+    _w = load_weights(weights_file)
+
+    _, _, mean, std = _w.model, _w.meta, _w.stats.mean, _w.stats.std
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = quantize.CalibrationSet(images[:4], images[4:], None, "4 images", "4 others")
     real_compare = quantize.compare_files
@@ -270,7 +277,7 @@ def test_low_agreement_rejects_and_removes_the_int8_file(
     out = tmp_path / "bad.int8.onnx"
     expected = r"rejected and removed: top-1 agreement .* 50\.00% .* below --min-agreement 97%"
     with pytest.raises(ExportError, match=expected):
-        quantize.export_int8(exported / "resnet20.onnx", data, mean, std, out=out)
+        quantize.export_int8(exported / "resnet20.onnx", data, NormStats(mean, std), out=out)
     assert not out.exists()
 
 
@@ -315,15 +322,19 @@ def test_shipped_weights_int8_matches_fp32_on_real_fashion_mnist(tmp_path: Path)
     accuracy within 0.05 points of fp32. The bounds catch a broken quantisation (u8 x s8 saturation
     in the stem measured 93.4% agreement and -3.5 points) without depending on the exact kernels."""
     from reslab.data import load_cached
-    from reslab.infer.quantize import calibration_set, export_int8, fit_dataset_images
+    from reslab.infer.quantize import calibration_set, export_int8
 
-    model, meta, mean, std = load_weights("wrn_10_2-fashion-mnist")
-    data = calibration_set(None, meta, data_dir=FMNIST, verify=500)  # the dataset recorded in the weights
+    _w = load_weights("wrn_10_2-fashion-mnist")
+
+    meta, mean, std = _w.meta, _w.stats.mean, _w.stats.std
+    data = calibration_set(
+        None, meta, _w.preprocess, data_dir=FMNIST, verify=500
+    )  # the dataset recorded in the weights
     assert data.source == "512 fashion-mnist training images"
-    fp32 = export_model(model, meta, mean, std, "onnx", tmp_path / "wrn.onnx")
-    int8 = export_int8(fp32.path, data, mean, std)
+    fp32 = export_model(_w, "onnx", tmp_path / "wrn.onnx")
+    int8 = export_int8(fp32.path, data, NormStats(mean, std))
     test = load_cached("fashion-mnist", "test", FMNIST)
-    images, labels = fit_dataset_images(test.images, meta), test.labels
+    images, labels = _w.preprocess.fit_array(test.images), test.labels
     assert len(images) == 10_000
     logits = {}
     for name, path in (("fp32", fp32.path), ("int8", int8.path)):

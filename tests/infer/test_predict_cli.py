@@ -15,9 +15,9 @@ import torch
 from infer_testdata import BAD_FILES, CLASSES, CORPUS_MAX_PIXELS, GOOD_FILES
 
 from reslab.cli import main as reslab_main
+from reslab.data.preprocess import load_image
 from reslab.infer.fast import FastPredictor
 from reslab.infer.predict import collect_images, format_csv, format_table, predict_files
-from reslab.infer.preprocess import load_input
 from reslab.weights import load_weights
 
 
@@ -80,8 +80,9 @@ def test_predict_table_globs_and_missing_files(weights_file: Path, corpus: Path,
     lines = captured.out.splitlines()
     assert lines[0].split() == ["file", "rank", "class", "probability"] and len(lines) == 1 + 3 * 2
     assert lines[5].split()[0] == str(corpus / "one_pixel.png")  # the glob's match
-    model, meta, mean, std = load_weights(weights_file)
-    x = torch.stack([load_input(f, in_chans=3, input_size=32) for f in files])
+    _w = load_weights(weights_file)
+    model, mean, std = _w.model, _w.stats.mean, _w.stats.std
+    x = torch.stack([load_image(f, in_chans=3, input_size=32) for f in files])
     with torch.inference_mode():
         probs = torch.softmax(model((x / 255.0 - mean) / std), dim=1)
     best = probs.argmax(1)
@@ -91,8 +92,9 @@ def test_predict_table_globs_and_missing_files(weights_file: Path, corpus: Path,
 
 
 def test_predict_files_in_process_keeps_order_and_errors(weights_file: Path, corpus: Path) -> None:
-    model, meta, mean, std = load_weights(weights_file)
-    predictor = FastPredictor(model, mean, std, precision="fp32")
+    _w = load_weights(weights_file)
+    model, meta = _w.model, _w.meta
+    predictor = FastPredictor(model, _w.preprocess, precision="fp32")
     files = collect_images([str(corpus / "text.jpg"), str(corpus / "one_pixel.png"), str(corpus / "gone.png")])
     out = list(predict_files(predictor, meta, files, batch_size=2, k=20))
     assert [Path(p.file).name for p in out] == ["text.jpg", "one_pixel.png", "gone.png"]

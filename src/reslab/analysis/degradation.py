@@ -48,7 +48,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     exp.start()
     nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in sorted(set(s.depths))]
     specs = [plan.spec(model, seed) for _, _, model in nets for seed in range(s.seeds)]
-    runs, states = train_experiment(exp, specs, execution.parallel)
+    runs, states = train_experiment(exp, specs, execution)
     train_images = min(training_error_curve(r.path, s.train_images)["images"] for r in runs)
     write_run_reports(runs)
 
@@ -185,10 +185,10 @@ def _net_stats(group: list[Run]) -> dict:
     tm, ts = mean_std(train_final)
     em, es = mean_std(test_final)
     params = None
-    if group and (group[0].path / "weights.safetensors").is_file():
+    if group and group[0].dir.weights.is_file():
         from reslab.weights import load_weights
 
-        params = sum(p.numel() for p in load_weights(group[0].path)[0].parameters())
+        params = sum(p.numel() for p in load_weights(group[0].path).model.parameters())
     return {
         "train_error_mean": tm,
         "train_error_std": ts,

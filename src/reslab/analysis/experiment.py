@@ -22,13 +22,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from reslab.analysis.runs import run_state
 from reslab.errors import ConfigError, DataError, ReslabError
+from reslab.rundir import RunDir
 
 EXPERIMENT_FILE = "experiment.json"
 DEFAULT_ROOT = Path("runs") / "reproduce"
@@ -71,6 +72,11 @@ class Execution:
     parallel: int = 1  # training runs at once, each in its own process
     workers: int = 2  # DataLoader workers (imagenet-table)
     device: str = "auto"  # device for evaluations (auto: cuda if available)
+    # How a run trains in this process: train(cfg, run_dir, resume=...) -> summary and
+    # resolve_resume(run_dir, overrides) -> cfg, from reslab.train.loop. The command line passes
+    # them in; the analysis does not import the training package.
+    train: Callable[..., dict[str, Any]] | None = None
+    resolve_resume: Callable[..., Any] | None = None
 
 
 def available_cores() -> int:
@@ -169,9 +175,10 @@ class RunSpec:
         return shlex.join(["reslab", *self.train_args(run_dir)])
 
 
-def train_runs(specs: list[RunSpec], runs_dir: Path, parallel: int = 1) -> dict[str, str]:
+def train_runs(specs: list[RunSpec], runs_dir: Path, execution: Execution) -> dict[str, str]:
     """Train what is not finished yet; returns {run name: state before this call}."""
-    states = {s.name: run_state(runs_dir / s.name) for s in specs}
+    parallel = execution.parallel
+    states = {s.name: RunDir(runs_dir / s.name).state() for s in specs}
     counts = {k: sum(v == k for v in states.values()) for k in ("finished", "partial", "new")}
     print(
         f"{len(specs)} runs: {counts['finished']} finished (reused), {counts['partial']} to resume, "
@@ -182,7 +189,7 @@ def train_runs(specs: list[RunSpec], runs_dir: Path, parallel: int = 1) -> dict[
     if parallel > 1 and len(todo) > 1:
         _train_in_subprocesses(todo, runs_dir, states, parallel)
     else:
-        _train_here(todo, runs_dir, states)
+        _train_here(todo, runs_dir, states, execution)
     return states
 
 
@@ -193,9 +200,12 @@ def _fresh(run_dir: Path) -> None:
     run_dir.mkdir(parents=True)
 
 
-def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str]) -> None:
+def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], execution: Execution) -> None:
     from reslab.config import load_config
-    from reslab.train.loop import resolve_resume, train
+
+    train, resolve_resume = execution.train, execution.resolve_resume
+    if train is None or resolve_resume is None:
+        raise RuntimeError("Execution.train and Execution.resolve_resume are needed to train in this process")
 
     failed = []
     for spec in todo:
@@ -238,13 +248,13 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                 else:
                     _fresh(run_dir)
                     args = [*spec.train_args(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
-                log = open(run_dir / "train.log", "ab")
+                log = open(RunDir(run_dir).train_log, "ab")
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "reslab", *args], stdout=log, stderr=subprocess.STDOUT, env=env
                 )
                 running.append((spec, proc, log))
                 print(
-                    f"started {spec.name}: pid {proc.pid}, {threads} thread(s), log {run_dir / 'train.log'}",
+                    f"started {spec.name}: pid {proc.pid}, {threads} thread(s), log {RunDir(run_dir).train_log}",
                     file=sys.stderr,
                 )
             time.sleep(0.2)
@@ -257,7 +267,7 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                 if proc.returncode == 3:  # stopped by a signal after writing a checkpoint
                     stopped.append(spec.name)
                 elif proc.returncode != 0:
-                    tail = (runs_dir / spec.name / "train.log").read_text(errors="replace").strip().splitlines()
+                    tail = RunDir(runs_dir / spec.name).train_log.read_text(errors="replace").strip().splitlines()
                     failed.append(f"{spec.name} (exit {proc.returncode}: {tail[-1] if tail else 'no output'})")
                 else:
                     print(f"finished {spec.name}", file=sys.stderr)

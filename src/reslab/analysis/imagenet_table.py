@@ -19,12 +19,10 @@ from reslab.analysis import paper
 from reslab.analysis.experiment import Execution, ExperimentDir
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import pct
-from reslab.data import NormStats, make_folder_loader
+from reslab.device import resolve_device
 from reslab.errors import ConfigError, DataError
-from reslab.evaluate import ten_crop_predict
 from reslab.models import model_info
-from reslab.train.engine import evaluate
-from reslab.weights import load_weights, resolve_weights
+from reslab.weights import resolve_weights
 
 NAME = "imagenet-table"
 DEFAULT_DATA = "imagefolder"
@@ -50,37 +48,27 @@ def parse_weights(items: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
-def _on_device(loader, device: torch.device):
-    for x, y in loader:
-        yield x.to(device), y.to(device)
+def evaluate_weights_file(
+    path: Path, root: Path, mode: str, batch_size: int, workers: int, device: torch.device
+) -> dict:
+    """1-crop or 10-crop top-1/top-5 of one weights file on root/val, streamed by DataLoader workers."""
+    from reslab.data.folder import list_image_files
+    from reslab.data.sources import DataSource
+    from reslab.evaluation import EvalPlan, evaluate_weights
+    from reslab.weights import load_weights
 
-
-def evaluate_weights(path: Path, root: Path, mode: str, batch_size: int, workers: int, device: torch.device) -> dict:
-    model, meta, mean, std = load_weights(path, device)
-    if mean.shape[1:] != (1, 1):
-        raise ConfigError(
-            f"{path} normalises per pixel ({tuple(mean.shape)}); crops of full-size images need "
-            "per-channel statistics (weights trained with data.normalize=channel)"
-        )
-    loader = make_folder_loader(
-        root,
-        "test",
-        batch_size=batch_size,
-        train=False,
-        image_size=meta.input_size,
-        workers=workers,
-        eval_mode=MODES[mode],
-        stats=NormStats(mean.cpu(), std.cpu()),
-    )
-    classes = loader.dataset.classes
+    weights = load_weights(path)
+    meta = weights.meta
+    classes = list_image_files(root, "test")[1]
     if len(classes) != meta.num_classes or (meta.classes and list(meta.classes) != list(classes)):
         raise DataError(
             f"{path} predicts {meta.num_classes} classes but {root} has {len(classes)} class folders"
             + ("" if len(classes) != meta.num_classes else " with other names")
             + "; evaluate on the dataset the weights were trained for"
         )
-    predict = ten_crop_predict(model) if mode == "10-crop" else None
-    m = evaluate(model, _on_device(loader, device), meta.num_classes, device=device, predict=predict)
+    source = DataSource("imagefolder", data_dir=str(root), in_memory=False, workers=workers)
+    plan = EvalPlan(source, part="test", eval_mode=MODES[mode], batch_size=batch_size)
+    m = evaluate_weights(weights, plan, device)
     return {
         "top1_error": m["top1_error"],
         "top5_error": m["top5_error"],
@@ -114,8 +102,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
             "set sorted into class folders)"
         )
     exp.start()
-    device = execution.device
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(execution.device)
     evals_dir = exp.path / "evals"
     evals_dir.mkdir(parents=True, exist_ok=True)
     rows, table = [], []
@@ -135,7 +122,10 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
             print(f"evaluating {label} ({path}) on {root}/val: 1-crop and 10-crop", flush=True)
             saved = {
                 "key": key,
-                **{mode: evaluate_weights(path, root, mode, s.batch_size, execution.workers, dev) for mode in MODES},
+                **{
+                    mode: evaluate_weights_file(path, root, mode, s.batch_size, execution.workers, dev)
+                    for mode in MODES
+                },
             }
             cache.write_text(json.dumps(saved, indent=1))
         ref = _paper_row(meta_model, options)

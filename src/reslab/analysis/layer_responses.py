@@ -24,7 +24,8 @@ from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
 from reslab.analysis.training_experiment import claims_section, not_reproduced_reasons
 from reslab.config import config_from_dict
-from reslab.data import InMemoryBatches, NormStats, load_cached
+from reslab.data.batches import InMemoryBatches
+from reslab.data.sources import DataSource, fit_arrays
 from reslab.errors import ConfigError
 from reslab.models import ResNet, model_info
 from reslab.weights import load_weights
@@ -85,15 +86,15 @@ def layer_response_stds(model: ResNet, batches) -> list[float]:
 
 
 def run_responses(run: Run, images: int) -> list[float]:
-    model, meta, mean, std = load_weights(run.path)
+    """Layer responses of a finished run's weights on its first `images` test images, prepared as
+    the run evaluated them."""
+    weights = load_weights(run.path)
     cfg = config_from_dict(run.config)
-    d = cfg.data
-    test = load_cached(
-        d.dataset, "test", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size, synthetic_size=d.synthetic_size
-    )
+    source = DataSource.from_config(cfg.data, cfg.train.seed)
+    test = fit_arrays(source.arrays("test"), weights.preprocess)
     test = test.subset(torch.arange(min(images, len(test))))
-    batches = InMemoryBatches(test, 250, train=False, stats=NormStats(mean, std)).epoch(0)
-    return layer_response_stds(model, batches)
+    batches = InMemoryBatches(test, 250, train=False, stats=weights.stats).epoch(0)
+    return layer_response_stds(weights.model, batches)
 
 
 def net_label(model: str) -> tuple[str, bool, int]:
@@ -115,7 +116,7 @@ def find_runs(exp: ExperimentDir) -> list[Run]:
             )
         dirs = expand_run_dirs([str(source)])
     runs = [load_run(d) for d in dirs]
-    done = [r for r in runs if (r.path / "weights.safetensors").is_file()]
+    done = [r for r in runs if r.dir.weights.is_file()]
     if not done:
         raise ConfigError(
             f"none of the {len(runs)} run(s) is finished (no weights.safetensors); finish them "

@@ -1,8 +1,8 @@
 """Reading finished (or half-finished) training runs: config, metrics curves, summary.
 
-A run directory is what `reslab.train.loop.train` writes (config.yaml, metrics.jsonl,
-checkpoints/, weights.safetensors, summary.json). The analysis adds train_error.json (the
-training-set error curve evaluated from checkpoints, see `train_error.py`) and a per-run report.
+A run directory (`reslab.rundir.RunDir`) is what training writes; the analysis adds
+train_error.json (the training-set error curve evaluated from checkpoints, see `train_error.py`)
+and a per-run report. Files are named by `RunDir` only.
 """
 
 from __future__ import annotations
@@ -11,40 +11,15 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Any
 
 from reslab.errors import DataError
-
-RunState = Literal["finished", "partial", "new"]
-TRAIN_ERROR_FILE = "train_error.json"
+from reslab.rundir import RunDir, RunState
 
 
 def run_state(run_dir: Path) -> RunState:
     """finished: summary.json exists; partial: checkpoints to resume from; new: anything else."""
-    if (run_dir / "summary.json").is_file():
-        return "finished"
-    ckpt_dir = run_dir / "checkpoints"
-    if ckpt_dir.is_dir() and any(ckpt_dir.glob("ckpt-*.pt")):
-        return "partial"
-    return "new"
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records by step. A resumed run may have logged a step twice (evaluations after
-    its last checkpoint are repeated); the later record wins."""
-    by_step: dict[int, dict[str, Any]] = {}
-    if not path.is_file():
-        return []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            by_step[int(record["step"])] = {**by_step.get(int(record["step"]), {}), **record}
-    return [by_step[s] for s in sorted(by_step)]
+    return RunDir(run_dir).state()
 
 
 @dataclass
@@ -72,6 +47,10 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
 
     @property
     def model(self) -> str:
@@ -107,7 +86,7 @@ class Run:
     def train_error_curve(self) -> tuple[Curve, str]:
         """The training error curve and what it is: the training-set error evaluated from
         checkpoints (train_error.json) when present, else the running error of each epoch."""
-        path = self.path / TRAIN_ERROR_FILE
+        path = self.dir.train_error
         if path.is_file():
             data = json.loads(path.read_text())
             return Curve(data["steps"], data["train_top1_error"]), (
@@ -119,20 +98,17 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Read a run directory; a DataError says what is missing."""
     path = Path(path)
+    run = RunDir(path)
     if not path.is_dir():
         raise DataError(f"{path}: no such run directory")
-    config_path = path / "config.yaml"
-    if not config_path.is_file():
+    if not run.config.is_file():
         hint = (
             " (an experiment directory: pass its runs/*, or the directory itself to `reslab report`)"
             if (path / "experiment.json").is_file()
             else ""
         )
-        raise DataError(f"{path} is not a reslab run directory: it has no config.yaml{hint}")
-    config = yaml.safe_load(config_path.read_text())
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return Run(path, config, read_metrics(path / "metrics.jsonl"), summary)
+        raise DataError(f"{path} is not a reslab run directory: it has no {run.config.name}{hint}")
+    return Run(path, run.read_config(), run.read_metrics(), run.read_summary())
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -44,7 +44,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     depths = sorted(set(s.depths))
     models = {d: cifar_model(d, residual=True) for d in depths}
     specs = [plan.spec(models[d], seed) for d in depths for seed in range(s.seeds)]
-    runs, states = train_experiment(exp, specs, execution.parallel)
+    runs, states = train_experiment(exp, specs, execution)
     write_run_reports(runs)
     synthetic = any(r.synthetic for r in runs)
 
@@ -138,7 +138,7 @@ def _our_numbers(group: list[Run]) -> dict:
     """One depth's runs: test error mean +- std over seeds, parameters, mean test curve."""
     errors = [r.final["test_top1_error"] for r in group if "test_top1_error" in r.final]
     mean, std = mean_std(errors)
-    params = sum(p.numel() for p in load_weights(group[0].path)[0].parameters())
+    params = sum(p.numel() for p in load_weights(group[0].path).model.parameters())
     return {
         "model": group[0].model,
         "seeds": len(errors),

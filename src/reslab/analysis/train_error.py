@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from reslab.analysis.runs import TRAIN_ERROR_FILE
+from reslab.checkpoint import read_checkpoint
 from reslab.config import config_from_dict
-from reslab.data import InMemoryBatches, NormStats, load_cached, train_val_split
 from reslab.data.array_dataset import ArrayDataset
-from reslab.train import checkpoint as ckpt
-from reslab.train.engine import evaluate
+from reslab.data.batches import InMemoryBatches
+from reslab.data.sources import DataSource, fit_arrays
+from reslab.evaluation import evaluate
+from reslab.rundir import RunDir
 from reslab.weights import load_weights
 
 SUBSET_SEED = 1234  # which training images form the fixed subset (the same for every run)
@@ -30,46 +30,34 @@ SUBSET_SEED = 1234  # which training images form the fixed subset (the same for 
 
 def training_subset(run_dir: Path, images: int) -> ArrayDataset:
     """`images` fixed, seeded training images of the split the run trained on."""
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    d = cfg.data
-    train = load_cached(
-        d.dataset, "train", d.data_dir, cache_dir=d.cache_dir, image_size=d.image_size, synthetic_size=d.synthetic_size
-    )
-    if d.split == "paper":
-        train, _ = train_val_split(train, d.val_size, seed=cfg.train.seed)
+    run = RunDir(run_dir)
+    cfg = config_from_dict(run.read_config())
+    train = DataSource.from_config(cfg.data, cfg.train.seed).arrays("train")
     n = min(images, len(train))
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
     return train.subset(pick)
 
 
-def _state_dict(payload: dict) -> dict[str, torch.Tensor]:
-    """The weights the run evaluates with: the EMA copy when there is one (as the loop does)."""
-    if "ema" in payload:
-        return {k[len("module.") :]: v for k, v in payload["ema"].items() if k.startswith("module.")}
-    return payload["model"]
-
-
 def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str | torch.device = "cpu") -> dict:
     """Evaluate every checkpoint of a finished run on the training subset; write and return
     {"images", "steps", "train_top1_error"}. A curve already written is reused."""
-    out = run_dir / TRAIN_ERROR_FILE
-    if out.is_file():
-        return json.loads(out.read_text())
-    model, meta, mean, std = load_weights(run_dir / "weights.safetensors", device)
-    subset = training_subset(run_dir, images)
-    batches = InMemoryBatches(subset, 256, train=False, stats=NormStats(mean.cpu(), std.cpu()), device=device)
-    ckpt_dir = run_dir / "checkpoints"
+    run = RunDir(run_dir)
+    if run.train_error.is_file():
+        return json.loads(run.train_error.read_text())
+    weights = load_weights(run.weights, device)
+    subset = fit_arrays(training_subset(run.path, images), weights.preprocess)
+    batches = InMemoryBatches(subset, 256, train=False, stats=weights.stats, device=device)
     steps, errors = [], []
-    paths = ckpt.list_checkpoints(ckpt_dir)
+    paths = run.list_checkpoints()
     print(
-        f"  {run_dir.name}: training error of {len(paths)} checkpoints on {len(subset)} training images",
+        f"  {run.name}: training error of {len(paths)} checkpoints on {len(subset)} training images",
         file=sys.stderr,
     )
     for path in paths:
-        payload = ckpt.load_checkpoint(path)
-        model.load_state_dict(_state_dict(payload))
-        m = evaluate(model, batches.epoch(0), meta.num_classes, device=torch.device(device))
-        steps.append(int(payload["state"]["step"]))
+        checkpoint = read_checkpoint(path)
+        weights.model.load_state_dict(checkpoint.eval_state_dict())
+        m = evaluate(weights.model, batches.epoch(0), weights.meta.num_classes, device=torch.device(device))
+        steps.append(checkpoint.step)
         errors.append(m["top1_error"])
     result = {
         "images": len(subset),
@@ -78,8 +66,7 @@ def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str 
         "what": "top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
         "evaluated from the checkpoint written at each step",
     }
-    out.write_text(json.dumps(result, indent=1))
+    run.train_error.write_text(json.dumps(result, indent=1))
     for old in paths[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        run.remove_checkpoint(old)
     return result

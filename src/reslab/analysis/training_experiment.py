@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from reslab.analysis.experiment import ExperimentDir, RunSpec, train_runs
+from reslab.analysis.experiment import Execution, ExperimentDir, RunSpec, train_runs
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.analysis.plan import TrainingPlan
 from reslab.analysis.report_page import Page
@@ -20,11 +20,13 @@ TORCHRUN_NOTE = (
 )
 
 
-def train_experiment(exp: ExperimentDir, specs: list[RunSpec], parallel: int) -> tuple[list[Run], dict[str, str]]:
+def train_experiment(
+    exp: ExperimentDir, specs: list[RunSpec], execution: Execution
+) -> tuple[list[Run], dict[str, str]]:
     """Train (or reuse, or resume) every run; write each run's own report; read them back."""
     exp.record["runs"] = {s.name: s.command(exp.runs_dir / s.name) for s in specs}
     exp.save()
-    states = train_runs(specs, exp.runs_dir, parallel)
+    states = train_runs(specs, exp.runs_dir, execution)
     runs = [load_run(exp.runs_dir / s.name) for s in specs]
     return runs, states
 

@@ -5,69 +5,36 @@ Small images (CIFAR, MNIST, Fashion-MNIST, small ImageFolder trees) take the fas
     train, val = train_val_split(ds, 5000, seed=0)          # the paper's 45k / 5k split
     batches = InMemoryBatches(train, 128, train=True, device="cuda")
     for images, labels in batches.epoch(epoch): ...
-Large ImageFolder trees (ImageNet) go through `make_folder_loader`, which decodes in workers.
+Large ImageFolder trees (ImageNet) go through `folder_batches.FolderBatches`, which decodes in
+workers. `sources.DataSource` says which of the two a run uses, for training and every evaluation.
 """
 
-from reslab.data.array_dataset import ArrayDataset, convert_channels, resize_images, train_val_split
+from reslab.data.array_dataset import ArrayDataset, convert_channels, train_val_split
 from reslab.data.batches import (
-    AUGMENT_KINDS,
     InMemoryBatches,
     draw_augmentation,
     normalize_crop_flip,
 )
 from reslab.data.cache import default_cache_dir, load_cached
-from reslab.data.datasets import DATASET_NAMES, load_dataset, make_synthetic, source_files
-from reslab.data.norm import NORMALIZE_KINDS, NormStats, compute_norm_stats
-
-# The folder loader needs torchvision (about 2 s to import); load it only when asked for.
-_LAZY = {
-    "make_folder_loader": "folder_loader",
-    "set_folder_epoch": "folder_loader",
-    "IMAGENET_MEAN": "folder_transforms",
-    "IMAGENET_STD": "folder_transforms",
-    "Lighting": "folder_transforms",
-    "MultiScale": "folder_transforms",
-    "RandomShorterSideResize": "folder_transforms",
-    "eval_transform": "folder_transforms",
-    "imagenet_norm_stats": "folder_transforms",
-    "train_transform": "folder_transforms",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"reslab.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'reslab.data' has no attribute {name!r}")
-
+from reslab.data.datasets import load_dataset, make_synthetic, source_files
+from reslab.data.norm import NormStats, compute_norm_stats
+from reslab.data.preprocess import Preprocess, load_image, resize_array
 
 __all__ = [
-    "AUGMENT_KINDS",
-    "DATASET_NAMES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "NORMALIZE_KINDS",
     "ArrayDataset",
     "InMemoryBatches",
-    "Lighting",
-    "MultiScale",
     "NormStats",
-    "RandomShorterSideResize",
     "compute_norm_stats",
     "convert_channels",
     "default_cache_dir",
     "draw_augmentation",
-    "eval_transform",
-    "imagenet_norm_stats",
     "load_cached",
     "load_dataset",
-    "make_folder_loader",
     "make_synthetic",
     "normalize_crop_flip",
-    "resize_images",
-    "set_folder_epoch",
+    "resize_array",
+    "Preprocess",
+    "load_image",
     "source_files",
-    "train_transform",
     "train_val_split",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from reslab.errors import DataError
 
@@ -17,8 +16,8 @@ from reslab.errors import DataError
 # here matches the same PNG turned grey by PIL.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-# Images resized per chunk so that the float copy stays small (chunk * C * H * W * 4 bytes).
-_RESIZE_CHUNK = 1024
+# Images converted per chunk so that the float copy stays small (chunk * C * H * W * 4 bytes).
+_CHUNK = 1024
 
 
 @dataclass
@@ -90,28 +89,8 @@ def convert_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
     if channels == 3 and in_chans == 1:
         weights = torch.tensor(_LUMA_WEIGHTS).view(1, 3, 1, 1)
         grey = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
-        for start in range(0, len(images), _RESIZE_CHUNK):
-            chunk = images[start : start + _RESIZE_CHUNK].float()
-            grey[start : start + _RESIZE_CHUNK] = (chunk * weights).sum(1, keepdim=True).round_()
+        for start in range(0, len(images), _CHUNK):
+            chunk = images[start : start + _CHUNK].float()
+            grey[start : start + _CHUNK] = (chunk * weights).sum(1, keepdim=True).round_()
         return grey
     raise DataError(f"cannot convert {channels}-channel images to {in_chans} channels; use 1 or 3")
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, H, W) uint8 -> (N, C, size, size) uint8: shorter side to `size`, then centre crop.
-
-    Bilinear with antialiasing, computed in float and rounded back; chunked to bound memory.
-    """
-    n, c, h, w = images.shape
-    if h == size and w == size:
-        return images
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    out = torch.empty((n, c, size, size), dtype=torch.uint8)
-    for start in range(0, n, _RESIZE_CHUNK):
-        chunk = images[start : start + _RESIZE_CHUNK].float()
-        resized = F.interpolate(chunk, size=(new_h, new_w), mode="bilinear", antialias=True)
-        crop = resized[:, :, top : top + size, left : left + size]
-        out[start : start + _RESIZE_CHUNK] = crop.round_().clamp_(0, 255)
-    return out

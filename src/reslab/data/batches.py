@@ -30,11 +30,11 @@ from typing import Literal
 import torch
 
 from reslab.data.array_dataset import ArrayDataset
-from reslab.data.norm import NORMALIZE_KINDS, Normalize, NormStats, compute_norm_stats
+from reslab.data.norm import Normalize, NormStats, compute_norm_stats
 from reslab.errors import ConfigError
+from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS
 
 Augment = Literal["none", "flip", "crop", "crop-flip"]
-AUGMENT_KINDS = ("none", "flip", "crop", "crop-flip")
 
 _SEED_STRIDE = 1_000_003  # a prime; mixes (seed, epoch, ...) into one generator seed
 _SEED_MODULUS = 2**63  # manual_seed takes a 64-bit value
@@ -155,6 +155,7 @@ class InMemoryBatches:
         self.dtype = dtype
         self.channels_last = channels_last
         self.name = ds.name
+        self.classes = list(ds.classes)
         # Moved once; on the CPU a memory-mapped cache stays memory-mapped.
         self.images = ds.images.to(self.device)  # (N, C, H, W) uint8
         self.labels = ds.labels.to(self.device)  # (N,) int64

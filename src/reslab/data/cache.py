@@ -35,14 +35,18 @@ from reslab.data.datasets import Split, load_dataset, source_files
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the layout or the decoding changes, to invalidate old entries
+# Bumped when the layout or the decoding changes, to invalidate old entries. 2: one decoder and
+# resize rule for files and arrays (reslab.data.preprocess).
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RESLAB_CACHE_DIR", "~/.cache/reslab")).expanduser()
 
 
-def cache_key(name: str, split: Split, files: list[Path], image_size: int | None, in_chans: int | None) -> str:
+def cache_key(
+    name: str, split: Split, files: list[Path], image_size: int | None, in_chans: int | None, resize: str
+) -> str:
     """A hex digest of everything that decides the decoded tensors."""
     described = []
     for path in files:
@@ -54,6 +58,7 @@ def cache_key(name: str, split: Split, files: list[Path], image_size: int | None
         "split": split,
         "image_size": image_size,
         "in_chans": in_chans,
+        "resize": resize if image_size is not None else None,
         "files": described,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
@@ -125,6 +130,7 @@ def load_cached(
     image_size: int | None = None,
     in_chans: int | None = None,
     synthetic_size: int = 512,
+    resize: str = "shorter-center-crop",
 ) -> ArrayDataset:
     """`load_dataset` with a memory-mapped uint8 cache in front (see the module docstring).
 
@@ -141,12 +147,12 @@ def load_cached(
         )
     files = source_files(name, split, data_dir, download=download)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    stem = cache_stem(cache_root, name, split, cache_key(name, split, files, image_size, in_chans))
+    stem = cache_stem(cache_root, name, split, cache_key(name, split, files, image_size, in_chans, resize))
     cached = open_cache(stem)
     if cached is not None:
         log.info("%s %s: memory-mapped from cache %s", name, split, stem)
         return cached
-    ds = load_dataset(name, split, data_dir, image_size=image_size, in_chans=in_chans)
+    ds = load_dataset(name, split, data_dir, image_size=image_size, in_chans=in_chans, resize=resize)
     try:
         save_cache(ds, stem)
     except OSError as err:  # a read-only or full disk costs speed next time, never this run

@@ -11,21 +11,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from reslab.data.array_dataset import ArrayDataset, convert_channels, resize_images
+from reslab.data.array_dataset import ArrayDataset, convert_channels
 from reslab.data.cifar import CIFAR_LAYOUTS, find_cifar_files, load_cifar
 from reslab.data.folder import list_image_files, load_image_folder
 from reslab.data.idx import IDX_VARIANTS, find_idx_files, load_idx_dataset
+from reslab.data.preprocess import resize_array
 from reslab.errors import DataError
+from reslab.vocab import DATASETS
 
 Split = Literal["train", "test"]
 
-DATASET_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder", "synthetic")
 
 # `data_dir=None` means $RESLAB_DATA_DIR, else ./data (torchvision's habit; ignored by git).
 DEFAULT_DATA_DIR = Path("data")
@@ -41,8 +43,8 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def check_name(name: str) -> None:
-    if name not in DATASET_NAMES:
-        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
 def check_split(split: str) -> None:
@@ -103,14 +105,16 @@ def load_dataset(
     image_size: int | None = None,
     in_chans: int | None = None,
     synthetic_size: int = 512,
+    resize: str = "shorter-center-crop",
 ) -> ArrayDataset:
     """Decode dataset `name` ("train" or "test" split) into memory.
 
     data_dir:       where the files are; None means $RESLAB_DATA_DIR or ./data. Fashion-MNIST
                     is also looked for in Debian's /usr/share/datasets/fashion-mnist.
     download:       fetch CIFAR / MNIST with torchvision when the files are missing.
-    image_size:     side of the square images returned (shorter side resized, centre crop);
-                    None keeps the native size (imagefolder: all files must share one size).
+    image_size:     side of the square images returned, by the `resize` rule of
+                    `reslab.data.preprocess` (default: shorter side, then centre crop); None keeps
+                    the native size (imagefolder: all files must share one size).
     in_chans:       1 or 3; grey images are repeated to 3 channels, RGB turned grey by luma.
     synthetic_size: number of images of the "synthetic" dataset.
 
@@ -124,7 +128,7 @@ def load_dataset(
         return make_synthetic(split, synthetic_size, image_size=image_size or 32, in_chans=in_chans or 3)
     if name == "imagefolder":
         # Resizing and channel conversion happen in PIL while decoding.
-        return load_image_folder(root, split, image_size=image_size, in_chans=in_chans or 3)
+        return load_image_folder(root, split, image_size=image_size, in_chans=in_chans or 3, resize=resize)
     if name in CIFAR_LAYOUTS:
         ds = load_cifar(name, split, root, download=download)
     else:
@@ -132,5 +136,27 @@ def load_dataset(
     if in_chans is not None:
         ds.images = convert_channels(ds.images, in_chans)
     if image_size is not None:
-        ds.images = resize_images(ds.images, image_size)
+        ds.images = resize_array(ds.images, image_size, resize)
     return ds
+
+
+def dataset_sha256(name: str, data_dir: str | Path | None, *, listing: bool = False) -> str:
+    """SHA-256 over a dataset's source files (train and test, sorted by path), so weights name
+    exactly the data they were trained on; "synthetic" for the smoke-test set. With `listing`
+    (a tree streamed from disk, ImageNet scale: reading every byte again would take longer than
+    an epoch) it is "listing:" + the SHA-256 of each file's path and size instead."""
+    if name == "synthetic":
+        return "synthetic"
+    digest = hashlib.sha256()
+    files = {*source_files(name, "train", data_dir), *source_files(name, "test", data_dir)}
+    if listing:
+        root = resolve_data_dir(data_dir)
+        for path in sorted(files):
+            digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+        return "listing:" + digest.hexdigest()
+    for path in sorted(files):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

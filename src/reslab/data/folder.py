@@ -17,17 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 
 from reslab.data.array_dataset import ArrayDataset
+from reslab.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
+from reslab.data.preprocess import load_image
 from reslab.errors import DataError
 
 Split = Literal["train", "test"]
-
-# The extensions torchvision's ImageFolder accepts; other files (READMEs, .DS_Store) are skipped.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def split_dir_name(split: Split) -> str:
@@ -66,52 +63,45 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
         if not class_dir.is_dir():
             continue  # a class may be absent from val/ (a tiny validation subset)
         files = sorted(
-            Path(e.path) for e in os.scandir(class_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            Path(e.path) for e in os.scandir(class_dir) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
         )
         if not files:
             raise DataError(
-                f"{class_dir}: no images (looked for {', '.join(IMAGE_EXTENSIONS)}); add images "
+                f"{class_dir}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); add images "
                 "or remove the empty class folder"
             )
         samples.extend((path, label) for path in files)
     return samples, classes
 
 
-def shorter_side_crop_box(width: int, height: int, size: int) -> tuple[int, int, tuple[int, int, int, int]]:
-    """Resize target (w, h) with shorter side `size`, and the centred size x size box in it."""
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return new_w, new_h, (left, top, left + size, top + size)
-
-
-def decode_image(path: Path, mode: str, size: int | None) -> np.ndarray:
-    """One file -> (C, H, W) uint8, in PIL `mode` ("RGB" | "L"), resized and centre-cropped."""
-    try:
-        with Image.open(path) as file:
-            image = file.convert(mode)  # also forces the full decode, inside this try
-        if size is not None and image.size != (size, size):
-            new_w, new_h, box = shorter_side_crop_box(image.width, image.height, size)
-            image = image.resize((new_w, new_h), Image.Resampling.BILINEAR).crop(box)
-        array = np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode image ({err}); replace or delete the file") from err
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
-
-
-def load_image_folder(root: Path, split: Split, *, image_size: int | None = None, in_chans: int = 3) -> ArrayDataset:
+def load_image_folder(
+    root: Path,
+    split: Split,
+    *,
+    image_size: int | None = None,
+    in_chans: int = 3,
+    resize: str = "shorter-center-crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ArrayDataset:
     """Decode every image of `root/<train|val>` into an `ArrayDataset` of (N, in_chans, S, S).
 
     `image_size=None` keeps the files' own size, which must then be the same for all of them.
-    Decoding runs on a thread pool: PIL releases the GIL while it decodes and resizes.
+    Each file goes through `reslab.data.preprocess.load_image` (the one decoder and resize rule of
+    every consumer). Decoding runs on a thread pool: PIL releases the GIL while it decodes and resizes.
     """
     if in_chans not in (1, 3):
         raise DataError(f"imagefolder images can be read with 1 (L) or 3 (RGB) channels, not {in_chans}")
     samples, classes = list_image_files(root, split)
-    mode = "RGB" if in_chans == 3 else "L"
     paths = [path for path, _ in samples]
+
+    def decode(path: Path) -> torch.Tensor:
+        try:
+            return load_image(path, in_chans=in_chans, input_size=image_size, resize=resize, max_pixels=max_pixels)
+        except ImageDecodeError as exc:
+            raise DataError(f"{exc}; replace or delete the file") from None
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        arrays = list(pool.map(lambda p: decode_image(p, mode, image_size), paths))
+        arrays = list(pool.map(decode, paths))
     first = arrays[0].shape
     odd = next((i for i, a in enumerate(arrays) if a.shape != first), None)
     if odd is not None:
@@ -120,7 +110,7 @@ def load_image_folder(root: Path, split: Split, *, image_size: int | None = None
             f"{arrays[odd].shape[1:]}, as (H, W)); set data.image_size to resize them all"
         )
     return ArrayDataset(
-        images=torch.from_numpy(np.stack(arrays)),
+        images=torch.stack(arrays),
         labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
         classes=classes,
         name=f"imagefolder:{root}",

@@ -1,67 +1,139 @@
-"""`InMemoryBatches`' interface over an ImageFolder tree decoded in DataLoader workers.
+"""`FolderBatches`: an ImageFolder tree decoded in DataLoader workers, with `InMemoryBatches`' interface.
 
-`reslab train` with `data.in_memory=false` (the `imagenet-paper` recipe) trains through this:
-the same `len()`, `order(epoch)` and `epoch(epoch, start_batch)` as the in-memory path, so the
-engine, checkpoints and resume need no second code path.
+For trees that do not fit in memory as uint8 (ImageNet); `reslab train` with
+`data.in_memory=false` (the `imagenet-paper` recipe) trains through this, `reslab eval` evaluates
+through it. Layout and class numbering are those of `reslab.data.folder` (classes from train/).
+
+The same `len()`, `order(epoch)` and `epoch(epoch, start_batch)` as the in-memory path, so the
+trainer, checkpoints and resume need no second code path. Workers decode (the one robust decoder)
+and crop (`reslab.data.folder_transforms`), yielding uint8; the main process normalises each batch
+with `NormStats.apply`, the affine every consumer uses, on the target device.
 
 Order and augmentation: epoch e visits the training images in a permutation drawn from
 (seed, e) (a `DistributedSampler`, so every rank gets its own shard and the last partial batch
 is dropped). Each epoch builds a DataLoader over that epoch's indices from `start_batch` on, so
 a run resumed mid-epoch continues with the images it had not seen yet, without decoding the
-skipped ones. The workers' random augmentation is seeded from (seed, epoch); after a mid-epoch
-resume the draws differ from an uninterrupted run's (workers pick up other batches), so such a
-resume continues the same schedule and data order but is not bit-exact.
+skipped ones. The workers' random crops are seeded from (seed, epoch); after a mid-epoch resume
+the draws differ from an uninterrupted run's (workers pick up other batches), so such a resume
+continues the same schedule and data order but is not bit-exact. The PCA lighting of a batch is
+drawn in the main process from (seed, epoch, rank, batch).
+
+A file that cannot be decoded stops the epoch with one line naming it, from any worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from reslab.data.folder_loader import FolderSplit, make_folder_loader, set_folder_epoch
-from reslab.data.folder_transforms import imagenet_norm_stats
+from reslab.data.batches import batch_seed, epoch_seed
+from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from reslab.data.folder import Split, list_image_files
+from reslab.data.folder_transforms import Lighting, eval_transform, train_transform
 from reslab.data.norm import NormStats
+from reslab.data.preprocess import channel_mode
+from reslab.errors import ConfigError, DataError
 
 
-class FolderBatches:
-    """Batches (x float (B, C, S, S) normalised, on `device`; y int64) of one split of a tree."""
+class FolderSplit(Dataset):
+    """(image, label) of one split of a tree, listed by `list_image_files`; the image goes through
+    `transform` after the robust decoder. A file that fails to decode yields its error message
+    instead of an image, so the main process can stop with that one line (see `collate`)."""
 
     def __init__(
         self,
         root: str | Path,
-        split: str,
+        split: Split,
+        transform: Callable[[Any], Any] | None,
+        *,
+        in_chans: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.root = Path(root)
+        self.samples, self.classes = list_image_files(self.root, split)
+        self.transform = transform
+        self.mode = channel_mode(in_chans)
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        try:
+            image = decode_image(path, mode=self.mode, max_pixels=self.max_pixels)
+            return (self.transform(image) if self.transform is not None else image), label
+        except ImageDecodeError as exc:
+            return str(exc), label
+
+
+def collate(batch: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+    """Stack images (lists of per-scale images stay lists); a decoding error becomes the batch."""
+    errors = [image for image, _ in batch if isinstance(image, str)]
+    labels = torch.tensor([label for _, label in batch])
+    if errors:
+        return errors[0], labels
+    images = [image for image, _ in batch]
+    return (images if isinstance(images[0], list) else torch.stack(images)), labels
+
+
+class FolderBatches:
+    """Batches (x float normalised, on `device`; y int64) of one split of a tree.
+
+    x is (B, C, S, S); for eval_mode "ten-crop" (B, 10, C, S, S); for "multi-scale" a list over
+    images of lists over scales of (1, C, H_s, W_s) tensors.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: Split,
         *,
         batch_size: int,
         train: bool,
-        augment: str = "scale",
-        image_size: int = 224,
-        workers: int = 2,
+        stats: NormStats,
+        augment: str = "scale",  # training: "scale" (paper: shorter side 256..480) | "rrc" | "none"
+        image_size: int = 224,  # side of the square crops
+        resize: str = "shorter-256-center-crop",  # evaluation: the `fit_image` rule of the centre crop
+        eval_mode: str = "center",  # evaluation: "center" | "ten-crop" | "multi-scale"
+        scales: tuple[int, ...] | None = None,  # multi-scale: shorter sides (None: the paper's)
+        lighting: float = 0.1,  # training: PCA colour augmentation strength (alphastd); 0 turns it off
+        in_chans: int = 3,
+        workers: int = 2,  # DataLoader worker processes; 0 decodes in the main process
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.stats: NormStats = imagenet_norm_stats()
-        self.loader = make_folder_loader(
-            root,
-            split,
-            batch_size=batch_size,
-            train=train,
-            augment=augment,  # type: ignore[arg-type]
-            image_size=image_size,
-            workers=workers,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            stats=self.stats,
-        )
-        self.dataset: FolderSplit = self.loader.dataset  # type: ignore[assignment]
+        if eval_mode == "multi-scale" and stats.mean.shape[1:] != (1, 1):
+            raise ConfigError(
+                "multi-scale testing scores whole images of any size: it needs per-channel normalisation "
+                f"(weights trained with data.normalize=channel), not statistics of shape {tuple(stats.mean.shape)}"
+            )
+        if train:
+            transform = train_transform(augment, image_size)
+        else:
+            extra = {"scales": scales} if scales else {}
+            transform = eval_transform(image_size, resize, mode=eval_mode, **extra)
+        self.dataset = FolderSplit(root, split, transform, in_chans=in_chans, max_pixels=max_pixels)
+        self.sampler: DistributedSampler | None = None
+        if train or world_size > 1:
+            self.sampler = DistributedSampler(
+                self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
+            )
+        self.stats = stats
+        self._stats_on_device = stats.to(device)
+        self.lighting = Lighting(lighting if train and augment != "none" and in_chans == 3 else 0.0)
         self.batch_size, self.train, self.workers = batch_size, train, workers
+        self.seed, self.rank, self.eval_mode = seed, rank, eval_mode
         self.device, self.channels_last = torch.device(device), channels_last
+        self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def classes(self) -> list[str]:
@@ -69,39 +141,56 @@ class FolderBatches:
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
-        return len(self.loader)
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's image indices for `epoch` in visiting order (the sampler's, as int64)."""
-        sampler = self.loader.sampler
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-            indices = list(iter(sampler))
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            indices = list(iter(self.sampler))
         else:
             indices = list(range(len(self.dataset)))
         if self.train:  # whole batches only, as the loader drops the last partial one
             indices = indices[: len(self) * self.batch_size]
         return torch.tensor(indices, dtype=torch.int64)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Any, torch.Tensor]]:
         """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
-        set_folder_epoch(self.loader, epoch)  # seeds the workers' augmentation from (seed, epoch)
+        # Workers' RNGs are seeded from a draw of this generator when iteration starts.
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
         indices = self.order(epoch)[start_batch * self.batch_size :].tolist()
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             sampler=indices,
             num_workers=self.workers,
-            pin_memory=self.loader.pin_memory,
+            pin_memory=self.device.type == "cuda",
             drop_last=self.train,
-            generator=self.loader.generator,
+            generator=self.generator,
+            collate_fn=collate,
             persistent_workers=False,
         )
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+        for batch, (x, y) in enumerate(loader, start=start_batch):
+            if isinstance(x, str):
+                raise DataError(f"{x}; replace or delete the file")
+            yield self._prepare(x, epoch, batch), y.to(self.device, non_blocking=True)
+
+    def _prepare(self, x: Any, epoch: int, batch: int) -> Any:
+        """uint8 from the workers -> normalised float on the device (+ lighting when training)."""
+        stats = self._stats_on_device
+        if isinstance(x, list):  # multi-scale: [image][scale] of (C, H, W)
+            return [[stats.apply(s.to(self.device)[None]) for s in scales] for scales in x]
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 5:  # ten-crop: (B, 10, C, S, S)
+            return stats.apply(x.flatten(0, 1)).view(x.shape)
+        x = stats.apply(x)
+        if self.lighting.alphastd > 0:
+            generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, self.rank, batch))
+            x = self.lighting(x, stats.std, generator)
+        return x
 
     def __repr__(self) -> str:
         return (

@@ -1,9 +1,16 @@
-"""Per-image transforms for ImageNet-style folders, run in DataLoader workers.
+"""Per-image transforms for ImageNet-style folders, run in DataLoader workers: PIL in, uint8 out.
 
 Training (He et al. 2015, sec. 3.4): the shorter side resized to a random length in [256, 480]
 ("scale augmentation"), a random 224x224 crop, a horizontal flip, and AlexNet's PCA colour
-augmentation. Testing: the 10-crop test, or fully-convolutional scoring of the whole image at
-shorter sides {224, 256, 384, 480, 640}; the single centre crop (256 -> 224) is today's standard.
+augmentation. Testing: one centre crop (the shorter side to 256, a 224 crop: today's standard),
+the paper's 10-crop test, or fully-convolutional scoring of the whole image at shorter sides
+{224, 256, 384, 480, 640}.
+
+Workers only decode and move pixels: each image leaves them as a uint8 (C, H, W) tensor, and the
+main process normalises whole batches with the run's `NormStats` (the same affine as every other
+consumer, `reslab.data.preprocess`). The PCA colour shift is drawn per batch in the main process
+too (`Lighting`), from a generator seeded by (seed, epoch, rank, batch) like the in-memory path.
+The centre crop is `fit_image`, the one resize rule of `reslab.data.preprocess`.
 
 Departure: the paper subtracts the per-pixel mean; we normalise per channel with the usual
 ImageNet mean/std (torchvision's pretrained convention), which needs no pass over the data.
@@ -12,7 +19,6 @@ ImageNet mean/std (torchvision's pretrained convention), which needs no pass ove
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 import torchvision.transforms as T
@@ -20,12 +26,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from reslab.data.norm import NormStats
+from reslab.data.preprocess import fit_image, image_to_tensor, shorter_side_size
 from reslab.errors import ConfigError
-
-FolderAugment = Literal["scale", "rrc", "none"]
-FOLDER_AUGMENT_KINDS = ("scale", "rrc", "none")
-EvalMode = Literal["center", "ten-crop", "multi-scale"]
-EVAL_MODES = ("center", "ten-crop", "multi-scale")
+from reslab.vocab import EVAL_MODES, FOLDER_AUGMENT_KINDS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,11 +42,18 @@ PCA_EIGENVECTORS = (
 )  # columns are the eigenvectors
 
 PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the multi-scale test (sec. 3.4)
+EVAL_RESIZE_RATIO = 256 / 224  # the centre crop's resize: shorter side 256 for 224 crops
 
 
 def imagenet_norm_stats() -> NormStats:
-    """The ImageNet per-channel statistics as `NormStats`, for inference on uint8 tensors."""
+    """The ImageNet per-channel statistics as `NormStats`."""
     return NormStats(torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
+
+
+def shorter_resize(image: Image.Image, shorter: int) -> Image.Image:
+    """Shorter side to `shorter` (bilinear, antialiased: PIL), the long side as `fit_image` rounds it."""
+    size = shorter_side_size(image.width, image.height, shorter)
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
 
 
 class RandomShorterSideResize:
@@ -56,18 +66,18 @@ class RandomShorterSideResize:
 
     def __call__(self, image: Image.Image) -> Image.Image:
         # torch's RNG, not `random`: DataLoader seeds it per worker.
-        size = int(torch.randint(self.min_size, self.max_size + 1, ()).item())
-        return TF.resize(image, size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        return shorter_resize(image, int(torch.randint(self.min_size, self.max_size + 1, ()).item()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(min_size={self.min_size}, max_size={self.max_size})"
 
 
 class Lighting:
-    """AlexNet's PCA colour augmentation on a (3, H, W) float image in [0, 1].
+    """AlexNet's PCA colour augmentation on a normalised batch (B, 3, H, W).
 
-    Adds eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, alphastd^2) per image and
-    component: the image's colour shifts along the principal axes of natural RGB variation.
+    Adds eigvec @ (alpha * eigval) to every pixel of an image in [0, 1] units (so / std after
+    normalisation), alpha ~ N(0, alphastd^2) per image and component: each image's colour shifts
+    along the principal axes of natural RGB variation.
     """
 
     def __init__(self, alphastd: float = 0.1) -> None:
@@ -75,82 +85,76 @@ class Lighting:
         self.eigenvalues = torch.tensor(PCA_EIGENVALUES)  # (3,)
         self.eigenvectors = torch.tensor(PCA_EIGENVECTORS)  # (3, 3), column j = eigenvector j
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.alphastd == 0:
-            return image
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigenvectors @ (alpha * self.eigenvalues)  # (3,)
-        return image + rgb.view(3, 1, 1)
+            return x
+        alpha = torch.randn(x.shape[0], 3, generator=generator) * self.alphastd  # (B, 3), on the CPU
+        rgb = (alpha * self.eigenvalues) @ self.eigenvectors.T  # (B, 3)
+        shift = rgb.to(x.device).view(-1, 3, 1, 1) / std.view(1, 3, 1, 1).to(x.device)
+        return x + shift
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(alphastd={self.alphastd})"
 
 
-class StackCrops:
-    """Tuple of PIL crops (from TenCrop) -> (n_crops, C, H, W), each crop through `per_crop`."""
+class ToUint8:
+    """PIL image -> (C, H, W) uint8 tensor."""
 
-    def __init__(self, per_crop: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.per_crop = per_crop
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return image_to_tensor(image)
 
-    def __call__(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.per_crop(crop) for crop in crops])
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CenterFit:
+    """PIL image -> uint8 (C, S, S) by the one resize rule (`fit_image`)."""
+
+    def __init__(self, image_size: int, resize: str) -> None:
+        self.image_size, self.resize = image_size, resize
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return image_to_tensor(fit_image(image, self.image_size, self.resize))
+
+
+class TenCrop:
+    """PIL image -> (10, C, S, S) uint8: the shorter side to `resize`, 4 corners + centre, and mirrors."""
+
+    def __init__(self, image_size: int, resize: int) -> None:
+        self.image_size, self.resize = image_size, resize
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        crops = TF.ten_crop(shorter_resize(image, self.resize), [self.image_size, self.image_size])
+        return torch.stack([image_to_tensor(crop) for crop in crops])
 
 
 class MultiScale:
-    """PIL image -> list of whole-image tensors, one per shorter side in `scales`.
+    """PIL image -> list of whole-image uint8 tensors, one per shorter side in `scales`.
 
     For fully-convolutional testing: the network scores each full image (global pooling makes
     any size fit) and the scores are averaged over scales.
     """
 
-    def __init__(self, scales: Sequence[int], per_scale: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, scales: Sequence[int]) -> None:
         self.scales = tuple(scales)
-        self.per_scale = per_scale
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
-        return [
-            self.per_scale(TF.resize(image, s, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
-            for s in self.scales
-        ]
-
-
-def channel_normalize(stats: NormStats | None = None) -> T.Normalize:
-    """Per-channel normalisation of a [0, 1] tensor; ImageNet's statistics by default."""
-    stats = stats or imagenet_norm_stats()
-    if stats.mean.shape[1:] != (1, 1) or stats.std.shape[1:] != (1, 1):
-        raise ConfigError(
-            "the folder loader normalises per channel: it needs (C, 1, 1) statistics "
-            f"(normalize='channel'), got mean {tuple(stats.mean.shape)}"
-        )
-    return T.Normalize(stats.mean.flatten().tolist(), stats.std.flatten().tolist())
-
-
-def to_normalized_tensor(stats: NormStats | None = None) -> T.Compose:
-    """PIL -> (C, H, W) float in [0, 1], then normalised per channel."""
-    return T.Compose([T.ToTensor(), channel_normalize(stats)])
-
-
-def default_resize(image_size: int) -> int:
-    """The evaluation resize for a crop size: 256 for 224, in proportion otherwise."""
-    return round(image_size * 256 / 224)
+        return [image_to_tensor(shorter_resize(image, s)) for s in self.scales]
 
 
 def train_transform(
-    augment: FolderAugment = "scale",
+    augment: str = "scale",
     image_size: int = 224,
     *,
     scale_range: tuple[int, int] | None = None,  # None: [256, 480] scaled by image_size / 224
-    lighting: float = 0.1,  # alphastd of the PCA colour augmentation; 0 turns it off
-    stats: NormStats | None = None,  # per-channel; None: ImageNet's
-) -> T.Compose:
-    """PIL image -> (C, S, S) normalised float tensor, randomly augmented.
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> (C, S, S) uint8, randomly cropped and flipped.
 
     "scale": the paper's shorter side in [256, 480], random crop, flip; "rrc": random-resized
-    crop and flip; "none": the centre crop of evaluation. PCA lighting follows for "scale" and
-    "rrc" (paper: "the standard color augmentation in [21]").
+    crop and flip; "none": the centre crop of evaluation.
     """
     if augment == "scale":
-        low, high = scale_range or (default_resize(image_size), round(image_size * 480 / 224))
+        low, high = scale_range or (round(image_size * EVAL_RESIZE_RATIO), round(image_size * 480 / 224))
         geometry: list[Callable] = [
             RandomShorterSideResize(low, high),
             T.RandomCrop(image_size),
@@ -159,28 +163,27 @@ def train_transform(
     elif augment == "rrc":  # the Inception-style crop most modern ImageNet recipes use
         geometry = [T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip()]
     elif augment == "none":
-        geometry = [T.Resize(default_resize(image_size), antialias=True), T.CenterCrop(image_size)]
+        return CenterFit(image_size, f"shorter-{round(image_size * EVAL_RESIZE_RATIO)}-center-crop")
     else:
         raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(FOLDER_AUGMENT_KINDS)}")
-    colour: list[Callable] = [Lighting(lighting)] if lighting > 0 and augment != "none" else []
-    return T.Compose([*geometry, T.ToTensor(), *colour, channel_normalize(stats)])
+    return T.Compose([*geometry, ToUint8()])
 
 
 def eval_transform(
-    image_size: int = 224,
+    image_size: int,
+    resize: str,
     *,
-    mode: EvalMode = "center",
-    resize: int | None = None,  # shorter side before cropping; None: 256 scaled by image_size / 224
+    mode: str = "center",
     scales: Sequence[int] = PAPER_SCALES,  # only for mode="multi-scale"
-    stats: NormStats | None = None,
 ) -> Callable[[Image.Image], torch.Tensor | list[torch.Tensor]]:
-    """centre: (C, S, S); ten-crop: (10, C, S, S); multi-scale: list of (C, H_s, W_s)."""
-    per_image = to_normalized_tensor(stats)
-    resize_to = T.Resize(resize or default_resize(image_size), antialias=True)
+    """center: (C, S, S) by `resize` (a `fit_image` rule); ten-crop: (10, C, S, S) after the
+    rule's shorter-side resize; multi-scale: a list of (C, H_s, W_s). All uint8."""
+    from reslab.data.preprocess import resize_target
+
     if mode == "center":
-        return T.Compose([resize_to, T.CenterCrop(image_size), per_image])
+        return CenterFit(image_size, resize)
     if mode == "ten-crop":  # 4 corners + centre, and the same of the flipped image
-        return T.Compose([resize_to, T.TenCrop(image_size), StackCrops(per_image)])
+        return TenCrop(image_size, resize_target(resize, image_size) or image_size)
     if mode == "multi-scale":
-        return MultiScale(scales, per_image)
+        return MultiScale(scales)
     raise ConfigError(f"unknown eval mode {mode!r}; valid: {', '.join(EVAL_MODES)}")

@@ -14,9 +14,9 @@ from typing import Literal
 import torch
 
 from reslab.errors import ConfigError
+from reslab.vocab import NORMALIZE_KINDS
 
 Normalize = Literal["pixel-mean", "channel", "none"]
-NORMALIZE_KINDS = ("pixel-mean", "channel", "none")
 
 _CHUNK = 4096  # images summed at a time; keeps int64 temporaries small for 50k-image datasets
 

@@ -13,12 +13,12 @@
 onnx, onnxruntime, fastapi and uvicorn are imported only by the functions that use them.
 """
 
+from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
+from reslab.data.preprocess import fit_image, image_to_tensor, load_image
 from reslab.infer.backends import OnnxPredictor, Predictor, load_predictor
-from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
 from reslab.infer.export import ExportError, ExportResult, export_model
 from reslab.infer.fast import FastPredictor, fold_batchnorm, native_bf16_supported, resolve_precision
 from reslab.infer.predict import Prediction, collect_images, predict_files, top_k
-from reslab.infer.preprocess import fit_image, image_to_tensor, load_input
 from reslab.infer.quantize import Int8Result, export_int8
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "fit_image",
     "fold_batchnorm",
     "image_to_tensor",
-    "load_input",
+    "load_image",
     "load_predictor",
     "native_bf16_supported",
     "predict_files",

@@ -1,8 +1,8 @@
 """What `predict` and `serve` run: PyTorch weights on the fast path, or an exported ONNX file.
 
 Both backends take what a user holds after decoding, a uint8 batch (B, C, H, W), and return
-float32 logits (B, num_classes); they normalise the pixels themselves (x = u8 * scale + shift,
-scale = 1 / (255 std), shift = -mean / std, as FastPredictor does):
+float32 logits (B, num_classes); they normalise the pixels themselves with the weights'
+`NormStats.apply`, the affine of every consumer (reslab.data.preprocess):
   FastPredictor  (reslab.infer.fast)  a .safetensors file, a run directory or a shipped name
   OnnxPredictor                       a .onnx file written by `reslab export` (fp32 or int8),
                                       run by onnxruntime's CPUExecutionProvider
@@ -20,6 +20,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from reslab.data.norm import NormStats
+from reslab.data.preprocess import Preprocess
 from reslab.errors import CheckpointError, ConfigError, InputShapeError
 from reslab.weights import WeightsMeta
 
@@ -32,6 +34,7 @@ class Predictor(Protocol):
     """uint8 images (B, C, H, W) -> float32 logits (B, num_classes)."""
 
     in_chans: int
+    preprocess: Preprocess  # how a file becomes the uint8 (C, S, S) this predictor takes
     compiled: bool  # True when the first calls of new batch sizes are slow (serve warms them up)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -41,17 +44,6 @@ class Predictor(Protocol):
 
 def is_onnx_file(source: str | Path) -> bool:
     return Path(source).suffix.lower() == ONNX_SUFFIX
-
-
-def pixel_affine(mean: torch.Tensor, std: torch.Tensor, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, C, 1|H, 1|W) float32, with x = u8 * scale + shift."""
-    mean64, std64 = mean.double(), std.double()
-    if mean64.dim() != 3 or std64.dim() != 3 or mean64.shape[0] != in_chans:
-        raise InputShapeError(
-            f"mean/std must have shape ({in_chans}, 1, 1) or ({in_chans}, H, W); "
-            f"got {tuple(mean.shape)} and {tuple(std.shape)}"
-        )
-    return (1.0 / (255.0 * std64)).float().unsqueeze(0), (-mean64 / std64).float().unsqueeze(0)
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -65,16 +57,15 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def read_onnx_meta(
-    props: dict[str, str], path: str | Path
-) -> tuple[WeightsMeta, torch.Tensor, torch.Tensor, dict[str, object]]:
-    """metadata_props of a reslab export -> (meta, mean, std, every reslab.* value decoded)."""
+def read_onnx_meta(props: dict[str, str], path: str | Path) -> tuple[WeightsMeta, NormStats, dict[str, object]]:
+    """metadata_props of a reslab export -> (meta, normalisation, every reslab.* value decoded),
+    each checked as a weights file's are (types, ranges, shapes)."""
     values: dict[str, object] = {}
     for key, raw in props.items():
         if key.startswith(META_PREFIX):
             try:
                 values[key[len(META_PREFIX) :]] = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 values[key[len(META_PREFIX) :]] = raw  # plain strings are stored unquoted
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if len(missing) == len(REQUIRED_KEYS):
@@ -87,21 +78,26 @@ def read_onnx_meta(
             f"{path} lacks reslab metadata {', '.join(missing)}; export it again with "
             "`reslab export WEIGHTS --format onnx`"
         )
-    meta = WeightsMeta(
-        model=str(values["model"]),
-        num_classes=int(values["num_classes"]),
-        in_chans=int(values["in_chans"]),
-        options=dict(values.get("options") or {}),
-        classes=list(values.get("classes") or []),
-        input_size=int(values["input_size"]),
-        resize=str(values.get("resize", "shorter-center-crop")),
-        dataset=str(values.get("dataset", "")),
-        metrics=dict(values.get("metrics") or {}),
-        reslab_version=str(values.get("reslab_version", "")),
-    )
-    mean = torch.tensor(values["mean"], dtype=torch.float32)
-    std = torch.tensor(values["std"], dtype=torch.float32)
-    return meta, mean, std, values
+    meta = WeightsMeta.from_values(values, str(path))
+    stats = norm_stats_from_lists(values["mean"], values["std"], meta.in_chans, str(path))
+    return meta, stats, values
+
+
+def norm_stats_from_lists(mean: object, std: object, in_chans: int, where: str) -> NormStats:
+    """Nested lists of a (C, 1, 1) or (C, H, W) mean and std -> checked `NormStats`."""
+    try:
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        std_t = torch.tensor(std, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckpointError(f"{where}: its reslab.mean / reslab.std metadata are not numeric arrays") from None
+    if mean_t.dim() != 3 or std_t.dim() != 3 or mean_t.shape[0] != in_chans or std_t.shape[0] != in_chans:
+        raise CheckpointError(
+            f"{where}: reslab.mean / reslab.std have shapes {tuple(mean_t.shape)} and {tuple(std_t.shape)}; "
+            f"expected ({in_chans}, 1, 1) or ({in_chans}, H, W)"
+        )
+    if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
+        raise CheckpointError(f"{where}: its normalisation holds non-finite values or a std <= 0")
+    return NormStats(mean_t, std_t)
 
 
 class OnnxPredictor:
@@ -114,7 +110,7 @@ class OnnxPredictor:
 
     compiled = False
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, tta_flip: bool | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"no such ONNX file: {path}")
@@ -124,14 +120,19 @@ class OnnxPredictor:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
         props = self.session.get_modelmeta().custom_metadata_map
-        self.meta, self.mean, self.std, self.info = read_onnx_meta(props, path)
+        self.meta, self.stats, self.info = read_onnx_meta(props, path)
         self.path = path
         self.in_chans = self.meta.in_chans
+        self.tta_flip = self.meta.tta_flip if tta_flip is None else tta_flip
         self.precision = str(self.info.get("precision", "fp32"))
-        self.num_params = int(self.info.get("num_params", 0))
-        self.scale, self.shift = pixel_affine(self.mean, self.std, self.in_chans)
+        num_params = self.info.get("num_params", 0)
+        self.num_params = num_params if isinstance(num_params, int) and not isinstance(num_params, bool) else 0
         self.input_name = self.session.get_inputs()[0].name
         self.threads = threads or torch.get_num_threads()
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.meta.in_chans, self.meta.input_size, self.meta.resize, self.stats)
 
     def normalise(self, images: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) uint8 -> contiguous float32 NCHW normalised array."""
@@ -139,24 +140,43 @@ class OnnxPredictor:
             raise InputShapeError(
                 f"expected a uint8 batch (B, {self.in_chans}, H, W); got {images.dtype} {tuple(images.shape)}"
             )
-        x = torch.addcmul(self.shift, images.contiguous().float(), self.scale)
-        return x.numpy()
+        return self.stats.apply(images.contiguous()).numpy()
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.session.run(None, {self.input_name: self.normalise(images)})[0]
+    def run(self, x: np.ndarray) -> torch.Tensor:
+        """Normalised float32 NCHW -> logits."""
+        logits = self.session.run(None, {self.input_name: x})[0]
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(images)
+        logits = self.run(x)
+        if self.tta_flip:  # the mirrored normalised input, as evaluation flips it
+            logits = (logits + self.run(np.ascontiguousarray(x[..., ::-1]))) / 2
+        return logits
+
     def describe(self) -> dict[str, object]:
-        return {"backend": "onnxruntime", "file": str(self.path), "precision": self.precision, "threads": self.threads}
+        return {
+            "backend": "onnxruntime",
+            "file": str(self.path),
+            "precision": self.precision,
+            "tta_flip": self.tta_flip,
+            "threads": self.threads,
+        }
 
 
 def load_predictor(
-    source: str | Path, *, fold: bool = True, precision: str = "auto", compile: bool = False
+    source: str | Path,
+    *,
+    fold: bool = True,
+    precision: str = "auto",
+    compile: bool = False,
+    tta_flip: bool | None = None,
 ) -> tuple[Predictor, WeightsMeta, int]:
     """(predictor, meta, parameter count) for weights or an ONNX file named by the user.
 
     fold / precision / compile shape the PyTorch fast path; an ONNX file runs as it was
-    exported, so asking for them with one is an error rather than silently ignored.
+    exported, so asking for them with one is an error rather than silently ignored. tta_flip
+    (None: as the weights' metrics were measured) averages each image's and its mirror's logits.
     """
     if is_onnx_file(source):
         if compile or not fold or precision != "auto":
@@ -164,13 +184,16 @@ def load_predictor(
                 "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
                 "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
             )
-        predictor = OnnxPredictor(source)
+        predictor = OnnxPredictor(source, tta_flip=tta_flip)
         return predictor, predictor.meta, predictor.num_params
 
     from reslab.infer.fast import FastPredictor
     from reslab.models import count_params
     from reslab.weights import load_weights
 
-    model, meta, mean, std = load_weights(source)
-    fast = FastPredictor(model, mean, std, fold=fold, precision=precision, compile=compile)
-    return fast, meta, count_params(model)
+    weights = load_weights(source)
+    flip = weights.meta.tta_flip if tta_flip is None else tta_flip
+    fast = FastPredictor(
+        weights.model, weights.preprocess, fold=fold, precision=precision, compile=compile, tta_flip=flip
+    )
+    return fast, weights.meta, count_params(weights.model)

@@ -35,7 +35,7 @@ from reslab.errors import ReslabError
 from reslab.infer.fast import fold_batchnorm
 from reslab.models import count_params
 from reslab.models.resnet import ResNet
-from reslab.weights import WeightsMeta
+from reslab.weights import Weights
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 DEFAULT_TOLERANCE = 1e-4  # max |logit diff| / max(1, max |logit|)
@@ -57,25 +57,26 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def preprocessing_info(
-    meta: WeightsMeta, mean: torch.Tensor, std: torch.Tensor, num_params: int = 0
-) -> dict[str, object]:
+def preprocessing_info(weights: Weights, num_params: int = 0) -> dict[str, object]:
     """Everything a runtime needs to feed the exported graph, as plain JSON values."""
+    meta, stats = weights.meta, weights.stats
     return {
         "model": meta.model,
         "options": dict(meta.options),
         "precision": "fp32",  # "int8" in the file written by reslab.infer.quantize
         "num_params": num_params,  # of the PyTorch network (BN included), for reports
         "dataset": meta.dataset,
+        "data_dir": meta.data_dir,
         "metrics": dict(meta.metrics),
+        "evaluation": dict(meta.evaluation),
         "num_classes": meta.num_classes,
         "classes": list(meta.classes),
         "in_chans": meta.in_chans,
         "input_size": meta.input_size,
         "resize": meta.resize,
         "color": "L" if meta.in_chans == 1 else "RGB",
-        "mean": mean.float().tolist(),  # pixel/255 units, shape (C, 1, 1) or (C, H, W)
-        "std": std.float().tolist(),
+        "mean": stats.mean.float().cpu().tolist(),  # pixel/255 units, shape (C, 1, 1) or (C, H, W)
+        "std": stats.std.float().cpu().tolist(),
         "input": {
             "name": "input",
             "dtype": "float32",
@@ -217,16 +218,14 @@ EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-p
 
 
 def export_model(
-    model: ResNet,
-    meta: WeightsMeta,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    weights: Weights,
     fmt: str,
     out: str | Path | None = None,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
     """Fold, export, write the sidecar JSON and verify; `out` defaults to ./<model name><suffix>."""
+    meta = weights.meta
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     default_name = f"{meta.model}{FORMATS[fmt]}"
@@ -236,9 +235,9 @@ def export_model(
         out = Path(out) / default_name
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    reference = copy.deepcopy(model).float().eval()
+    reference = copy.deepcopy(weights.model).float().cpu().eval()
     net = fold_batchnorm(reference)
-    info = preprocessing_info(meta, mean, std, count_params(reference))
+    info = preprocessing_info(weights, count_params(reference))
     result = EXPORTERS[fmt](net, reference, info, out, tolerance)
     result.sidecar = out.with_name(out.name + ".json")
     sidecar = dict(

@@ -37,6 +37,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from reslab.data.preprocess import Preprocess
+from reslab.device import native_bf16_supported
 from reslab.errors import ConfigError, InputShapeError
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from reslab.models.resnet import ResNet
@@ -55,12 +57,6 @@ FOLD_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     PreActBasicBlock: (("conv1", "bn2"),),
     PreActBottleneck: (("conv1", "bn2"), ("conv2", "bn3")),
 }
-
-
-def native_bf16_supported() -> bool:
-    """True when this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
@@ -133,7 +129,7 @@ class FastPredictor:
 
     Args:
         model: a reslab network; copied, never modified.
-        mean, std: normalisation in units of pixel/255, shape (C, 1, 1) or (C, H, W).
+        preprocess: the weights' `Preprocess` (its `NormStats` normalise the uint8 input).
         fold: fold conv -> BN pairs (float32 rounding-level change, see module docstring).
         channels_last: NHWC memory layout, which oneDNN convolutions prefer on CPU.
         precision: "fp32", "bf16" (autocast) or "auto" (bf16 only with native CPU support).
@@ -141,19 +137,20 @@ class FastPredictor:
             shape compiles (about a minute for ResNet-50 on 2 cores), later calls are fast.
         dynamic: passed to torch.compile (None: recompile once with a dynamic batch dimension
             when a second batch size appears; False: one graph per batch size).
+        tta_flip: average each image's logits with its mirror's (as evaluation with flip TTA).
     """
 
     def __init__(
         self,
         model: ResNet,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        preprocess: Preprocess,
         *,
         fold: bool = True,
         channels_last: bool = True,
         precision: str = "auto",
         compile: bool = False,
         dynamic: bool | None = None,
+        tta_flip: bool = False,
     ) -> None:
         self.precision = resolve_precision(precision)
         if self.precision == "bf16" and not native_bf16_supported():
@@ -174,15 +171,13 @@ class FastPredictor:
         self.channels_last = channels_last
         self.fold = fold
         self.compiled = compile
-        # x = (u8 / 255 - mean) / std = u8 * scale + shift, one fused multiply-add per element.
-        mean64, std64 = mean.double(), std.double()
-        if mean64.dim() != 3 or std64.dim() != 3 or mean64.shape[0] != model.in_chans:
+        if preprocess.in_chans != model.in_chans:
             raise InputShapeError(
-                f"mean/std must have shape ({model.in_chans}, 1, 1) or ({model.in_chans}, H, W); "
-                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+                f"the preprocessing gives {preprocess.in_chans} channels, the network takes {model.in_chans}"
             )
-        self.scale = (1.0 / (255.0 * std64)).float().unsqueeze(0)  # (1, C, 1|H, 1|W)
-        self.shift = (-mean64 / std64).float().unsqueeze(0)
+        self.preprocess = preprocess
+        self.stats = preprocess.stats.to("cpu")
+        self.tta_flip = tta_flip
         self._forward = net
         if compile:
             # Freezing turns weights into constants, which lets Inductor pre-pack them for oneDNN
@@ -197,19 +192,21 @@ class FastPredictor:
             )
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        x = images.float()
-        # addcmul keeps x's memory format: (1, C, 1, 1) broadcasts in either layout.
-        return torch.addcmul(self.shift, x, self.scale)
+        return self.stats.apply(images)  # the one uint8 -> float affine (reslab.data.norm); keeps the layout
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self._forward(x).float()
+        return self._forward(x).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = self.normalise(images)
-            if self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    logits = self._forward(x)
-            else:
-                logits = self._forward(x)
-            return logits.float()
+            logits = self._logits(x)
+            if self.tta_flip:  # the mirrored normalised input, as evaluation flips it
+                logits = (logits + self._logits(torch.flip(x, dims=[3]))) / 2
+            return logits
 
     def describe(self) -> dict[str, object]:
         return {
@@ -218,6 +215,7 @@ class FastPredictor:
             "folded_batchnorms": getattr(self.model, "folded_batchnorms", 0),
             "channels_last": self.channels_last,
             "precision": self.precision,
+            "tta_flip": self.tta_flip,
             "compile": self.compiled,
             "threads": torch.get_num_threads(),
         }

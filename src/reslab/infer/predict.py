@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
+from reslab.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
 from reslab.infer.backends import Predictor
-from reslab.infer.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
-from reslab.infer.preprocess import load_input
 from reslab.weights import WeightsMeta
 
 GLOB_CHARS = set("*?[")
@@ -64,11 +63,6 @@ def collect_images(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
     return found
 
 
-def class_names(meta: WeightsMeta) -> list[str]:
-    names = list(meta.classes)
-    return names + [str(i) for i in range(len(names), meta.num_classes)]
-
-
 def top_k(logits: torch.Tensor, names: Sequence[str], k: int) -> list[list[tuple[int, str, float]]]:
     """(B, classes) logits -> per row the k most probable (class id, name, softmax probability)."""
     probs = torch.softmax(logits.float(), dim=1)
@@ -94,15 +88,16 @@ def predict_files(
     Each batch is decoded by `workers` threads (Pillow releases the GIL while decoding; default
     min(4, CPUs)), then classified in one call.
     """
-    names = class_names(meta)
+    names = meta.class_names
+    preprocess = predictor.preprocess
 
     def load(path: str) -> torch.Tensor | str:
         try:
-            return load_input(
-                path, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize, max_pixels=max_pixels
-            )
+            return preprocess.load(path, max_pixels=max_pixels)
         except ImageDecodeError as exc:
             return str(exc)
+        except MemoryError:
+            return f"{path}: not enough memory to decode this image"
 
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):

@@ -51,8 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reslab.infer.backends import OnnxPredictor, pixel_affine
-from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
+from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
+from reslab.data.norm import NormStats
+from reslab.data.preprocess import Preprocess
+from reslab.infer.backends import OnnxPredictor
 from reslab.infer.export import ExportError
 from reslab.weights import WeightsMeta
 
@@ -98,24 +100,21 @@ class Int8Result:
 
 def dataset_from_meta(meta: WeightsMeta) -> tuple[str, str | None]:
     """(dataset name, data dir or None) recorded in the weights, e.g. "fashion-mnist (Debian ...)"."""
-    from reslab.data import DATASET_NAMES
+    from reslab.vocab import DATASETS
 
     text = meta.dataset.strip()
     if text.startswith("imagefolder:"):
-        return "imagefolder", text.split(":", 1)[1]
-    first = text.split()[0] if text else ""
-    return (first, None) if first in DATASET_NAMES else ("", None)
+        return "imagefolder", meta.data_dir or text.split(":", 1)[1]
+    first = meta.dataset_name
+    return (first, meta.data_dir or None) if first in DATASETS else ("", None)
 
 
-def _decode_files(paths: list[str], meta: WeightsMeta, max_pixels: int) -> tuple[list[torch.Tensor], list[int]]:
+def _decode_files(paths: list[str], preprocess: Preprocess, max_pixels: int) -> tuple[list[torch.Tensor], list[int]]:
     """Files -> (uint8 tensors, indices of the files decoded), as `reslab predict` preprocesses them."""
-    from reslab.infer.preprocess import load_input
 
     def load(path: str) -> torch.Tensor | None:
         try:
-            return load_input(
-                path, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize, max_pixels=max_pixels
-            )
+            return preprocess.load(path, max_pixels=max_pixels)
         except ImageDecodeError:
             return None
 
@@ -129,17 +128,10 @@ def _sample(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
-def fit_dataset_images(images: torch.Tensor, meta: WeightsMeta) -> torch.Tensor:
-    """Dataset images (N, C, H, W) -> the network's channels and size, as training adapted them."""
-    from reslab.data import convert_channels, resize_images
-
-    return resize_images(convert_channels(images, meta.in_chans), meta.input_size)
-
-
 def dataset_calibration(
     name: str,
     data_dir: str | Path | None,
-    meta: WeightsMeta,
+    preprocess: Preprocess,
     n: int,
     verify: int,
     seed: int = SEED,
@@ -156,7 +148,7 @@ def dataset_calibration(
         for split, count in (("train", n), ("test", verify)):
             samples, _ = list_image_files(root, split)
             chosen = [samples[i] for i in _sample(len(samples), count, seed).tolist()]
-            tensors, kept = _decode_files([str(p) for p, _ in chosen], meta, max_pixels)
+            tensors, kept = _decode_files([str(p) for p, _ in chosen], preprocess, max_pixels)
             if not tensors:
                 raise ExportError(f"no readable images among the {len(chosen)} sampled from {root} ({split})")
             parts.append((torch.stack(tensors), torch.tensor([chosen[i][1] for i in kept])))
@@ -165,9 +157,9 @@ def dataset_calibration(
     else:
         train = load_cached(name, "train", data_dir)
         test = load_cached(name, "test", data_dir)
-        calib = fit_dataset_images(train.images[_sample(len(train), n, seed)], meta)
+        calib = preprocess.fit_array(train.images[_sample(len(train), n, seed)])
         index = _sample(len(test), verify, seed)
-        held, labels = fit_dataset_images(test.images[index], meta), test.labels[index]
+        held, labels = preprocess.fit_array(test.images[index]), test.labels[index]
         where = name
     return CalibrationSet(
         calib, held, labels, f"{len(calib)} {where} training images", f"{len(held)} {where} test images", seed
@@ -175,7 +167,7 @@ def dataset_calibration(
 
 
 def folder_calibration(
-    spec: str, meta: WeightsMeta, n: int, verify: int, seed: int = SEED, max_pixels: int = DEFAULT_MAX_PIXELS
+    spec: str, preprocess: Preprocess, n: int, verify: int, seed: int = SEED, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> CalibrationSet:
     """Images of a folder (recursive) or glob: a random fifth (at most `verify`) held out to check."""
     from reslab.infer.predict import collect_images
@@ -189,8 +181,8 @@ def folder_calibration(
     order = [files[i] for i in _sample(len(files), len(files), seed).tolist()]
     n_held = min(verify, max(1, len(order) // 5))
     held_files, calib_files = order[:n_held], order[n_held : n_held + n]
-    calib, _ = _decode_files(calib_files, meta, max_pixels)
-    held, _ = _decode_files(held_files, meta, max_pixels)
+    calib, _ = _decode_files(calib_files, preprocess, max_pixels)
+    held, _ = _decode_files(held_files, preprocess, max_pixels)
     if not calib or not held:
         raise ExportError(
             f"--calibration {spec}: too few of the files decode as images "
@@ -211,6 +203,7 @@ def folder_calibration(
 def calibration_set(
     spec: str | None,
     meta: WeightsMeta,
+    preprocess: Preprocess,
     *,
     data_dir: str | Path | None = None,
     images: int = CALIBRATION_IMAGES,
@@ -220,13 +213,13 @@ def calibration_set(
 ) -> CalibrationSet:
     """`spec`: a dataset name reslab knows, a folder or glob of images, or None for the dataset the
     weights were trained on. A dataset name wins over a folder of that name (write ./cifar10)."""
-    from reslab.data import DATASET_NAMES
     from reslab.errors import ReslabError
+    from reslab.vocab import DATASETS
 
     if images < 1 or verify < 1:
         raise ExportError("--calibration-images and --verify-images must be >= 1")
-    if spec is not None and spec not in DATASET_NAMES:
-        return folder_calibration(spec, meta, images, verify, seed, max_pixels)
+    if spec is not None and spec not in DATASETS:
+        return folder_calibration(spec, preprocess, images, verify, seed, max_pixels)
     name, recorded_dir = (spec, None) if spec is not None else dataset_from_meta(meta)
     hint = (
         "pass --calibration with a dataset name (cifar10, fashion-mnist, ... with --data-dir) or a folder "
@@ -239,7 +232,7 @@ def calibration_set(
         )
     try:
         return dataset_calibration(
-            name, data_dir if data_dir is not None else recorded_dir, meta, images, verify, seed, max_pixels
+            name, data_dir if data_dir is not None else recorded_dir, preprocess, images, verify, seed, max_pixels
         )
     except ExportError:
         raise
@@ -271,12 +264,18 @@ def _stem_convs(model) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type == "Conv" and node.input[0] in inputs]
 
 
+def calibration_batches(images: torch.Tensor, stats: NormStats) -> list[np.ndarray]:
+    """uint8 (N, C, S, S) -> the normalised float32 batches the calibration feeds the graph
+    (`NormStats.apply`, as every predictor normalises)."""
+    stats = stats.to("cpu")
+    return [stats.apply(images[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(images), CALIBRATION_BATCH)]
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out: str | Path,
     images: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    stats: NormStats,
     *,
     method: str = "percentile",
 ) -> dict[str, object]:
@@ -296,11 +295,7 @@ def quantize_onnx(
     )
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    scale, shift = pixel_affine(mean, std, images.shape[1])
-    batches = [
-        torch.addcmul(shift, images[i : i + CALIBRATION_BATCH].float(), scale).numpy()
-        for i in range(0, len(images), CALIBRATION_BATCH)
-    ]
+    batches = calibration_batches(images, stats)
 
     class Batches(CalibrationDataReader):  # set_range + __len__: what "CalibStridedMinMax" calls
         def __init__(self) -> None:
@@ -352,14 +347,13 @@ def write_int8(
     fp32_path: str | Path,
     out: str | Path,
     images: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    stats: NormStats,
     *,
     method: str = "percentile",
     source: str = "",
 ) -> dict[str, object]:
     """`quantize_onnx`, then the fp32 file's reslab.* metadata with precision "int8" and the settings."""
-    settings = quantize_onnx(fp32_path, out, images, mean, std, method=method)
+    settings = quantize_onnx(fp32_path, out, images, stats, method=method)
     settings.update(calibration_source=source or f"{len(images)} images")
     _copy_metadata(Path(fp32_path), Path(out), {"precision": "int8", "quantization": settings})
     return settings
@@ -406,8 +400,7 @@ def int8_path_for(fp32_path: Path) -> Path:
 def export_int8(
     fp32_path: str | Path,
     data: CalibrationSet,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    stats: NormStats,
     *,
     min_agreement: float = MIN_AGREEMENT,
     out: str | Path | None = None,
@@ -426,7 +419,7 @@ def export_int8(
     if not 0.0 <= min_agreement <= 1.0:
         raise ExportError(f"--min-agreement must be in [0, 1], got {min_agreement:g}")
     settings = write_int8(
-        fp32_path, out, data.images, mean, std, method=method, source=f"{data.source} (random sample, seed {data.seed})"
+        fp32_path, out, data.images, stats, method=method, source=f"{data.source} (random sample, seed {data.seed})"
     )
     check = compare_files(fp32_path, out, data.holdout, data.holdout_labels)
     result = Int8Result(

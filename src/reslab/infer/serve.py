@@ -32,10 +32,9 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
 from reslab.infer.backends import Predictor
-from reslab.infer.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
-from reslab.infer.predict import class_names, top_k
-from reslab.infer.preprocess import load_input
+from reslab.infer.predict import top_k
 from reslab.weights import WeightsMeta
 
 MULTIPART_SLACK = 16 * 1024  # bytes of multipart framing allowed on top of the file itself
@@ -209,8 +208,9 @@ def create_app(
 ) -> Any:
     """The FastAPI application serving `predictor` (see the module docstring)."""
     config = config or ServeConfig()
-    names = class_names(meta)
-    shape = (meta.in_chans, meta.input_size, meta.input_size)
+    names = meta.class_names
+    preprocess = predictor.preprocess
+    shape = (preprocess.in_chans, preprocess.input_size, preprocess.input_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -281,21 +281,15 @@ def create_app(
                 "bytes per file (server option --max-upload-bytes)",
             )
         try:
-            image = await run_in_threadpool(
-                load_input,
-                data,
-                in_chans=meta.in_chans,
-                input_size=meta.input_size,
-                resize=meta.resize,
-                max_pixels=config.max_pixels,
-                name=label,
-            )
+            image = await run_in_threadpool(preprocess.load, data, max_pixels=config.max_pixels, name=label)
         except ImageTooLargeError as exc:
             raise HTTPException(413, str(exc)) from None
         except NotAnImageError as exc:
             raise HTTPException(415, str(exc)) from None
         except ImageDecodeError as exc:
             raise HTTPException(422, str(exc)) from None
+        except MemoryError:
+            raise HTTPException(413, f"{label}: not enough memory to decode this image") from None
         except Exception as exc:  # a decoder bug on hostile input is still the input's fault
             raise HTTPException(422, f"{label}: cannot decode ({type(exc).__name__})") from None
         try:

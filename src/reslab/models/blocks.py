@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.vocab import SHORTCUTS, STRIDE_ON
+
 Shortcut = Literal["A", "B", "C"]
 StrideOn = Literal["1x1", "3x3"]
-
-SHORTCUTS = ("A", "B", "C")
-STRIDE_ON = ("1x1", "3x3")
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from reslab.errors import ReslabError
-from reslab.train.engine import TrainState
+from reslab.train.schedule import ScheduleState
+from reslab.train.state import TrainState
 
 
 @dataclass
@@ -83,7 +84,7 @@ def gather_to_rank0(dist: Dist, obj: Any) -> list[Any]:
     return out or []
 
 
-def agree_on_stop(dist: Dist, state: TrainState, pending: str, device: torch.device) -> None:
+def agree_on_stop(dist: Dist, state: TrainState, schedule: ScheduleState, pending: str, device: torch.device) -> None:
     """Take up a pending stop signal at a step boundary, the same step on every rank.
 
     Under torchrun a signal can reach one rank only, or ranks a moment apart; a rank that stopped
@@ -94,12 +95,12 @@ def agree_on_stop(dist: Dist, state: TrainState, pending: str, device: torch.dev
         state.stop_requested = state.stop_requested or pending
         return
     signum = signal.Signals[pending].value if pending else 0
-    flags = torch.tensor([signum, state.schedule.warmup_done_step], dtype=torch.long, device=device)
+    flags = torch.tensor([signum, schedule.warmup_done_step], dtype=torch.long, device=device)
     torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     signum, warmup_done = flags.tolist()
     if signum and not state.stop_requested:
         state.stop_requested = signal.Signals(signum).name
-    state.schedule.warmup_done_step = warmup_done
+    schedule.warmup_done_step = warmup_done
 
 
 def combine_train_metrics(dist: Dist, m: dict, device: torch.device) -> dict:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
-from reslab.train.engine import TrainState
+from reslab.rundir import RunDir
+from reslab.train.state import TrainState
 
 
 class RunLog:
     """metrics.jsonl + TensorBoard + progress bar; silent on ranks other than 0."""
 
     def __init__(
-        self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool, synthetic: bool
+        self, run: RunDir, enabled: bool, total_steps: int, start_step: int, progress: bool, synthetic: bool
     ) -> None:
         self.enabled = enabled
-        self.run_dir = run_dir
+        self.run = run
         self.synthetic = synthetic
         self.writer = None
         self.bar = None
@@ -28,7 +27,7 @@ class RunLog:
         from tqdm import tqdm
 
         # A resumed run purges events logged after its checkpoint, so curves have no doubled stretch.
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run.tensorboard), purge_step=start_step or None)
         if progress:
             self.bar = tqdm(
                 total=total_steps,
@@ -58,8 +57,7 @@ class RunLog:
             return
         if self.synthetic:
             record = {"data": "SYNTHETIC (smoke test, not a result)", **record}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                 self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])

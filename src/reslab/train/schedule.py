@@ -1,7 +1,8 @@
 """Learning-rate schedules as pure functions of the optimizer step.
 
-`lr_at(step, total_steps, cfg, base_lr, state)` is all the engine calls. Two schedules depend on
-what training observed, and keep it in a small `ScheduleState` saved in checkpoints:
+`Schedule` binds one run's settings once (`ScheduleConfig`, peak lr, total steps); the trainer
+asks it `lr(step)` before every step. Two schedules depend on what training observed, and keep it
+in a small `ScheduleState` saved in checkpoints:
 plateau (how many decays happened) and the paper's ResNet-110 warm-up (lr 0.01 "until the
 training error is below 80%", sec. 4.2), whose end is recorded as a step.
 """
@@ -9,7 +10,7 @@ training error is below 80%", sec. 4.2), whose end is recorded as a step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from reslab.config import ScheduleConfig
 
@@ -97,3 +98,31 @@ def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: Sch
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return linear_warmup(step, cfg.warmup_steps, cfg.warmup_lr, lr)
     return lr
+
+
+class Schedule:
+    """The learning rate of a run: `lr_at` bound to its settings, plus what it has observed."""
+
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, total_steps: int, state: ScheduleState | None = None):
+        self.cfg, self.base_lr, self.total_steps = cfg, base_lr, total_steps
+        self.state = state or ScheduleState()
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.cfg, self.base_lr, self.state)
+
+    @property
+    def watches_train_error(self) -> bool:
+        """True while the error-based warm-up waits for the training error to fall."""
+        return self.cfg.warmup_until_error > 0 and self.state.warmup_done_step < 0
+
+    def observe_train_error(self, step: int, error: float) -> None:
+        self.state.observe_train_error(step, error, self.cfg)
+
+    def observe_eval(self, value: float) -> None:
+        self.state.observe_eval(value, self.cfg)
+
+    def state_dict(self) -> dict[str, float | int]:
+        return asdict(self.state)
+
+    def load_state_dict(self, values: dict[str, float | int]) -> None:
+        self.state = ScheduleState(**values)

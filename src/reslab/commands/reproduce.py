@@ -139,7 +139,12 @@ def reproduce_command(args: argparse.Namespace) -> int:
     exp = ExperimentDir.open(out, name, explicit, Settings(data=data, depths=list(module.DEFAULT_DEPTHS)))
     exp.command = canonical_command(module, exp.settings, out, args.parallel)
     print(f"{name}: {module.SUMMARY}\nexperiment directory: {out}", file=sys.stderr)
-    report = module.run(exp, Execution(parallel=args.parallel, workers=args.workers, device=args.device))
+    from reslab.train.loop import resolve_resume, train
+
+    execution = Execution(
+        parallel=args.parallel, workers=args.workers, device=args.device, train=train, resolve_resume=resolve_resume
+    )
+    report = module.run(exp, execution)
     print(f"report: {report}")
     return 0
 

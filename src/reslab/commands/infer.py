@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reslab.infer.decode import DEFAULT_MAX_PIXELS
+from reslab.data.decode import DEFAULT_MAX_PIXELS
 
 WEIGHTS_HELP = "weights: a .safetensors file, a run directory, or a shipped name"
 MODEL_HELP = WEIGHTS_HELP + "; or a .onnx file written by `reslab export` (fp32 or int8), run by onnxruntime"
@@ -32,6 +32,13 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
         "--no-fold", dest="fold", action="store_false", help="keep BatchNorm layers unfolded (PyTorch weights only)"
     )
     p.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default=None,
+        help="test-time augmentation: flip averages each image's logits with its mirror's "
+        "(default: as the weights' metrics were measured)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
@@ -42,11 +49,12 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
 
 def _predictor(args: argparse.Namespace):
     """(predictor, meta, parameter count): the fast path for weights, onnxruntime for an .onnx file."""
+    from reslab.data.decode import quiet_pillow_bomb_warning
     from reslab.infer.backends import load_predictor
-    from reslab.infer.decode import quiet_pillow_bomb_warning
 
     quiet_pillow_bomb_warning()  # --max-pixels is the limit; Pillow's would only add noise
-    return load_predictor(args.weights, fold=args.fold, precision=args.precision, compile=args.compile)
+    tta = None if args.tta is None else args.tta == "flip"
+    return load_predictor(args.weights, fold=args.fold, precision=args.precision, compile=args.compile, tta_flip=tta)
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -83,14 +91,19 @@ def export_command(args: argparse.Namespace) -> int:
         raise ConfigError("--calibration and --data-dir choose int8 calibration images; add --int8")
     if args.int8 and (args.calibration_images < 1 or args.verify_images < 1 or not 0 <= args.min_agreement <= 1):
         raise ConfigError("--calibration-images and --verify-images must be >= 1, --min-agreement in [0, 1]")
-    model, meta, mean, std = load_weights(args.weights)
+    weights = load_weights(args.weights)
     if args.int8:  # load the calibration images first: missing data fails before a long export
         from reslab.infer.quantize import calibration_set, export_int8
 
         data = calibration_set(
-            args.calibration, meta, data_dir=args.data_dir, images=args.calibration_images, verify=args.verify_images
+            args.calibration,
+            weights.meta,
+            weights.preprocess,
+            data_dir=args.data_dir,
+            images=args.calibration_images,
+            verify=args.verify_images,
         )
-    result = export_model(model, meta, mean, std, args.format, args.output, tolerance=args.tolerance)
+    result = export_model(weights, args.format, args.output, tolerance=args.tolerance)
     print(f"wrote {result.path} ({result.format}, via {result.exporter})")
     print(f"wrote {result.sidecar} (preprocessing: mean/std, input size, classes)")
     print(
@@ -99,7 +112,7 @@ def export_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.int8:
-        q = export_int8(result.path, data, mean, std, min_agreement=args.min_agreement)
+        q = export_int8(result.path, data, weights.stats, min_agreement=args.min_agreement)
         print(f"wrote {q.path} (int8 QDQ for onnxruntime, calibrated on {q.calibration}; {q.seconds:.1f} s)")
         accuracy = (
             f"; accuracy fp32 {100 * q.accuracy_fp32:.2f}%, int8 {100 * q.accuracy_int8:.2f}%"

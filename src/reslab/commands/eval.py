@@ -1,0 +1,167 @@
+"""`reslab eval`: evaluate weights: top-1/top-5 error, loss, per-class accuracy, a confusion-matrix PNG.
+
+By default a run is evaluated exactly as it evaluated itself at its end: its own data settings
+(config.yaml: dataset, data dir, split, image size, memory layout, precision, flip TTA) and the
+preprocessing recorded with its weights (reslab.evaluation.plan_evaluation). Flags override one
+setting each. Also 10-crop and multi-scale (fully convolutional) testing of ImageFolder data, as
+in the paper's Tables 2-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from reslab.errors import ConfigError
+
+
+def save_confusion_png(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = torch.tensor(confusion, dtype=torch.float64)
+    normalised = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+    n = len(classes)
+    size = min(4 + 0.45 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j]:
+                        color = "white" if normalised[i, j] > 0.5 else "black"
+                        ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def default_out_dir(source: str, weights_path: Path, run_dir, dataset: str) -> Path:
+    """RUN/eval-DATASET for a run; ./eval-STEM-DATASET for a weights file or a shipped name (never
+    beside a file that may sit in the installed package)."""
+    if run_dir is not None:
+        return run_dir.eval_dir(dataset)
+    return Path(f"eval-{weights_path.stem}-{dataset}")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from reslab.data.decode import quiet_pillow_bomb_warning
+    from reslab.device import resolve_device
+    from reslab.evaluation import evaluate_weights, plan_evaluation
+    from reslab.rundir import RunDir
+    from reslab.weights import load_weights, resolve_weights
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1; got {args.batch_size}")
+    quiet_pillow_bomb_warning()
+    device = resolve_device(args.device)
+    weights_path = resolve_weights(args.weights)
+    run = RunDir(args.weights) if Path(args.weights).is_dir() else None
+    weights = load_weights(weights_path)
+    tta = None if args.tta is None else args.tta == "flip"
+    plan = plan_evaluation(
+        weights,
+        run,
+        dataset=args.data,
+        data_dir=args.data_dir,
+        part=args.part,
+        tta_flip=tta,
+        crops=args.crops,
+        scales=tuple(args.scales) if args.scales else None,
+        in_memory=True if args.in_memory else None,
+        workers=args.workers,
+        batch_size=args.batch_size,
+    )
+    m = evaluate_weights(weights, plan, device)
+    meta, dataset = weights.meta, plan.source.dataset
+    out_dir = Path(args.out) if args.out else default_out_dir(args.weights, weights_path, run, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = meta.class_names
+    title = f"{meta.model} on {dataset}: top-1 error {100 * m['top1_error']:.2f}%"
+    save_confusion_png(m["confusion"], classes, out_dir / "confusion.png", title)
+    report = {
+        "weights": str(weights_path),
+        "model": meta.model,
+        "dataset": dataset,
+        "part": plan.part,
+        "crops": args.crops,
+        "scales": args.scales,
+        "tta": "flip" if plan.tta_flip else "none",
+        "precision": plan.precision,
+        **m,
+        "per_class_accuracy": dict(zip(classes, m["per_class_accuracy"])),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "confusion"}, indent=2))
+        return 0
+    print(f"{meta.model} on {dataset} ({m['images']} images, {plan.describe()})")
+    print(f"  top-1 error {100 * m['top1_error']:6.2f}%   (accuracy {100 * m['accuracy']:.2f}%)")
+    print(f"  top-5 error {100 * m['top5_error']:6.2f}%")
+    print(f"  loss        {m['loss']:.4f}")
+    width = max(len(c) for c in classes)
+    if len(classes) <= 30:
+        print("  per-class accuracy:")
+        for c, acc in zip(classes, m["per_class_accuracy"]):
+            print(f"    {c:<{width}}  {100 * acc:6.2f}%")
+    print(
+        f"  confusion matrix: {out_dir / 'confusion.png'}; all metrics: {out_dir / 'metrics.json'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _scales(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 224,256; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"scales must be positive integers; got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate weights: top-1/top-5 error, per-class accuracy, confusion matrix",
+        description="Evaluate a run directory, weights file or shipped weights name. A run is evaluated as it "
+        "evaluated itself at its end (its dataset, data dir, split, preprocessing, precision and TTA); each flag "
+        "overrides one of those. Writes confusion.png and metrics.json.",
+    )
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run directory, .safetensors file or shipped name")
+    p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
+    p.add_argument("--data-dir", help="where the dataset files are (default: the run's)")
+    p.add_argument(
+        "--part",
+        choices=["test", "val", "train"],
+        help="test (default; an ImageFolder tree's val/), val (the held-out part of data.split=paper), train",
+    )
+    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's)")
+    p.add_argument(
+        "--crops", type=int, choices=[1, 10], default=1, help="10: the paper's 10-crop testing (ImageFolder)"
+    )
+    p.add_argument(
+        "--scales",
+        type=_scales,
+        help="fully convolutional multi-scale testing, shorter sides e.g. 224,256,384,480,640",
+    )
+    p.add_argument("--batch-size", type=int, help="images per batch (default 256, as training evaluates)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for streamed ImageFolder data (default: the run's)")
+    p.add_argument("--in-memory", action="store_true", help="decode an ImageFolder into memory first (small sets)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="output directory (default: RUN/eval-DATASET, or ./eval-WEIGHTS-DATASET)")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=eval_command)

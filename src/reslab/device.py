@@ -1,0 +1,44 @@
+"""Where and in what precision tensors are computed: device names, autocast, native bf16 on CPUs.
+
+Models stay device- and dtype-agnostic; training, evaluation and inference ask this module which
+device a name means and which autocast context a precision needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from reslab.errors import ConfigError
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """ "auto" -> cuda when a GPU is visible, else cpu; "cuda" under torchrun -> this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for but no CUDA device is visible; use cpu")
+        if local_rank is not None:
+            name = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision: none for fp32, bf16 or fp16 autocast otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def native_bf16_supported() -> bool:
+    """True when this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX), read at run time.
+
+    Elsewhere (AVX2-only CPUs) oneDNN emulates bf16, about 4-10x slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

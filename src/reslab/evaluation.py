@@ -1,0 +1,236 @@
+"""Evaluation, in one place: the metric loop, the predictors, and what a run is evaluated on.
+
+Training's evaluations, `reslab eval`, `reslab reproduce` and the reports all call `evaluate`.
+The predictors map a batch to logits: the model's own, averaged with the mirrored batch (flip
+test-time augmentation), the paper's 10-crop score averaging, or fully convolutional scoring of
+whole images at several scales (Tables 2-4).
+
+`EvalPlan` is what one evaluation of weights decides: the data (a `DataSource` and a part), the
+test-time augmentation, the precision and memory layout, the batch size. `plan_evaluation` reads
+it from a run's config.yaml (or the weights' metadata) with the user's flags on top, so that
+`reslab eval RUN` with no flag repeats the run's own final evaluation exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.config import config_from_dict
+from reslab.data.sources import DataSource
+from reslab.device import autocast
+from reslab.errors import ConfigError
+from reslab.rundir import RunDir
+from reslab.weights import Weights
+
+EVAL_BATCH_SIZE = 256  # images per evaluation batch, in training and in `reslab eval` alike
+
+Predict = Callable[[Any], torch.Tensor]
+
+
+def model_logits(model: nn.Module, tta_flip: bool = False) -> Predict:
+    """x (B, C, H, W) -> float logits; with tta_flip the mean of the image's and its mirror's."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x).float()
+        if tta_flip:
+            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        return logits
+
+    return predict
+
+
+def ten_crop_logits(model: nn.Module) -> Predict:
+    """(B, 10, C, S, S) crops -> log of the crops' mean softmax (the paper's score averaging)."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        b, n = x.shape[:2]
+        probs = model(x.flatten(0, 1)).float().softmax(1).view(b, n, -1).mean(1)
+        return probs.clamp_min(1e-12).log()
+
+    return predict
+
+
+def multi_scale_logits(model: nn.Module, tta_flip: bool) -> Predict:
+    """Per image: the whole image at each scale (fully convolutional), scores averaged."""
+
+    def predict(images: list[list[torch.Tensor]]) -> torch.Tensor:
+        out = []
+        for scales in images:  # each (1, C, H_s, W_s)
+            probs = []
+            for x in scales:
+                probs.append(model(x).float().softmax(1))
+                if tta_flip:
+                    probs.append(model(torch.flip(x, dims=[3])).float().softmax(1))
+            out.append(torch.cat(probs).mean(0))
+        return torch.stack(out).clamp_min(1e-12).log()
+
+    return predict
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Any, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    tta_flip: bool = False,
+    predict: Predict | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 error, mean loss, per-class accuracy and the confusion matrix (rows = truth).
+
+    `predict` maps a batch to logits (10-crop, multi-scale); by default `model_logits`."""
+    model.eval()
+    predict = predict or model_logits(model, tta_flip)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5_hits = torch.zeros((), dtype=torch.int64, device=device)
+    n, start = 0, time.perf_counter()
+    for x, y in batches:
+        with autocast(device, precision):
+            logits = predict(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        k = min(5, num_classes)
+        top5_hits += (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes).view(
+            num_classes, num_classes
+        )
+        n += y.numel()
+    confusion = confusion.cpu()
+    correct = confusion.diag().sum().item()
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
+    n = max(n, 1)
+    return {
+        "top1_error": 1.0 - correct / n,
+        "top5_error": 1.0 - top5_hits.item() / n,
+        "accuracy": correct / n,
+        "loss": loss_sum.item() / n,
+        "images": n,
+        "seconds": time.perf_counter() - start,
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+# ---- Evaluating weights ----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalPlan:
+    """One evaluation of weights: on what, and how."""
+
+    source: DataSource
+    part: str = "test"  # "test", "val" (paper split) or "train"
+    tta_flip: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    eval_mode: str = "center"  # "center", "ten-crop", "multi-scale"
+    scales: tuple[int, ...] | None = None
+    batch_size: int = EVAL_BATCH_SIZE
+    notes: list[str] = field(default_factory=list)  # where each setting came from, for the user
+
+    def describe(self) -> str:
+        extras = [f"{self.part} part"]
+        if self.tta_flip:
+            extras.append("flip TTA")
+        if self.eval_mode == "ten-crop":
+            extras.append("10-crop")
+        if self.scales:
+            extras.append("scales " + ",".join(map(str, self.scales)))
+        if self.precision != "fp32":
+            extras.append(self.precision)
+        return ", ".join(extras)
+
+
+def plan_evaluation(
+    weights: Weights,
+    run: RunDir | None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    part: str | None = None,
+    tta_flip: bool | None = None,
+    crops: int = 1,
+    scales: tuple[int, ...] | None = None,
+    in_memory: bool | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+) -> EvalPlan:
+    """The run's own evaluation settings (config.yaml when `run` is given, else the weights'
+    metadata), each overridden by the flag given for it (not None)."""
+    meta = weights.meta
+    recorded = dict(meta.evaluation)
+    if run is not None and run.config.is_file():
+        cfg = config_from_dict(run.read_config())
+        source = DataSource.from_config(cfg.data, cfg.train.seed)
+        recorded = {
+            "tta_flip": cfg.train.tta_flip,
+            "precision": cfg.train.precision,
+            "channels_last": cfg.train.channels_last,
+        }
+        if dataset is not None and dataset != source.dataset:
+            source = DataSource(dataset)
+    else:
+        name = dataset or meta.dataset_name
+        if not name:
+            raise ConfigError("the weights do not record their dataset; say which with --data")
+        same = name == meta.dataset_name
+        source = DataSource(name, data_dir=(meta.data_dir or None) if same else None, in_memory=name != "imagefolder")
+    source = source.with_overrides(data_dir=data_dir, in_memory=in_memory, workers=workers)
+    if crops == 10 and scales:
+        raise ConfigError("choose --crops 10 or --scales, not both")
+    mode = "ten-crop" if crops == 10 else "multi-scale" if scales else "center"
+    return EvalPlan(
+        source=source,
+        part=part or "test",
+        tta_flip=recorded.get("tta_flip", meta.tta_flip) if tta_flip is None else tta_flip,
+        precision=recorded.get("precision", "fp32"),
+        channels_last=bool(recorded.get("channels_last", False)),
+        eval_mode=mode,
+        scales=tuple(scales) if scales else None,
+        batch_size=batch_size or EVAL_BATCH_SIZE,
+    )
+
+
+def evaluate_weights(weights: Weights, plan: EvalPlan, device: torch.device) -> dict[str, Any]:
+    """`evaluate` the weights as `plan` says; the metrics dict of `evaluate`."""
+    model = weights.model.to(device)
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batches = plan.source.eval_batches(
+        plan.part,
+        weights.preprocess,
+        device=device,
+        batch_size=plan.batch_size,
+        channels_last=plan.channels_last,
+        eval_mode=plan.eval_mode,
+        scales=plan.scales,
+    )
+    classes = getattr(batches, "classes", None)
+    if classes is not None and len(classes) != weights.meta.num_classes:
+        raise ConfigError(
+            f"{plan.source.dataset} has {len(classes)} classes but the weights predict {weights.meta.num_classes}"
+        )
+    predict = None
+    if plan.eval_mode == "ten-crop":
+        predict = ten_crop_logits(model)
+    elif plan.eval_mode == "multi-scale":
+        predict = multi_scale_logits(model, plan.tta_flip)
+    return evaluate(
+        model,
+        batches.epoch(0),
+        weights.meta.num_classes,
+        device=device,
+        precision=plan.precision,
+        tta_flip=plan.tta_flip,
+        predict=predict,
+    )

@@ -1,0 +1,203 @@
+"""A training run's directory: every file name of a run is spelled here, once.
+
+    config.yaml           the resolved configuration
+    metrics.jsonl         one JSON line per evaluation
+    tb/                   TensorBoard event files
+    checkpoints/          ckpt-STEP.pt (+ .sha256), newest K kept; *.damaged: set aside by a resume
+    weights.safetensors   final weights with preprocessing and metrics (for eval/predict/export)
+    summary.json          final metrics, wall time, software and hardware
+    train_error.json      training-set error curve from the checkpoints (`reslab reproduce`)
+    train.log             output of a run trained in a subprocess (`reslab reproduce --parallel`)
+    report.html, report.md, report_error_curves.png, report_results.json   the run's report
+    eval-DATASET/         what `reslab eval` writes for these weights
+
+Training (`reslab.train`), checkpoints (`reslab.checkpoint`), evaluation and the analysis read
+and write runs through `RunDir`; none of them names a file of a run itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from reslab.atomic import atomic_write_bytes, remove_stale_temps
+from reslab.errors import ConfigError
+
+RunState = Literal["finished", "partial", "new"]
+
+CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "ckpt-", ".pt"
+DIGEST_SUFFIX = ".sha256"
+DAMAGED_SUFFIX = ".damaged"
+
+
+class RunDir:
+    """The files of one run directory (which may not exist yet)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def new_path(cls, out_dir: str | Path, model: str, dataset: str) -> RunDir:
+        """OUT_DIR/YYYYMMDD-HHMMSS-MODEL-DATASET, the default for a new run."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return cls(Path(out_dir) / f"{stamp}-{model}-{dataset}")
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "weights.safetensors"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def train_error(self) -> Path:
+        return self.path / "train_error.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    def eval_dir(self, dataset: str) -> Path:
+        return self.path / f"eval-{dataset}"
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> Path:
+        """checkpoints/ckpt-00001234.pt: the zero-padded step makes name order step order."""
+        return self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:08d}{CHECKPOINT_SUFFIX}"
+
+    @staticmethod
+    def digest_of(checkpoint: Path) -> Path:
+        """The checksum file beside a checkpoint: ckpt-00001234.pt.sha256."""
+        return checkpoint.with_name(checkpoint.name + DIGEST_SUFFIX)
+
+    @staticmethod
+    def step_of(checkpoint: Path) -> int:
+        return int(checkpoint.name[len(CHECKPOINT_PREFIX) : -len(CHECKPOINT_SUFFIX)])
+
+    def list_checkpoints(self) -> list[Path]:
+        """Checkpoints oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"))
+
+    def remove_checkpoint(self, checkpoint: Path) -> None:
+        checkpoint.unlink(missing_ok=True)
+        self.digest_of(checkpoint).unlink(missing_ok=True)
+
+    def set_aside(self, checkpoint: Path) -> None:
+        """Rename a checkpoint and its checksum to *.damaged, so no resume tries it again."""
+        for f in (checkpoint, self.digest_of(checkpoint)):
+            if f.exists():
+                f.replace(f.with_name(f.name + DAMAGED_SUFFIX))
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Remove what writes cut short by a kill left: temp files of atomic writes (run directory
+        and checkpoints/) and checksum files whose checkpoint never landed. Only while no other
+        process writes to this run."""
+        removed = [p for d in (self.path, self.checkpoints_dir) for p in remove_stale_temps(d)]
+        if self.checkpoints_dir.is_dir():
+            for digest in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{DIGEST_SUFFIX}"):
+                if not digest.with_name(digest.name[: -len(DIGEST_SUFFIX)]).exists():
+                    digest.unlink(missing_ok=True)
+                    removed.append(digest)
+        return removed
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def state(self) -> RunState:
+        """finished: summary.json exists; partial: checkpoints to resume from; new: anything else."""
+        if self.summary.is_file():
+            return "finished"
+        return "partial" if self.list_checkpoints() else "new"
+
+    def holds_run(self) -> bool:
+        """True when a run has written checkpoints here (so starting another would mix two runs)."""
+        return self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a mapping; a ConfigError names the file when it is missing or damaged."""
+        if not self.config.is_file():
+            raise ConfigError(f"{self.path} is not a reslab run directory (no {self.config.name})")
+        try:
+            settings = yaml.safe_load(self.config.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{self.config} is damaged ({first}); repair it or start a new run") from None
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{self.config} must be a mapping of sections, got {type(settings).__name__}")
+        return settings
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl records by step. A resumed run may have logged a step twice (evaluations
+        after its last checkpoint are repeated); the later record wins. A line cut short by a
+        crash is skipped."""
+        by_step: dict[int, dict[str, Any]] = {}
+        if not self.metrics.is_file():
+            return []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                step = int(record["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            by_step[step] = {**by_step.get(step, {}), **record}
+        return [by_step[s] for s in sorted(by_step)]
+
+    def drop_metrics_after(self, step: int) -> None:
+        """On resume: forget evaluations logged after the checkpoint (they will run again) and a
+        line cut short by a kill."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        atomic_write_bytes(self.metrics, "".join(kept).encode())
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")

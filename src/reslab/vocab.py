@@ -1,0 +1,35 @@
+"""The words reslab's settings and files use, each list defined once.
+
+Config validation (`reslab.config`), the data and model code and the command lines import these
+tuples; none of them spells a list of its own.
+"""
+
+from __future__ import annotations
+
+# Datasets `data.dataset` names; "imagefolder" is any root/train/<class>/* tree.
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder", "synthetic")
+# The two parts of a dataset on disk: "test" is CIFAR's test batch, MNIST's t10k files, an
+# ImageFolder tree's val/ folder.
+SPLITS = ("train", "test")
+# data.split: "paper" holds out data.val_size training images for validation; "full" trains on all.
+SPLIT_MODES = ("paper", "full")
+# data.normalize: per-pixel mean (paper sec. 4.2), per-channel mean/std, or only /255.
+NORMALIZE_KINDS = ("pixel-mean", "channel", "none")
+# data.augment on the in-memory path (batched tensor ops) and on the streaming path (PIL in workers).
+AUGMENT_KINDS = ("none", "flip", "crop", "crop-flip")
+FOLDER_AUGMENT_KINDS = ("scale", "rrc", "none")
+# How an image of another size is brought to the network's input size (`reslab.data.preprocess`).
+RESIZE_MODES = ("shorter-center-crop", "shorter-N-center-crop", "stretch", "none")
+# Evaluation of full-size images: one centre crop, the paper's 10 crops, or whole images at scales.
+EVAL_MODES = ("center", "ten-crop", "multi-scale")
+
+# model.shortcut: A zero-pad identity, B project where the shape changes, C project always.
+SHORTCUTS = ("A", "B", "C")
+# Where a bottleneck downsamples: the first 1x1 (paper, "v1") or the 3x3 (torchvision, "v1.5").
+STRIDE_ON = ("1x1", "3x3")
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
+# train.precision; inference adds "auto" (bf16 where the CPU has it natively).
+PRECISIONS = ("fp32", "bf16", "fp16")
+ON_NONFINITE = ("stop", "skip")
