@@ -15,7 +15,7 @@ from reslab.commands import COMMAND_MODULES
 from reslab.errors import ReslabError
 
 
-def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:
+def build_parser(modules: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     """The parser of every command. A command module that fails to import raises: a broken import
     is a bug, and a command that silently vanished from --help would hide it."""
     parser = argparse.ArgumentParser(
@@ -24,7 +24,7 @@ def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.Argumen
     )
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in modules:
+    for name in COMMAND_MODULES if modules is None else modules:
         importlib.import_module(name).register(subparsers)
     return parser
 

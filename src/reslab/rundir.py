@@ -8,7 +8,7 @@
     summary.json          final metrics, wall time, software and hardware
     train_error.json      training-set error curve from the checkpoints (`reslab reproduce`)
     train.log             output of a run trained in a subprocess (`reslab reproduce --parallel`)
-    report.html, report.md, report_error_curves.png, report_results.json   the run's report
+    report.html, report.md, error_curves.png, results.json   the run's report (`reslab reproduce`)
     eval-DATASET/         what `reslab eval` writes for these weights
 
 Training (`reslab.train`), checkpoints (`reslab.checkpoint`), evaluation and the analysis read

@@ -162,3 +162,21 @@ def write_image_tree(
                 arrays.append(array)
             written[f"{split}/{class_name}"] = arrays
     return written
+
+
+# `reslab train` / `reslab reproduce` settings for runs of a few steps on 32 synthetic 16x16 images
+# (batches of 16: two steps per epoch), shared by the report and reproduce tests.
+TINY = [
+    "--data",
+    "synthetic",
+    "--set",
+    "data.synthetic_size=32",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.threads=1",
+]

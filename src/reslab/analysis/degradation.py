@@ -20,10 +20,13 @@ from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, mean_curve, mean_std, pct
 from reslab.analysis.train_error import training_error_curve
 from reslab.analysis.training_experiment import (
+    claims_results,
     claims_section,
     commands_section,
     method_section,
     not_reproduced_reasons,
+    results_header,
+    runs_results,
     runs_section,
     train_experiment,
     write_run_reports,
@@ -46,25 +49,50 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     check_data(s)
     plan = training_plan(s, checkpoint_each_eval=True)
     exp.start()
-    nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in sorted(set(s.depths))]
+    depths = sorted(set(s.depths))
+    nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in depths]
     specs = [plan.spec(model, seed) for _, _, model in nets for seed in range(s.seeds)]
     runs, states = train_experiment(exp, specs, execution)
     train_images = min(training_error_curve(r.path, s.train_images)["images"] for r in runs)
     write_run_reports(runs)
 
-    by_net: dict[tuple[bool, int], list[Run]] = {}
-    for residual, depth, model in nets:
-        by_net[(residual, depth)] = [r for r in runs if r.model == model]
-    synthetic = any(r.synthetic for r in runs)
+    by_net = {(residual, depth): [r for r in runs if r.model == model] for residual, depth, model in nets}
     stats = {key: _net_stats(group) for key, group in by_net.items()}
-    claims = _claims(stats, sorted(set(s.depths)))
+    table = _table(by_net, stats)
+    synthetic = any(r.synthetic for r in runs)
+    claims = _claims(stats, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
-
-    fig6, fig1 = _figures(exp.path, stats, sorted(set(s.depths)), s.data, synthetic)
+    fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic)
     what_train = runs[0].train_error_curve()[1]
 
-    # ---- results.json
-    table = [
+    results = {
+        **results_header(NAME, s, plan, synthetic),
+        "eval_every": plan.eval_every,
+        "settings": s.to_dict(),
+        "training_error_plotted": what_train,
+        "table": table,
+        **claims_results(claims, reasons),
+        "curves": _curves_results(stats),
+        "runs": runs_results(runs),
+        "environment": environment(),
+    }
+    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
+
+    page = Page(f"Degradation: plain vs residual networks on {s.data}", synthetic=synthetic)
+    page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
+    claims_section(page, claims, reasons)
+    _summary_section(page, table, fig6, fig1, what_train)
+    method_section(page, plan, runs[0], s.seeds, [_training_error_note(plan.eval_every, train_images)])
+    runs_section(page, exp, runs, states)
+    commands_section(page, exp, specs)
+    page.paragraph(f"Next: layer responses (Fig. 7) of these runs: reslab reproduce layer-responses --from {exp.path}")
+    page.environment((runs[0].summary or {}).get("environment"))
+    return page.write(exp.path / "report.html")
+
+
+def _table(by_net: dict[tuple[bool, int], list[Run]], stats: dict) -> list[dict]:
+    """results.json's summary rows: each network's final errors (mean and std over seeds) and parameters."""
+    return [
         {
             "model": label(res, d),
             "name": cifar_model(d, res),
@@ -75,34 +103,21 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         }
         for (res, d), st in sorted(stats.items())
     ]
-    results = {
-        "experiment": NAME,
-        "synthetic_data": synthetic,
-        "data": s.data,
-        "iterations": plan.iterations,
-        "milestones": plan.milestones,
-        "eval_every": plan.eval_every,
-        "settings": s.to_dict(),
-        "training_error_plotted": what_train,
-        "table": table,
-        "claims": claims,
-        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
-        "curves": {
-            label(res, d): {
-                "train": {"steps": st["train"].steps, "values": st["train"].values},
-                "test": {"steps": st["test"].steps, "values": st["test"].values},
-            }
-            for (res, d), st in stats.items()
-        },
-        "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
-        "environment": environment(),
-    }
-    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
 
-    # ---- report.html
-    page = Page(f"Degradation: plain vs residual networks on {s.data}", synthetic=synthetic)
-    page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
-    claims_section(page, claims, reasons)
+
+def _curves_results(stats: dict) -> dict:
+    """results.json's mean training and test error curves of each network."""
+    return {
+        label(res, d): {
+            "train": {"steps": st["train"].steps, "values": st["train"].values},
+            "test": {"steps": st["test"].steps, "values": st["test"].values},
+        }
+        for (res, d), st in stats.items()
+    }
+
+
+def _summary_section(page: Page, table: list[dict], fig6: Path, fig1: Path, what_train: str) -> None:
+    """The summary table of final errors and the Fig. 6 and Fig. 1 style figures."""
     page.heading("Summary")
     page.table(
         ["model", "seeds", "final training error %", "final test error %", "best test error %", "params"],
@@ -127,22 +142,15 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.paragraph(
         f"Training error plotted: {what_train}. Test error: top-1 error on the whole test set, from metrics.jsonl."
     )
-    method_section(
-        page,
-        plan,
-        runs[0],
-        s.seeds,
-        [
-            f"Training error: every {plan.eval_every:,} iterations a checkpoint is kept; after training each is "
-            f"evaluated on {train_images:,} fixed training images (--train-images), then the checkpoints are "
-            "pruned to the newest two. The paper's curves may instead show the running mini-batch error."
-        ],
+
+
+def _training_error_note(eval_every: int, train_images: int) -> str:
+    """The Method item on how the training error curve was measured."""
+    return (
+        f"Training error: every {eval_every:,} iterations a checkpoint is kept; after training each is "
+        f"evaluated on {train_images:,} fixed training images (--train-images), then the checkpoints are "
+        "pruned to the newest two. The paper's curves may instead show the running mini-batch error."
     )
-    runs_section(page, exp, runs, states)
-    commands_section(page, exp, specs)
-    page.paragraph(f"Next: layer responses (Fig. 7) of these runs: reslab reproduce layer-responses --from {exp.path}")
-    page.environment((runs[0].summary or {}).get("environment"))
-    return page.write(exp.path / "report.html")
 
 
 def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bool) -> tuple[Path, Path]:

@@ -30,6 +30,14 @@ DEFAULT_DEPTHS: list[int] = []
 TAKES = {"data_dir", "weights", "batch_size"}
 SUMMARY = "1-crop and 10-crop top-1/top-5 errors of given weights against the paper's Tables 2-3"
 MODES = {"1-crop": "center", "10-crop": "ten-crop"}
+NOTES = [  # how to read the table, below it
+    "Paper: single models, 10-crop testing on the ImageNet validation set (Tables 2-3). ResNet-34 is matched "
+    "to the paper's option A/B/C by the weights' shortcut option (default B).",
+    "Our resnetD nets stride the bottleneck's 3x3 conv (torchvision's v1.5, about 0.5% better top-1); "
+    "resnetD_v1 are the paper's v1.",
+    "1-crop: shorter side resized to 256 (for 224 crops), centre crop. 10-crop: corners + centre and mirrors, "
+    "softmax scores averaged.",
+]
 
 
 def parse_weights(items: list[str]) -> list[tuple[str | None, Path]]:
@@ -89,86 +97,112 @@ def _paper_row(model: str, options: dict) -> paper.ImageNetRow | None:
 
 def run(exp: ExperimentDir, execution: Execution) -> Path:
     s = exp.settings
-    if not s.data_dir:
-        raise DataError(
-            "imagenet-table needs --data-dir ROOT: an ImageFolder tree with val/<class>/*.JPEG "
-            "(ImageNet's validation set sorted into class folders)"
-        )
-    root = Path(s.data_dir)
-    entries = parse_weights(s.weights)
-    if not (root / "val").is_dir():
-        raise DataError(
-            f"{root}/val not found: --data-dir must hold val/<class>/*.JPEG (ImageNet's validation "
-            "set sorted into class folders)"
-        )
+    root, entries = _check_inputs(s.data_dir, s.weights)
     exp.start()
     dev = resolve_device(execution.device)
     evals_dir = exp.path / "evals"
     evals_dir.mkdir(parents=True, exist_ok=True)
-    rows, table = [], []
+    table = []
     for name, path in entries:
-        meta_model, options, classes = _meta(path)
+        meta_model, options, _ = _meta(path)
         label = name or meta_model
-        stat = path.stat()
-        key = {
-            "weights": str(path.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "data_dir": str(root.resolve()),
-        }
         cache = evals_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".json")
-        saved = json.loads(cache.read_text()) if cache.is_file() else {}
-        if saved.get("key") != key:
-            print(f"evaluating {label} ({path}) on {root}/val: 1-crop and 10-crop", flush=True)
-            saved = {
-                "key": key,
-                **{
-                    mode: evaluate_weights_file(path, root, mode, s.batch_size, execution.workers, dev)
-                    for mode in MODES
-                },
-            }
-            cache.write_text(json.dumps(saved, indent=1))
-        ref = _paper_row(meta_model, options)
-        one, ten = saved["1-crop"], saved["10-crop"]
-        rows.append(
-            [
-                label,
-                meta_model,
-                f"{one['images']:,}",
-                pct(one["top1_error"]),
-                pct(one["top5_error"]),
-                pct(ten["top1_error"]),
-                pct(ten["top5_error"]),
-                ref.label if ref else "n/a",
-                f"{ref.top1:.2f}" if ref else "n/a",
-                f"{ref.top5:.2f}" if ref and ref.top5 is not None else "n/a",
-                f"{100 * ten['top1_error'] - ref.top1:+.2f}" if ref else "n/a",
-            ]
-        )
-        table.append(
-            {
-                "name": label,
-                "model": meta_model,
-                "weights": str(path),
-                "1-crop": one,
-                "10-crop": ten,
-                "paper": None
-                if ref is None
-                else {"label": ref.label, "top1": ref.top1, "top5": ref.top5, "table": ref.table},
-            }
-        )
-    full_val = any(row["10-crop"]["images"] == 50_000 for row in table)
+        saved = _saved_evaluation(label, path, root, cache, s.batch_size, execution.workers, dev)
+        table.append(_results_row(label, meta_model, path, saved, _paper_row(meta_model, options)))
     (exp.path / "results.json").write_text(
         json.dumps({"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}, indent=1)
     )
 
     page = Page("ImageNet Tables 2-3: 1-crop and 10-crop errors")
     page.paragraph(f"Compares with {paper.PAPER}, Tables 2-3: {SUMMARY}.")
-    if not full_val:
+    if not any(row["10-crop"]["images"] == 50_000 for row in table):
         page.banner(
             "note",
             f"{root}/val does not hold the 50,000 ImageNet validation images: these numbers are "
             "not comparable with the paper's, which are on the full validation set.",
+        )
+    _errors_table(page, table)
+    page.bullets(NOTES)
+    page.heading("Commands")
+    page.code(
+        [f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])]
+        + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries]
+    )
+    page.environment()
+    return page.write(exp.path / "report.html")
+
+
+def _check_inputs(data_dir: str | None, weights: list[str]) -> tuple[Path, list[tuple[str | None, Path]]]:
+    """The ImageFolder root and the weights to evaluate, checked before anything is written."""
+    if not data_dir:
+        raise DataError(
+            "imagenet-table needs --data-dir ROOT: an ImageFolder tree with val/<class>/*.JPEG "
+            "(ImageNet's validation set sorted into class folders)"
+        )
+    root = Path(data_dir)
+    entries = parse_weights(weights)
+    if not (root / "val").is_dir():
+        raise DataError(
+            f"{root}/val not found: --data-dir must hold val/<class>/*.JPEG (ImageNet's validation "
+            "set sorted into class folders)"
+        )
+    return root, entries
+
+
+def _saved_evaluation(
+    label: str, path: Path, root: Path, cache: Path, batch_size: int, workers: int, device: torch.device
+) -> dict:
+    """1-crop and 10-crop results of one weights file, read from `cache` when it holds an evaluation of the
+    same file (path, size, mtime) on the same data; else evaluated now and saved there."""
+    stat = path.stat()
+    key = {
+        "weights": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "data_dir": str(root.resolve()),
+    }
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if saved.get("key") != key:
+        print(f"evaluating {label} ({path}) on {root}/val: 1-crop and 10-crop", flush=True)
+        saved = {
+            "key": key,
+            **{mode: evaluate_weights_file(path, root, mode, batch_size, workers, device) for mode in MODES},
+        }
+        cache.write_text(json.dumps(saved, indent=1))
+    return saved
+
+
+def _results_row(label: str, model: str, path: Path, saved: dict, ref: paper.ImageNetRow | None) -> dict:
+    """One weights file's row of results.json: our errors, and the paper's row for the network if it has one."""
+    return {
+        "name": label,
+        "model": model,
+        "weights": str(path),
+        "1-crop": saved["1-crop"],
+        "10-crop": saved["10-crop"],
+        "paper": None if ref is None else {"label": ref.label, "top1": ref.top1, "top5": ref.top5, "table": ref.table},
+    }
+
+
+def _errors_table(page: Page, table: list[dict]) -> None:
+    """Our 1-crop and 10-crop errors beside the paper's row for the same network, from results.json's rows."""
+    rows = []
+    for row in table:
+        one, ten, ref = row["1-crop"], row["10-crop"], row["paper"]
+        rows.append(
+            [
+                row["name"],
+                row["model"],
+                f"{one['images']:,}",
+                pct(one["top1_error"]),
+                pct(one["top5_error"]),
+                pct(ten["top1_error"]),
+                pct(ten["top5_error"]),
+                ref["label"] if ref else "n/a",
+                f"{ref['top1']:.2f}" if ref else "n/a",
+                f"{ref['top5']:.2f}" if ref and ref["top5"] is not None else "n/a",
+                f"{100 * ten['top1_error'] - ref['top1']:+.2f}" if ref else "n/a",
+            ]
         )
     page.table(
         [
@@ -188,23 +222,6 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         caption="Top-1 / top-5 error (%)",
         id="imagenet-table",
     )
-    page.bullets(
-        [
-            "Paper: single models, 10-crop testing on the ImageNet validation set (Tables 2-3). ResNet-34 is matched "
-            "to the paper's option A/B/C by the weights' shortcut option (default B).",
-            "Our resnetD nets stride the bottleneck's 3x3 conv (torchvision's v1.5, about 0.5% better top-1); "
-            "resnetD_v1 are the paper's v1.",
-            "1-crop: shorter side resized to 256 (for 224 crops), centre crop. 10-crop: corners + centre and mirrors, "
-            "softmax scores averaged.",
-        ]
-    )
-    page.heading("Commands")
-    page.code(
-        [f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])]
-        + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries]
-    )
-    page.environment()
-    return page.write(exp.path / "report.html")
 
 
 def _meta(path: Path) -> tuple[str, dict, list[str]]:

@@ -22,7 +22,7 @@ from reslab.analysis.figures import layer_responses_figure, palette
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
-from reslab.analysis.training_experiment import claims_section, not_reproduced_reasons
+from reslab.analysis.training_experiment import claims_results, claims_section, not_reproduced_reasons
 from reslab.config import config_from_dict
 from reslab.data.batches import InMemoryBatches
 from reslab.data.sources import DataSource, fit_arrays
@@ -131,12 +131,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     exp.start()
     print(f"layer responses of {len(runs)} run(s) on {s.images} test images", flush=True)
     per_run = {r.name: run_responses(r, s.images) for r in runs}
-    groups: dict[str, list[list[float]]] = {}
-    info: dict[str, tuple[bool, int]] = {}
-    for r in runs:
-        lbl, residual, depth = net_label(r.model)
-        groups.setdefault(lbl, []).append(per_run[r.name])
-        info[lbl] = (residual, depth)
+    groups, info = _group_by_net(runs, per_run)
     order = sorted(groups, key=lambda k: (info[k][0], info[k][1]))
     means = {k: [statistics.fmean(v) for v in zip(*groups[k])] for k in order}
     overall = {k: statistics.fmean(v) for k, v in means.items()}
@@ -144,22 +139,13 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     claims = _claims(info, overall)
     iterations = min(int((r.summary or {}).get("steps", 0)) for r in runs)
     reasons = not_reproduced_reasons(runs[0].dataset, iterations, min(len(v) for v in groups.values()), synthetic)
+    fig = _figure(exp.path / "fig7_layer_responses.png", means, info, synthetic)
 
-    depths = sorted({d for _, d in info.values()})
-    colors = palette(depths)
-    fig = layer_responses_figure(
-        means,
-        {k: colors[info[k][1]] for k in order},
-        {k for k in order if not info[k][0]},
-        exp.path / "fig7_layer_responses.png",
-        title=("SYNTHETIC DATA: " if synthetic else "") + "std of layer responses",
-    )
     results = {
         "experiment": NAME,
         "synthetic_data": synthetic,
         "images": s.images,
-        "claims": claims,
-        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
+        **claims_results(claims, reasons),
         "mean_response_std": overall,
         "responses": means,
         "runs": [
@@ -185,16 +171,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         caption="Response std per network (mean over seeds)",
         id="responses",
     )
-    page.heading("Method")
-    page.bullets(
-        [
-            "Response: the output of the BN after each 3x3 conv (the stem conv is layer 1), before the shortcut "
-            "addition and the ReLU; forward hooks on those BN modules, network in eval mode.",
-            f"Images: the first {s.images} test images of each run's dataset, normalised as in training.",
-            "Std: per channel over all images and positions, then averaged over channels; several seeds of one "
-            "network are averaged layer by layer.",
-        ]
-    )
+    _method_section(page, s.images)
     page.heading("Runs analysed")
     page.table(
         ["run", "model", "seed", "dataset", "steps"],
@@ -204,6 +181,44 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.code([f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])])
     page.environment()
     return page.write(exp.path / "report.html")
+
+
+def _group_by_net(
+    runs: list[Run], per_run: dict[str, list[float]]
+) -> tuple[dict[str, list[list[float]]], dict[str, tuple[bool, int]]]:
+    """The runs' responses grouped by network label (one list per seed), and each label's (residual, depth)."""
+    groups: dict[str, list[list[float]]] = {}
+    info: dict[str, tuple[bool, int]] = {}
+    for r in runs:
+        lbl, residual, depth = net_label(r.model)
+        groups.setdefault(lbl, []).append(per_run[r.name])
+        info[lbl] = (residual, depth)
+    return groups, info
+
+
+def _figure(path: Path, means: dict[str, list[float]], info: dict[str, tuple[bool, int]], synthetic: bool) -> Path:
+    """Fig. 7 style: each network's layer responses, one colour per depth, plain nets dashed."""
+    colors = palette(sorted({d for _, d in info.values()}))
+    return layer_responses_figure(
+        means,
+        {k: colors[info[k][1]] for k in means},
+        {k for k in means if not info[k][0]},
+        path,
+        title=("SYNTHETIC DATA: " if synthetic else "") + "std of layer responses",
+    )
+
+
+def _method_section(page: Page, images: int) -> None:
+    page.heading("Method")
+    page.bullets(
+        [
+            "Response: the output of the BN after each 3x3 conv (the stem conv is layer 1), before the shortcut "
+            "addition and the ReLU; forward hooks on those BN modules, network in eval mode.",
+            f"Images: the first {images} test images of each run's dataset, normalised as in training.",
+            "Std: per channel over all images and positions, then averaged over channels; several seeds of one "
+            "network are averaged layer by layer.",
+        ]
+    )
 
 
 def _claims(info: dict[str, tuple[bool, int]], overall: dict[str, float]) -> list[dict]:

@@ -4,6 +4,8 @@ A page is built top-down (`Page.heading`, `.banner`, `.table`, `.figure`, ...) a
 `Page.write`; it needs no other file and no JavaScript, so it can be mailed or archived as is.
 `Page.write` also writes the same page as Markdown (`report.md` beside `report.html`), whose
 figures link to the PNG files next to it: the form to commit into a repository (docs/results/).
+Links to other pages (`Page.link_list`) go to their .html from the HTML page and to their .md from
+the Markdown page; `Page.write` refuses to write a page whose figures or linked pages are not there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import platform
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from reslab.machine import cpu_model
 
@@ -50,6 +53,8 @@ class Page:
         self.title = title
         self.parts: list[str] = []
         self.md: list[str] = []  # the same page as Markdown blocks
+        self.figures: list[Path] = []  # PNG files the Markdown page links, beside the page
+        self.pages: list[Path] = []  # other pages linked, as HTML paths relative to this page's folder
         if synthetic:
             self.banner("synthetic", SYNTHETIC_TEXT)
 
@@ -90,7 +95,8 @@ class Page:
             f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(png.name)}: {html.escape(caption)}</figcaption></figure>"
         )
-        self.md.append(f"![{_md_text(png.name)}]({png.name})\n\n*{png.name}: {_md_text(caption)}*")
+        self.md.append(f"![{_md_text(png.name)}]({_url(Path(png.name))})\n\n*{png.name}: {_md_text(caption)}*")
+        self.figures.append(png)
 
     def code(self, lines: list[str]) -> None:
         self.parts.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
@@ -101,11 +107,16 @@ class Page:
         self.parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
         self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n\n```\n{text}\n```\n\n</details>")
 
-    def link_list(self, links: list[tuple[str, str]]) -> None:
-        """[(href, text)]: relative links to other reports."""
-        items = "".join(f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for h, t in links)
+    def link_list(self, links: list[tuple[Path, str]]) -> None:
+        """[(page, text)]: links to other pages written by `Page.write`, each page given by the path
+        of its .html relative to this page's folder. The Markdown page links their .md."""
+        for page, _ in links:
+            if page.is_absolute() or page.suffix != ".html":
+                raise ValueError(f"link_list takes the relative path of a page's .html, got {page}")
+        items = "".join(f'<li><a href="{html.escape(_url(p))}">{html.escape(t)}</a></li>' for p, t in links)
         self.parts.append(f"<ul>{items}</ul>")
-        self.md.append("\n".join(f"- [{_md_text(t)}]({h})" for h, t in links))
+        self.md.append("\n".join(f"- [{_md_text(t)}]({_url(p.with_suffix('.md'))})" for p, t in links))
+        self.pages += [p for p, _ in links]
 
     def environment(self, training_env: dict[str, Any] | None = None) -> None:
         """Software versions and hardware of this machine, and of the training runs if known."""
@@ -133,13 +144,27 @@ class Page:
         return f"# {self.title}\n\nGenerated {stamp} by reslab.\n\n" + "\n\n".join(self.md) + "\n"
 
     def write(self, path: Path) -> Path:
-        """Write the HTML page to `path` and the Markdown page beside it (same name, .md)."""
+        """Write the HTML page to `path` and the Markdown page beside it (same name, .md). Every link
+        must resolve from there: the figures lie beside the page, the linked pages exist (.html, .md)."""
+        if path.suffix == ".md":
+            raise ValueError(f"{path}: the Markdown page would overwrite the HTML page; name it NAME.html")
+        folder = path.parent
+        missing = [str(png) for png in self.figures if png.parent.resolve() != folder.resolve()]
+        for page in self.pages:
+            missing += [str(folder / f) for f in (page, page.with_suffix(".md")) if not (folder / f).is_file()]
+        if missing:
+            raise ValueError(f"{path} would link files that are not where it links them: {', '.join(missing)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, text in ((path, self.render()), (path.with_suffix(".md"), self.render_markdown())):
             tmp = target.with_name(target.name + ".tmp")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, target)
         return path
+
+
+def _url(path: Path) -> str:
+    """A relative path as a link target: / between parts, percent-encoded (a space breaks a Markdown link)."""
+    return quote(path.as_posix())
 
 
 def _cell(value: Any) -> str:

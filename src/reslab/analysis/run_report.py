@@ -13,7 +13,7 @@ from pathlib import Path
 from reslab.analysis.figures import Panel, Series, curves_figure, palette
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, load_run, pct
-from reslab.errors import DataError
+from reslab.errors import ConfigError, DataError
 
 
 def expand_run_dirs(paths: list[str]) -> list[Path]:
@@ -71,10 +71,24 @@ def runs_report(
     out_dir = html_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = labels_of(runs)
-    colors = palette(labels)
     synthetic = [lbl for lbl, r in zip(labels, runs) if r.synthetic]
     title = title or (f"Training run {labels[0]}" if len(runs) == 1 else f"Comparison of {len(runs)} training runs")
     page = Page(title, synthetic=bool(synthetic))
+    _banners(page, labels, runs, synthetic)
+    _final_metrics_table(page, labels, runs)
+    _curves_section(page, labels, runs, out_dir / figure_name, bool(synthetic))
+    _settings_section(page, labels, runs)
+    _commands_section(page, labels, runs)
+    page.environment(next(((r.summary or {}).get("environment") for r in runs if r.summary), None))
+    results = [_run_results(label, run) for label, run in zip(labels, runs)]
+    (out_dir / results_name).write_text(
+        json.dumps({"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}, indent=1)
+    )
+    return page.write(html_path)
+
+
+def _banners(page: Page, labels: list[str], runs: list[Run], synthetic: list[str]) -> None:
+    """Which runs are synthetic (when not all are; the page's own banner says when all are) and which unfinished."""
     if synthetic and len(synthetic) < len(runs):
         page.banner("synthetic", f"Synthetic data in: {', '.join(synthetic)}")
     unfinished = [lbl for lbl, r in zip(labels, runs) if not r.finished]
@@ -84,47 +98,8 @@ def runs_report(
             f"Not finished (no summary.json; the numbers are the last evaluation so far): {', '.join(unfinished)}",
         )
 
-    rows, results, train_whats = [], [], set()
-    for label, run in zip(labels, runs):
-        f, summary = run.final, run.summary or {}
-        train_curve, what = run.train_error_curve()
-        train_whats.add(what)
-        rows.append(
-            [
-                label,
-                run.model,
-                run.dataset + (" (SYNTHETIC)" if run.synthetic else ""),
-                run.seed,
-                f"{summary.get('steps', f.get('step', 0)):,}",
-                summary.get("epochs", f.get("epoch", "")),
-                f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "unfinished",
-                pct(train_curve.last),
-                pct(f.get("test_top1_error")),
-                pct(f.get("test_top5_error")),
-                pct(f.get("val_top1_error")),
-                f"{f['test_loss']:.4f}" if "test_loss" in f else "n/a",
-            ]
-        )
-        test = run.curve("test_top1_error")
-        results.append(
-            {
-                "label": label,
-                "run_dir": str(run.path),
-                "model": run.model,
-                "dataset": run.dataset,
-                "seed": run.seed,
-                "synthetic_data": run.synthetic,
-                "finished": run.finished,
-                "final": f,
-                "wall_time_s": summary.get("wall_time_s"),
-                "train_error_final": train_curve.last,
-                "train_error_what": what,
-                "curves": {
-                    "test_top1_error": {"steps": test.steps, "values": test.values},
-                    "train_error": {"steps": train_curve.steps, "values": train_curve.values},
-                },
-            }
-        )
+
+def _final_metrics_table(page: Page, labels: list[str], runs: list[Run]) -> None:
     page.table(
         [
             "run",
@@ -140,11 +115,33 @@ def runs_report(
             "val top-1 %",
             "test loss",
         ],
-        rows,
+        [_final_metrics_row(label, run) for label, run in zip(labels, runs)],
         caption="Final metrics",
         id="final-metrics",
     )
 
+
+def _final_metrics_row(label: str, run: Run) -> list:
+    f, summary = run.final, run.summary or {}
+    return [
+        label,
+        run.model,
+        run.dataset + (" (SYNTHETIC)" if run.synthetic else ""),
+        run.seed,
+        f"{summary.get('steps', f.get('step', 0)):,}",
+        summary.get("epochs", f.get("epoch", "")),
+        f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "unfinished",
+        pct(run.train_error_curve()[0].last),
+        pct(f.get("test_top1_error")),
+        pct(f.get("test_top5_error")),
+        pct(f.get("val_top1_error")),
+        f"{f['test_loss']:.4f}" if "test_loss" in f else "n/a",
+    ]
+
+
+def _curves_section(page: Page, labels: list[str], runs: list[Run], png_path: Path, synthetic: bool) -> None:
+    """The runs' training and test error curves overlaid, one colour per run; the figure goes to `png_path`."""
+    colors = palette(labels)
     panels = [
         Panel(
             "training error",
@@ -155,15 +152,22 @@ def runs_report(
             [Series(lbl, *_xy(r.curve("test_top1_error")), colors[lbl], "test") for lbl, r in zip(labels, runs)],
         ),
     ]
-    png = curves_figure(panels, out_dir / figure_name, title="SYNTHETIC DATA" if synthetic else None)
+    png = curves_figure(panels, png_path, title="SYNTHETIC DATA" if synthetic else None)
     page.figure(png, "training error (thin dashed) and test top-1 error (bold) against iterations")
+    train_whats = {r.train_error_curve()[1] for r in runs}
     page.paragraph("Training error plotted: " + "; ".join(sorted(train_whats)) + ".")
 
+
+def _settings_section(page: Page, labels: list[str], runs: list[Run]) -> None:
     page.heading("Settings")
     page.table(
         ["run", "recipe", "length", "batch", "optimizer", "schedule", "split", "augment", "normalize"],
         [_settings_row(lbl, r) for lbl, r in zip(labels, runs)],
     )
+
+
+def _commands_section(page: Page, labels: list[str], runs: list[Run]) -> None:
+    """How each run was trained, how to resume or evaluate it, and its config.yaml."""
     page.heading("Commands")
     lines = []
     for label, run in zip(labels, runs):
@@ -177,12 +181,29 @@ def runs_report(
     for label, run in zip(labels, runs):
         config_text = (run.path / "config.yaml").read_text() if (run.path / "config.yaml").is_file() else ""
         page.details(f"{label}: config.yaml", config_text)
-    train_env = next(((r.summary or {}).get("environment") for r in runs if r.summary), None)
-    page.environment(train_env)
-    (out_dir / results_name).write_text(
-        json.dumps({"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}, indent=1)
-    )
-    return page.write(html_path)
+
+
+def _run_results(label: str, run: Run) -> dict:
+    """One run's entry in the results JSON: final metrics and curves."""
+    train_curve, what = run.train_error_curve()
+    test = run.curve("test_top1_error")
+    return {
+        "label": label,
+        "run_dir": str(run.path),
+        "model": run.model,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "synthetic_data": run.synthetic,
+        "finished": run.finished,
+        "final": run.final,
+        "wall_time_s": (run.summary or {}).get("wall_time_s"),
+        "train_error_final": train_curve.last,
+        "train_error_what": what,
+        "curves": {
+            "test_top1_error": {"steps": test.steps, "values": test.values},
+            "train_error": {"steps": train_curve.steps, "values": train_curve.values},
+        },
+    }
 
 
 def _experiment_train_command(run: Run) -> str | None:
@@ -202,6 +223,8 @@ def _xy(curve) -> tuple[list[int], list[float]]:
 
 def report_command_output(run_dirs: list[str], out: Path, title: str | None) -> Path:
     """`reslab report`: the page at `out`, figure and results named after it."""
+    if out.suffix == ".md":
+        raise ConfigError(f"--out {out}: name the HTML page (e.g. {out.with_suffix('.html')}); its .md goes beside it")
     runs = [load_run(p) for p in expand_run_dirs(run_dirs)]
     if not any(r.metrics for r in runs):
         raise DataError("none of the runs has any evaluations yet (empty metrics.jsonl); nothing to report")

@@ -17,10 +17,13 @@ from reslab.analysis.plan import check_data, check_depths, cifar_model, training
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, mean_curve, mean_std, pct
 from reslab.analysis.training_experiment import (
+    claims_results,
     claims_section,
     commands_section,
     method_section,
     not_reproduced_reasons,
+    results_header,
+    runs_results,
     runs_section,
     train_experiment,
     write_run_reports,
@@ -33,6 +36,11 @@ DEFAULT_DEPTHS = list(paper.TABLE6_DEFAULT_DEPTHS)
 TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides"}  # Settings fields
 SUMMARY = "ResNet-20/32/44/56/110 test error and parameters against the paper's Table 6"
 WITHIN = 0.5  # percentage points from the paper's error that count as "reproduced"
+METHOD_NOTES = [  # the Method items only Table 6 has
+    "ResNet-110 and deeper warm up at lr 0.01 until the training error is below 80% (the recipe's "
+    "schedule.warmup_until_error), as in the paper.",
+    "Paper: 'best of 5' for ResNet-110 is 6.43, its mean 6.61 \u00b1 0.16; we report the mean.",
+]
 
 
 def run(exp: ExperimentDir, execution: Execution) -> Path:
@@ -52,50 +60,63 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     rows, table = _table(ours, depths)
     claims = _claims(ours, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
-
-    shown = set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)
-    fig = error_vs_depth_figure(
-        {d: (o["test_error_mean"], o["test_error_std"]) for d, o in ours.items()},
-        {d: r.error for d, r in paper.TABLE6.items() if d in shown},
-        exp.path / "table6_error_vs_depth.png",
-        title=("SYNTHETIC DATA: " if synthetic else "") + f"test error on {s.data}",
-    )
-    colors = palette(depths)
-    curves = curves_figure(
-        [
-            Panel(
-                f"ResNets, test error ({s.data})",
-                [
-                    Series(f"ResNet-{d}", ours[d]["curve"].steps, ours[d]["curve"].values, colors[d], "test")
-                    for d in depths
-                ],
-            )
-        ],
-        exp.path / "table6_test_curves.png",
-        title="SYNTHETIC DATA" if synthetic else None,
-    )
+    fig, curves = _figures(exp.path, ours, depths, s.data, synthetic)
 
     results = {
-        "experiment": NAME,
-        "synthetic_data": synthetic,
-        "data": s.data,
-        "iterations": plan.iterations,
-        "milestones": plan.milestones,
+        **results_header(NAME, s, plan, synthetic),
         "settings": s.to_dict(),
         "table": table,
-        "claims": claims,
-        "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else [],
-        "runs": [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs],
+        **claims_results(claims, reasons),
+        "runs": runs_results(runs),
         "environment": environment(),
     }
     (exp.path / "results.json").write_text(json.dumps(results, indent=1))
 
     page = Page(f"CIFAR-10 Table 6: ResNets on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Table 6: {SUMMARY}.")
-    if s.data != "cifar10":
+    _table6_section(page, rows, s.data)
+    claims_section(page, claims, reasons)
+    page.figure(fig, "test error against depth, ours (mean \u00b1 std over seeds) and the paper's Table 6")
+    page.figure(curves, "test error against iterations (mean over seeds)")
+    method_section(page, plan, runs[0], s.seeds, METHOD_NOTES)
+    runs_section(page, exp, runs, states)
+    commands_section(page, exp, specs)
+    page.environment((runs[0].summary or {}).get("environment"))
+    return page.write(exp.path / "report.html")
+
+
+def _figures(out: Path, ours: dict[int, dict], depths: list[int], data: str, synthetic: bool) -> tuple[Path, Path]:
+    """Test error against depth (ours and the paper's), and our mean test error curves."""
+    shown = set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)
+    fig = error_vs_depth_figure(
+        {d: (o["test_error_mean"], o["test_error_std"]) for d, o in ours.items()},
+        {d: r.error for d, r in paper.TABLE6.items() if d in shown},
+        out / "table6_error_vs_depth.png",
+        title=("SYNTHETIC DATA: " if synthetic else "") + f"test error on {data}",
+    )
+    colors = palette(depths)
+    curves = curves_figure(
+        [
+            Panel(
+                f"ResNets, test error ({data})",
+                [
+                    Series(f"ResNet-{d}", ours[d]["curve"].steps, ours[d]["curve"].values, colors[d], "test")
+                    for d in depths
+                ],
+            )
+        ],
+        out / "table6_test_curves.png",
+        title="SYNTHETIC DATA" if synthetic else None,
+    )
+    return fig, curves
+
+
+def _table6_section(page: Page, rows: list[list], data: str) -> None:
+    """Our Table 6 beside the paper's, with a note when the runs did not train on CIFAR-10."""
+    if data != "cifar10":
         page.banner(
             "note",
-            f"These runs trained on {s.data}, the paper's numbers are CIFAR-10 test errors: "
+            f"These runs trained on {data}, the paper's numbers are CIFAR-10 test errors: "
             "the comparison shows the trend only.",
         )
     page.table(
@@ -114,24 +135,6 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         caption="Table 6: test error (%) on the test set at the end of training",
         id="table6",
     )
-    claims_section(page, claims, reasons)
-    page.figure(fig, "test error against depth, ours (mean \u00b1 std over seeds) and the paper's Table 6")
-    page.figure(curves, "test error against iterations (mean over seeds)")
-    method_section(
-        page,
-        plan,
-        runs[0],
-        s.seeds,
-        [
-            "ResNet-110 and deeper warm up at lr 0.01 until the training error is below 80% (the recipe's "
-            "schedule.warmup_until_error), as in the paper.",
-            "Paper: 'best of 5' for ResNet-110 is 6.43, its mean 6.61 \u00b1 0.16; we report the mean.",
-        ],
-    )
-    runs_section(page, exp, runs, states)
-    commands_section(page, exp, specs)
-    page.environment((runs[0].summary or {}).get("environment"))
-    return page.write(exp.path / "report.html")
 
 
 def _our_numbers(group: list[Run]) -> dict:

@@ -1,11 +1,14 @@
 """What the training experiments (degradation, cifar10-table6) share: training their runs, the
-per-run reports, and the report sections on method, runs and commands."""
+per-run reports, the common parts of results.json, and the report sections on method, runs and
+commands. Layer responses shares the claims and their reasons."""
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 
-from reslab.analysis.experiment import Execution, ExperimentDir, RunSpec, train_runs
+from reslab.analysis.experiment import Execution, ExperimentDir, RunSpec, Settings, train_runs
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.analysis.plan import TrainingPlan
 from reslab.analysis.report_page import Page
@@ -33,7 +36,28 @@ def train_experiment(
 
 def write_run_reports(runs: list[Run]) -> None:
     for run in runs:
-        runs_report([run], run.path / "report.html")
+        runs_report([run], run.dir.report)
+
+
+def results_header(name: str, s: Settings, plan: TrainingPlan, synthetic: bool) -> dict:
+    """The first keys of a training experiment's results.json: which experiment, on what data, how long."""
+    return {
+        "experiment": name,
+        "synthetic_data": synthetic,
+        "data": s.data,
+        "iterations": plan.iterations,
+        "milestones": plan.milestones,
+    }
+
+
+def claims_results(claims: list[dict], reasons: list[str]) -> dict:
+    """The claims for results.json, with the possible reasons only when a claim did not reproduce."""
+    return {"claims": claims, "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else []}
+
+
+def runs_results(runs: list[Run]) -> list[dict]:
+    """Each run's final metrics for results.json."""
+    return [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs]
 
 
 def method_section(page: Page, plan: TrainingPlan, run: Run, seeds: int, extra: list[str] = ()) -> None:
@@ -75,7 +99,9 @@ def runs_section(page: Page, exp: ExperimentDir, runs: list[Run], states: dict[s
             ]
         )
     page.table(["run", "model", "seed", "this time", "steps", "wall time", "test top-1 %"], rows)
-    page.link_list([(str(r.path.relative_to(exp.path) / "report.html"), f"{r.name}: report") for r in runs])
+    # Relative to the experiment's page, which `Page.write` puts in exp.path. The per-run reports stay
+    # there: a copy of report.md committed elsewhere (docs/results/) does not carry them.
+    page.link_list([(Path(os.path.relpath(r.dir.report, exp.path)), f"{r.name}: report") for r in runs])
 
 
 def commands_section(page: Page, exp: ExperimentDir, specs: list[RunSpec]) -> None:

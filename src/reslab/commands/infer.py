@@ -132,8 +132,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from reslab.errors import ConfigError
     from reslab.infer.serve import ServeConfig, bind_socket, create_app, run_server
 
-    if args.max_batch < 1 or args.queue_size < 1 or args.max_upload_bytes < 1 or args.batch_wait_ms < 0:
-        raise ConfigError("--max-batch, --queue-size and --max-upload-bytes must be >= 1, --batch-wait-ms >= 0")
+    if min(args.max_batch, args.queue_size, args.max_upload_bytes, args.decode_workers) < 1 or args.batch_wait_ms < 0:
+        raise ConfigError(
+            "--max-batch, --queue-size, --max-upload-bytes and --decode-workers must be >= 1, --batch-wait-ms >= 0"
+        )
     try:  # bind first: a busy port fails in a second, not after loading the model
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -148,6 +150,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         queue_size=args.queue_size,
+        decode_workers=args.decode_workers,
     )
     app = create_app(predictor, meta, config, num_params=num_params)
     host, port = sock.getsockname()[:2]
@@ -157,6 +160,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_predict(subparsers)
+    register_export(subparsers)
+    register_serve(subparsers)
+
+
+def register_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="classify image files, folders or globs",
@@ -174,6 +183,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_fast_options(p)
     p.set_defaults(func=predict_command)
 
+
+def register_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export to ONNX, TorchScript or a torch.export program, verified",
@@ -233,6 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=export_command)
 
+
+def register_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="HTTP prediction service (FastAPI + uvicorn, micro-batching)",
@@ -257,6 +270,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--queue-size", type=int, default=256, help="images waiting for the model (default 256; full -> 503)"
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=4,
+        help="uploads decoded at once (default 4): bounds the memory that large images can take",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
     _add_fast_options(p)

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
+from reslab.data.preprocess import Preprocess
 from reslab.infer.backends import Predictor
 from reslab.infer.predict import top_k
 from reslab.weights import WeightsMeta
@@ -47,6 +48,7 @@ class ServeConfig:
     max_batch: int = 16  # images per model call
     batch_wait_ms: float = 5.0  # how long a batch waits for more images after its first, ms
     queue_size: int = 256  # decoded images waiting for the model (503 beyond)
+    decode_workers: int = 4  # uploads decoded at once (each may hold up to max_pixels while resizing)
     default_top_k: int = 5
 
 
@@ -203,12 +205,63 @@ class BodySizeLimit:
                 await self._reply_413(send)
 
 
+async def decode_upload(file: UploadFile, preprocess: Preprocess, config: ServeConfig, slots: asyncio.Semaphore):
+    """An upload -> uint8 (C, S, S), or an HTTPException with the status that fits the problem.
+
+    At most `config.decode_workers` uploads are decoded at once (`slots`): each may hold an image
+    of up to --max-pixels while it is resized, so memory stays bounded however many arrive."""
+    label = file.filename or "upload"
+    data = await file.read(config.max_upload_bytes + 1)
+    if len(data) > config.max_upload_bytes:
+        raise HTTPException(
+            413,
+            f"{label}: upload too large: the limit is {config.max_upload_bytes} "
+            "bytes per file (server option --max-upload-bytes)",
+        )
+    try:
+        async with slots:
+            return await run_in_threadpool(preprocess.load, data, max_pixels=config.max_pixels, name=label)
+    except ImageTooLargeError as exc:
+        raise HTTPException(413, str(exc)) from None
+    except NotAnImageError as exc:
+        raise HTTPException(415, str(exc)) from None
+    except ImageDecodeError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except MemoryError:
+        raise HTTPException(413, f"{label}: not enough memory to decode this image") from None
+    except Exception as exc:  # a decoder bug on hostile input is still the input's fault
+        raise HTTPException(422, f"{label}: cannot decode ({type(exc).__name__})") from None
+
+
+def metadata_of(predictor: Predictor, meta: WeightsMeta, config: ServeConfig, num_params: int) -> dict[str, Any]:
+    """What GET /metadata answers: the model, its preprocessing, the serving limits."""
+    return {
+        "model": meta.model,
+        "classes": meta.class_names,
+        "num_classes": meta.num_classes,
+        "in_chans": meta.in_chans,
+        "input_size": meta.input_size,
+        "resize": meta.resize,
+        "params": num_params,
+        "dataset": meta.dataset,
+        "metrics": meta.metrics,
+        "predictor": predictor.describe(),
+        "limits": {
+            "max_upload_bytes": config.max_upload_bytes,
+            "max_pixels": config.max_pixels,
+            "max_batch": config.max_batch,
+            "batch_wait_ms": config.batch_wait_ms,
+            "queue_size": config.queue_size,
+            "decode_workers": config.decode_workers,
+        },
+    }
+
+
 def create_app(
     predictor: Predictor, meta: WeightsMeta, config: ServeConfig | None = None, *, num_params: int = 0
 ) -> Any:
     """The FastAPI application serving `predictor` (see the module docstring)."""
     config = config or ServeConfig()
-    names = meta.class_names
     preprocess = predictor.preprocess
     shape = (preprocess.in_chans, preprocess.input_size, preprocess.input_size)
 
@@ -224,6 +277,7 @@ def create_app(
         )
         batcher.start()
         app.state.batcher = batcher
+        app.state.decode_slots = asyncio.Semaphore(config.decode_workers)
         app.state.started = time.time()
         try:
             yield
@@ -247,51 +301,14 @@ def create_app(
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
-        return {
-            "model": meta.model,
-            "classes": names,
-            "num_classes": meta.num_classes,
-            "in_chans": meta.in_chans,
-            "input_size": meta.input_size,
-            "resize": meta.resize,
-            "params": num_params,
-            "dataset": meta.dataset,
-            "metrics": meta.metrics,
-            "predictor": predictor.describe(),
-            "limits": {
-                "max_upload_bytes": config.max_upload_bytes,
-                "max_pixels": config.max_pixels,
-                "max_batch": config.max_batch,
-                "batch_wait_ms": config.batch_wait_ms,
-                "queue_size": config.queue_size,
-            },
-        }
+        return metadata_of(predictor, meta, config, num_params)
 
     @app.post("/predict")
     async def predict(
         file: UploadFile = File(..., description="an image file"),
         top_k_: int = Query(config.default_top_k, alias="top_k", ge=1),
     ) -> JSONResponse:
-        label = file.filename or "upload"
-        data = await file.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(
-                413,
-                f"{label}: upload too large: the limit is {config.max_upload_bytes} "
-                "bytes per file (server option --max-upload-bytes)",
-            )
-        try:
-            image = await run_in_threadpool(preprocess.load, data, max_pixels=config.max_pixels, name=label)
-        except ImageTooLargeError as exc:
-            raise HTTPException(413, str(exc)) from None
-        except NotAnImageError as exc:
-            raise HTTPException(415, str(exc)) from None
-        except ImageDecodeError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except MemoryError:
-            raise HTTPException(413, f"{label}: not enough memory to decode this image") from None
-        except Exception as exc:  # a decoder bug on hostile input is still the input's fault
-            raise HTTPException(422, f"{label}: cannot decode ({type(exc).__name__})") from None
+        image = await decode_upload(file, preprocess, config, app.state.decode_slots)
         try:
             logits, batch_size = await app.state.batcher.submit(image)
         except QueueFullError:
@@ -300,13 +317,14 @@ def create_app(
                 status_code=503,
                 headers={"Retry-After": "1"},
             )
-        top = top_k(logits.unsqueeze(0), names, min(top_k_, meta.num_classes))[0]
+        top = top_k(logits.unsqueeze(0), meta.class_names, min(top_k_, meta.num_classes))[0]
+        predictions = [{"class_id": i, "class": n, "probability": round(p, 6)} for i, n, p in top]
         return JSONResponse(
             {
-                "file": label,
+                "file": file.filename or "upload",
                 "model": meta.model,
                 "batch_size": batch_size,
-                "predictions": [{"class_id": i, "class": n, "probability": round(p, 6)} for i, n, p in top],
+                "predictions": predictions,
             }
         )
 

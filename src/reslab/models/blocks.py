@@ -6,18 +6,21 @@ branch, the addition, then a ReLU after the addition. The pre-activation blocks 
 the addition. Every block takes `residual=False` to become its "plain" twin: the same layers,
 no shortcut.
 
-Submodule names follow torchvision (`conv1`, `bn1`, ..., `downsample`) so that state dicts of the
-equivalent networks line up key for key.
+As in torchvision's `ResNet._make_layer`, a block does not build its shortcut: the network's stage
+builder makes it with `make_shortcut` and hands it in as `downsample`, so the shortcut option
+(A/B/C) is decided in one place. Submodule names follow torchvision (`conv1`, `bn1`, ...,
+`downsample`) so that state dicts of the equivalent networks line up key for key.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.errors import ConfigError
 from reslab.vocab import SHORTCUTS, STRIDE_ON
 
 Shortcut = Literal["A", "B", "C"]
@@ -71,7 +74,94 @@ def make_shortcut(kind: Shortcut, in_ch: int, out_ch: int, stride: int, *, norm:
     return nn.Sequential(conv, nn.BatchNorm2d(out_ch)) if norm else nn.Sequential(conv)
 
 
-class BasicBlock(nn.Module):
+class ExtraOption(NamedTuple):
+    """An option outside the paper's block, which only some blocks implement."""
+
+    neutral: object  # the value that leaves the paper's block unchanged; every block takes it
+    where: str  # which blocks implement other values (said in the error)
+    fix: str  # what to do instead (said in the error)
+
+
+EXTRA_OPTIONS: dict[str, ExtraOption] = {
+    "groups": ExtraOption(1, "grouped convs are implemented only by bottleneck blocks: resnext*", "leave groups at 1"),
+    "base_width": ExtraOption(
+        64,
+        "other group widths are implemented only by bottleneck blocks: resnext*, wide_resnet*_2",
+        "leave base_width at 64",
+    ),
+    "stride_on": ExtraOption(
+        "3x3",
+        "a basic block strides its first 3x3 conv; only bottleneck blocks have a 1x1 to stride instead",
+        "leave stride_on at '3x3'",
+    ),
+    "drop_rate": ExtraOption(
+        0.0,
+        "dropout between convs is implemented only by pre-activation basic blocks: "
+        "wrn_*, preact_resnet110, preact_resnet18, preact_resnet34, preact_resnet_cifar_D",
+        "leave model.drop_rate at 0",
+    ),
+}
+
+
+class ResidualBlock(nn.Module):
+    """What every block shares: its declaration (output expansion, pre-activation or not, which
+    extra options it implements), the check of those options, the residual switch, the addition
+    of the stage-built shortcut, and `zero_init_last`.
+
+    Every block takes the same arguments, so the network builds any of them the same way:
+    (in_ch, planes, stride, *, downsample, residual, groups, base_width, stride_on, drop_rate).
+    A subclass builds its branch layers and then assigns `self.downsample` last: module order is
+    the order `ResNet._init_weights` draws the initial weights in, and torchvision's state-dict order.
+    """
+
+    expansion: ClassVar[int] = 1  # output channels = planes * expansion
+    preact: ClassVar[bool] = False  # BN-ReLU before each conv (He et al. 2016); selects the whole net's layout
+    supports: ClassVar[frozenset[str]] = frozenset()  # the EXTRA_OPTIONS it implements beyond their neutral value
+
+    residual: bool  # False: the plain twin, no addition
+    downsample: nn.Module | None  # the shortcut the stage built; None = identity (or none, if plain)
+
+    def __init__(self, *, residual: bool, groups: int, base_width: int, stride_on: StrideOn, drop_rate: float) -> None:
+        super().__init__()
+        # The network checks first, naming the model; this catches a block built on its own.
+        self.check_options(
+            type(self).__name__, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
+        self.residual = residual
+
+    @classmethod
+    def check_options(cls, owner: str, *, groups: int, base_width: int, stride_on: str, drop_rate: float) -> None:
+        """Raise `ConfigError` naming `owner` and the option for a value this block cannot honour:
+        an option it does not implement is an error, never silently ignored."""
+        if stride_on not in STRIDE_ON:
+            raise ConfigError(f"{owner}: stride_on must be one of {STRIDE_ON}, got {stride_on!r}")
+        if not isinstance(drop_rate, int | float) or not 0 <= drop_rate < 1:
+            raise ConfigError(f"{owner}: drop_rate is a dropout probability in [0, 1), got {drop_rate!r}")
+        chosen = {"groups": groups, "base_width": base_width, "stride_on": stride_on, "drop_rate": drop_rate}
+        for option, value in chosen.items():
+            extra = EXTRA_OPTIONS[option]
+            if value != extra.neutral and option not in cls.supports:
+                raise ConfigError(f"{owner} does not support {option} ({extra.where}); {extra.fix}")
+
+    def shortcut(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        """What the addition adds to the branch: x itself, or the stage-built shortcut of it.
+
+        `pre` is a pre-activation block's BN-ReLU'd input: its projection takes that, as in the
+        authors' code, while option A's zero-padded identity takes the raw input.
+        """
+        if self.downsample is None:
+            return x
+        if pre is None or isinstance(self.downsample, PadShortcut):
+            return self.downsample(x)
+        return self.downsample(pre)
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last scaling layer so a residual block starts as its shortcut
+        (Goyal et al. 2017); called by `ResNet._init_weights` after the paper's init."""
+        raise NotImplementedError
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convs (paper Fig. 2 left). (B, in_ch, H, W) -> (B, planes, H/stride, W/stride)."""
 
     expansion = 1
@@ -83,36 +173,35 @@ class BasicBlock(nn.Module):
         planes: int,
         stride: int = 1,
         *,
-        shortcut: Shortcut = "B",
+        downsample: nn.Module | None = None,
         residual: bool = True,
         groups: int = 1,
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        super().__init__(
+            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.residual = residual
-        self.downsample = make_shortcut(shortcut, in_ch, planes, stride, norm=True) if residual else None
+        self.downsample = downsample
 
-    def last_norm(self) -> nn.Module:
-        return self.bn2
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out += x if self.downsample is None else self.downsample(x)
+            out += self.shortcut(x)
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand x4 (paper Fig. 5 right).
 
     Where the stride sits is a named choice: `stride_on="1x1"` is the paper ("v1"); "3x3" is
@@ -121,6 +210,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
     preact = False
+    supports = frozenset({"groups", "base_width", "stride_on"})
 
     def __init__(
         self,
@@ -128,16 +218,16 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         *,
-        shortcut: Shortcut = "B",
+        downsample: nn.Module | None = None,
         residual: bool = True,
         groups: int = 1,
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
-        if stride_on not in STRIDE_ON:
-            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {stride_on!r}")
+        super().__init__(
+            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
         width = int(planes * (base_width / 64.0)) * groups
         out_ch = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
@@ -148,22 +238,21 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_ch)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.residual = residual
-        self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, norm=True) if residual else None
+        self.downsample = downsample
 
-    def last_norm(self) -> nn.Module:
-        return self.bn3
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out += x if self.downsample is None else self.downsample(x)
+            out += self.shortcut(x)
         return self.relu(out)
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(ResidualBlock):
     """BN-ReLU-conv3x3 twice (He et al. 2016, Fig. 4e); also the Wide ResNet block.
 
     A projection shortcut takes the pre-activated input, as in the authors' code; an option-A
@@ -173,6 +262,7 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
     preact = True
+    supports = frozenset({"drop_rate"})
 
     def __init__(
         self,
@@ -180,42 +270,43 @@ class PreActBasicBlock(nn.Module):
         planes: int,
         stride: int = 1,
         *,
-        shortcut: Shortcut = "B",
+        downsample: nn.Module | None = None,
         residual: bool = True,
         groups: int = 1,
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+        super().__init__(
+            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.relu = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.residual = residual
-        self.downsample = make_shortcut(shortcut, in_ch, planes, stride, norm=False) if residual else None
+        self.downsample = downsample
 
-    def last_conv(self) -> nn.Conv2d:
-        return self.conv2
+    def zero_init_last(self) -> None:
+        # No BN follows the last conv in a pre-activation branch, so the conv itself is zeroed.
+        nn.init.zeros_(self.conv2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.drop(self.relu(self.bn2(out))))
         if self.residual:
-            out = out + _preact_shortcut(self.downsample, x, pre)
+            out = out + self.shortcut(x, pre)
         return out
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(ResidualBlock):
     """BN-ReLU-conv for 1x1, 3x3, 1x1 x4 (He et al. 2016); stride on the 3x3 as in their code."""
 
     expansion = 4
     preact = True
+    supports = frozenset({"groups", "base_width", "stride_on"})
 
     def __init__(
         self,
@@ -223,14 +314,16 @@ class PreActBottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         *,
-        shortcut: Shortcut = "B",
+        downsample: nn.Module | None = None,
         residual: bool = True,
         groups: int = 1,
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
         width = int(planes * (base_width / 64.0)) * groups
         out_ch = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
@@ -241,11 +334,11 @@ class PreActBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.residual = residual
-        self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, norm=False) if residual else None
+        self.downsample = downsample
 
-    def last_conv(self) -> nn.Conv2d:
-        return self.conv3
+    def zero_init_last(self) -> None:
+        # No BN follows the last conv in a pre-activation branch, so the conv itself is zeroed.
+        nn.init.zeros_(self.conv3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bn1(x))
@@ -253,16 +346,5 @@ class PreActBottleneck(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         if self.residual:
-            out = out + _preact_shortcut(self.downsample, x, pre)
+            out = out + self.shortcut(x, pre)
         return out
-
-
-def _preact_shortcut(downsample: nn.Module | None, x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    if downsample is None:
-        return x
-    if isinstance(downsample, PadShortcut):
-        return downsample(x)
-    return downsample(pre)
-
-
-Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]

@@ -29,7 +29,7 @@ class ModelInfo:
     depth: int  # weighted layers, as in the papers' names
     input_size: int  # native resolution: 32 (CIFAR) or 224 (ImageNet)
     num_classes: int  # default classifier size
-    build: Callable[..., ResNet]  # build(num_classes=..., in_chans=..., **options)
+    build: Callable[..., ResNet]  # build(num_classes=..., in_chans=..., name=..., **options)
     paper: str  # where the architecture comes from
 
 
@@ -190,7 +190,9 @@ def imagenet_resnet(
         block = PreActBottleneck if bottleneck else PreActBasicBlock
     else:
         block = Bottleneck if bottleneck else BasicBlock
-    stride_on = "1x1" if version == "v1" else "3x3"
+    # A basic block's only strided conv is its first 3x3, so v1 and v1.5 differ only in bottlenecks;
+    # asking a basic block to stride a 1x1 would be an error.
+    stride_on = "1x1" if version == "v1" and bottleneck else "3x3"
     return ResNet(
         block,
         layers,
@@ -352,8 +354,10 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **options: Any) -> ResNet:
     """Build a registered network with fresh (paper) initialisation.
 
-    Options: shortcut ("A"/"B"/"C"), zero_init_last (bool), drop_rate (float, Wide ResNets).
-    Extra keyword `bottleneck=True` is accepted by preact_resnet_cifar_D.
+    Options: shortcut ("A"/"B"/"C"), zero_init_last (bool), drop_rate (float in [0, 1); only nets
+    of pre-activation basic blocks: Wide ResNets, preact_resnet110/18/34, preact_resnet_cifar_D).
+    Extra keyword `bottleneck=True` is accepted by preact_resnet_cifar_D. An option the network's
+    blocks do not implement raises `ConfigError` naming the model and the option.
     """
     info = model_info(name)
     unknown = sorted(set(options) - set(OPTIONS) - {"bottleneck"})
@@ -365,8 +369,7 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, *
         options.pop("shortcut")  # plain nets have no shortcuts to choose
     if in_chans < 1:
         raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
-    model = info.build(
-        num_classes=info.num_classes if num_classes is None else num_classes, in_chans=in_chans, **options
+    # The name goes into the network so that its errors (an unsupported option) say which model.
+    return info.build(
+        num_classes=info.num_classes if num_classes is None else num_classes, in_chans=in_chans, name=name, **options
     )
-    model.name = name
-    return model

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from reslab.errors import InputShapeError
-from reslab.models.blocks import Block, Shortcut, StrideOn
+from reslab.errors import ConfigError, InputShapeError
+from reslab.models.blocks import ResidualBlock, Shortcut, StrideOn, make_shortcut
 
 Stem = Literal["cifar", "imagenet"]
 
@@ -41,11 +41,56 @@ def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(tracked)
 
 
+def make_stage(
+    block: type[ResidualBlock],
+    in_ch: int,
+    planes: int,
+    n_blocks: int,
+    stride: int,
+    *,
+    shortcut: Shortcut,
+    residual: bool,
+    groups: int,
+    base_width: int,
+    stride_on: StrideOn,
+    drop_rate: float,
+) -> nn.Sequential:
+    """One stage: `n_blocks` blocks of width `planes`, the first with `stride`.
+
+    As torchvision's `_make_layer`, the stage builds each block's shortcut and hands it in, so the
+    A/B/C choice lives here alone: with A or B only a block that changes shape gets a module, with
+    C every block does; a plain stage (residual=False) gets none.
+    (B, in_ch, H, W) -> (B, planes * block.expansion, H / stride, W / stride).
+    """
+    blocks = []
+    for j in range(n_blocks):
+        block_stride = stride if j == 0 else 1
+        out_ch = planes * block.expansion
+        # A pre-activation projection sees an input the block has already normalised: no BN after it.
+        downsample = make_shortcut(shortcut, in_ch, out_ch, block_stride, norm=not block.preact) if residual else None
+        blocks.append(
+            block(
+                in_ch,
+                planes,
+                block_stride,
+                downsample=downsample,
+                residual=residual,
+                groups=groups,
+                base_width=base_width,
+                stride_on=stride_on,
+                drop_rate=drop_rate,
+            )
+        )
+        in_ch = out_ch
+    return nn.Sequential(*blocks)
+
+
 class ResNet(nn.Module):
     """A residual (or plain) network.
 
     Args:
-        block: block class; its `preact` flag selects pre-activation ordering for the whole net.
+        block: block class; its `preact` flag selects pre-activation ordering for the whole net, its
+            `supports` which of groups, base_width, stride_on, drop_rate may leave their defaults.
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50 or (n, n, n) on CIFAR.
         planes: base width of each stage (output width = planes * block.expansion).
         stem: "cifar" = conv3x3 stride 1 (paper sec. 4.2); "imagenet" = conv7x7/2 + maxpool3x3/2.
@@ -59,11 +104,14 @@ class ResNet(nn.Module):
         zero_init_last: zero the last BN of each branch (last conv for pre-activation blocks), so
             each block starts as identity (Goyal et al. 2017). Off by default: not in the paper.
         drop_rate: dropout between the convs of pre-activation basic blocks (Wide ResNet option).
+        name: the registry name, used in error messages (`create_model` passes it).
+
+    An option the block does not implement raises `ConfigError` naming the model and the option.
     """
 
     def __init__(
         self,
-        block: Block,
+        block: type[ResidualBlock],
         layers: Sequence[int],
         planes: Sequence[int],
         *,
@@ -78,13 +126,23 @@ class ResNet(nn.Module):
         base_width: int = 64,
         zero_init_last: bool = False,
         drop_rate: float = 0.0,
+        name: str = "resnet",
     ) -> None:
         super().__init__()
         if len(layers) != len(planes):
             raise ValueError(f"layers {tuple(layers)} and planes {tuple(planes)} differ in length")
+        # Before any layer is built: the error names the model as the user typed it.
+        block.check_options(
+            f"model {name}", groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        )
+        if zero_init_last and not residual:
+            raise ConfigError(
+                f"model {name} is a plain net: zero_init_last would zero the only path through each block "
+                "(it makes residual blocks start as identity); leave model.zero_init_last off"
+            )
+        self.name = name
         self.in_chans = in_chans
         self.preact = block.preact
-        self.name = "resnet"  # set by the registry
 
         # Stem. Pre-activation nets leave BN-ReLU to the first block (He et al. 2016 code).
         self.conv1 = (
@@ -100,24 +158,22 @@ class ResNet(nn.Module):
         in_ch = stem_width
         stages = []
         for i, (n_blocks, width) in enumerate(zip(layers, planes, strict=True)):
-            blocks = []
-            for j in range(n_blocks):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(
-                    block(
-                        in_ch,
-                        width,
-                        stride,
-                        shortcut=shortcut,
-                        residual=residual,
-                        groups=groups,
-                        base_width=base_width,
-                        stride_on=stride_on,
-                        drop_rate=drop_rate,
-                    )
+            stages.append(
+                make_stage(
+                    block,
+                    in_ch,
+                    width,
+                    n_blocks,
+                    stride=1 if i == 0 else 2,
+                    shortcut=shortcut,
+                    residual=residual,
+                    groups=groups,
+                    base_width=base_width,
+                    stride_on=stride_on,
+                    drop_rate=drop_rate,
                 )
-                in_ch = width * block.expansion
-            stages.append(nn.Sequential(*blocks))
+            )
+            in_ch = width * block.expansion
         for i, stage in enumerate(stages):
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(stages)
@@ -142,10 +198,9 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_last:
             for m in self.modules():
-                if hasattr(m, "last_norm") and getattr(m, "residual", False):
-                    nn.init.zeros_(m.last_norm().weight)
-                elif hasattr(m, "last_conv") and getattr(m, "residual", False):
-                    nn.init.zeros_(m.last_conv().weight)
+                # A plain block has no shortcut to start as: zeroing its branch would cut the signal.
+                if isinstance(m, ResidualBlock) and m.residual:
+                    m.zero_init_last()
 
     @property
     def stages(self) -> list[nn.Sequential]:

@@ -1,11 +1,14 @@
-"""The model zoo against the papers and torchvision (issue 2)."""
+"""The model zoo against the papers and torchvision (issue 2); blocks, stages and their options."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
+from reslab.cli import main
 from reslab.errors import ConfigError, InputShapeError, UnknownModelError
 from reslab.models import (
     ResNet,
@@ -19,7 +22,15 @@ from reslab.models import (
     model_info,
     to_torchvision,
 )
-from reslab.models.blocks import PadShortcut
+from reslab.models import resnet as resnet_module
+from reslab.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    PadShortcut,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResidualBlock,
+)
 
 ALL_MODELS = list_models()
 
@@ -285,6 +296,137 @@ def test_parametric_names() -> None:
         create_model("wrn_27_2")
 
 
+# ---- Blocks and stages ---------------------------------------------------------------------------
+
+BLOCKS = [BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck]
+
+
+def blocks_of(model: ResNet) -> list[list[ResidualBlock]]:
+    return [list(stage) for stage in model.stages]
+
+
+@pytest.mark.parametrize(
+    "name,shortcut,expected",
+    [
+        # resnet20: 3 stages of 3 blocks; only the first block of stages 2 and 3 changes shape.
+        ("resnet20", "A", [[None] * 3, [PadShortcut, None, None], [PadShortcut, None, None]]),
+        ("resnet20", "B", [[None] * 3, [torch.nn.Sequential, None, None], [torch.nn.Sequential, None, None]]),
+        ("resnet20", "C", [[torch.nn.Sequential] * 3] * 3),
+        ("plain20", None, [[None] * 3] * 3),
+        # resnet50: stage 1 widens 64 -> 256 at stride 1, so its first block projects too.
+        ("resnet50", "B", [[torch.nn.Sequential] + [None] * (n - 1) for n in (3, 4, 6, 3)]),
+    ],
+)
+def test_stage_builds_each_shortcut_and_hands_it_to_the_block(
+    monkeypatch, name: str, shortcut: str | None, expected: list[list[type | None]]
+) -> None:
+    made: list[torch.nn.Module] = []
+    make_shortcut = resnet_module.make_shortcut
+
+    def recording_make_shortcut(*args, **kwargs):
+        module = make_shortcut(*args, **kwargs)
+        if module is not None:
+            made.append(module)
+        return module
+
+    monkeypatch.setattr(resnet_module, "make_shortcut", recording_make_shortcut)
+    with torch.device("meta"):
+        model = create_model(name) if shortcut is None else create_model(name, shortcut=shortcut)
+    blocks = blocks_of(model)
+    assert [[None if b.downsample is None else type(b.downsample) for b in stage] for stage in blocks] == expected
+    # The very modules the stage built, in order, and nothing a block made for itself.
+    handed_in = [b.downsample for stage in blocks for b in stage if b.downsample is not None]
+    assert len(handed_in) == len(made) and all(a is b for a, b in zip(handed_in, made))
+
+
+def test_preact_projections_have_no_batchnorm() -> None:
+    model = create_model("preact_resnet_cifar_8", shortcut="C")
+    for stage in blocks_of(model):
+        for block in stage:
+            assert [type(m) for m in block.downsample] == [torch.nn.Conv2d]
+
+
+@pytest.mark.parametrize(
+    "block_type,last",
+    [(BasicBlock, "bn2"), (Bottleneck, "bn3"), (PreActBasicBlock, "conv2"), (PreActBottleneck, "conv3")],
+)
+def test_zero_init_last_zeroes_only_the_last_layer_and_the_block_starts_as_identity(
+    block_type: type[ResidualBlock], last: str
+) -> None:
+    channels = 16 * block_type.expansion  # in = out channels at stride 1: the shortcut is the identity
+    block = block_type(channels, 16).eval()
+    torch.nn.init.normal_(getattr(block, last).weight)  # not already zero, whatever the default init
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    block.zero_init_last()
+    after = block.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == [f"{last}.weight"]
+    assert after[f"{last}.weight"].abs().sum() == 0
+    x = torch.rand(2, channels, 8, 8)  # non-negative, so the post-activation ReLU keeps it as it is
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("name", ["resnet56", "resnet50", "resnext29_8x64d", "preact_resnet164", "plain20"])
+def test_unsupported_drop_rate_names_model_and_option(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        create_model(name, drop_rate=0.3)
+    message = str(err.value)
+    assert f"model {name} " in message and "drop_rate" in message and "model.drop_rate at 0" in message
+
+
+def test_drop_rate_is_built_where_supported_and_range_checked() -> None:
+    model = create_model("wrn_10_2", drop_rate=0.3)
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.3] * 3
+    for bad in (-0.1, 1.0, 1.5, float("nan"), "0.3"):
+        with pytest.raises(ConfigError, match=r"wrn_10_2: drop_rate .*\[0, 1\)"):
+            create_model("wrn_10_2", drop_rate=bad)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_drop_rate_zero_is_accepted_everywhere(name: str) -> None:
+    with torch.device("meta"):
+        create_model(name, drop_rate=0.0)
+
+
+def test_block_built_on_its_own_refuses_options_it_does_not_implement() -> None:
+    with pytest.raises(ConfigError, match="BasicBlock does not support drop_rate"):
+        BasicBlock(16, 16, drop_rate=0.3)
+    with pytest.raises(ConfigError, match="PreActBasicBlock does not support groups"):
+        PreActBasicBlock(16, 16, groups=2)
+    with pytest.raises(ConfigError, match="BasicBlock does not support stride_on"):
+        BasicBlock(16, 16, 2, stride_on="1x1")
+    with pytest.raises(ConfigError, match="Bottleneck does not support drop_rate"):
+        Bottleneck(64, 16, drop_rate=0.3)
+    with pytest.raises(ConfigError, match="stride_on must be one of"):
+        Bottleneck(64, 16, stride_on="7x7")
+    assert PreActBottleneck(64, 16, groups=4, base_width=8).conv2.groups == 4
+
+
+def test_cli_unsupported_option_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    rc = main(
+        [
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "resnet20",
+            "--iterations",
+            "1",
+            "--no-progress",
+            "--set",
+            "data.split=full",  # the paper split holds out more images than synthetic data has
+            "--set",
+            "model.drop_rate=0.3",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "resnet20" in err and "drop_rate" in err
+
+
 # ---- Bad input ------------------------------------------------------------------------------
 
 
@@ -316,3 +458,10 @@ def test_any_input_size_is_fully_convolutional() -> None:
     for size in (32, 57, 100):
         assert model(torch.randn(1, 3, size, size + 3)).shape == (1, 4)
     assert isinstance(model, ResNet)
+
+
+def test_zero_init_last_on_a_plain_net_is_refused() -> None:
+    """A plain block has no shortcut: zeroing its last layer would cut the network, not start it as identity."""
+    with pytest.raises(ConfigError, match="plain20.*zero_init_last"):
+        create_model("plain20", zero_init_last=True)
+    assert create_model("plain20", zero_init_last=False).name == "plain20"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from dataset_files import write_cifar, write_image_tree
+from dataset_files import TINY, write_cifar, write_image_tree
 
 from reslab.analysis.experiment import Settings, available_cores
 from reslab.analysis.layer_responses import layer_response_stds, response_norms
@@ -26,21 +26,6 @@ from reslab.errors import ConfigError
 from reslab.models import create_model
 from reslab.weights import WeightsMeta, save_weights
 
-# 32 synthetic 16x16 images, batches of 16: two steps per epoch.
-TINY = [
-    "--data",
-    "synthetic",
-    "--set",
-    "data.synthetic_size=32",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "train.batch_size=16",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "train.threads=1",
-]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 

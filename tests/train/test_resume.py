@@ -264,7 +264,6 @@ def test_streamed_image_folder_stops_and_resumes_bit_exact(tmp_path: Path, monke
     """data.in_memory=false (DataLoader over an ImageFolder tree): a stop at the end of epoch 0 and
     a resume end with the same weights as an uninterrupted run. With workers=0 the random
     augmentation draws from the process RNG, which the checkpoint restores."""
-    sys.path.insert(0, str(Path(__file__).parent / "data"))
     from dataset_files import write_image_tree
 
     from reslab.cli import main

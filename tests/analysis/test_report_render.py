@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from dataset_files import TINY
 from PIL import Image
 
 from reslab.cli import main
@@ -20,20 +21,6 @@ needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
 )
 
-TINY = [
-    "--data",
-    "synthetic",
-    "--set",
-    "data.synthetic_size=32",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "train.batch_size=16",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "train.threads=1",
-]
 
 # Injected into a copy of the page: after load, record how many images decoded, on <body>.
 PROBE = """<script>

@@ -10,7 +10,7 @@ kernels whose arithmetic is fixed:
   - one thread (OMP_NUM_THREADS=1 and train.threads=1, set by the caller).
 Slow, but the tests train for a few steps only.
 
-Usage: python tests/portable_reslab.py train ...   (the `reslab` command line)
+Usage: python tests/train/portable_reslab.py train ...   (the `reslab` command line)
 """
 
 from __future__ import annotations

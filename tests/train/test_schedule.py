@@ -1,4 +1,4 @@
-"""Config layering and validation, and the learning-rate schedules against hand-computed values."""
+"""The learning-rate schedules against hand-computed values, and the `Schedule` object."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from reslab.config import ScheduleConfig, list_recipes, load_config
-from reslab.errors import ConfigError
+from reslab.config import ScheduleConfig, load_config
 from reslab.train.build import apply_depth_rules
 from reslab.train.schedule import (
+    Schedule,
     ScheduleState,
     constant,
     cosine,
@@ -20,50 +20,6 @@ from reslab.train.schedule import (
     onecycle,
     step_decay,
 )
-
-# ---- Config -------------------------------------------------------------------------------------
-
-
-def test_layering_defaults_recipe_overrides() -> None:
-    cfg = load_config("cifar-paper", ["optim.lr=0.05", "model.name=resnet56", "schedule.milestones=[10, 20]"])
-    assert cfg.optim.lr == 0.05 and cfg.model.name == "resnet56"
-    assert cfg.schedule.milestones == [10, 20]
-    assert cfg.optim.momentum == 0.9 and cfg.train.iterations == 64000  # from the recipe
-    assert cfg.optim.nesterov is False  # default
-
-
-def test_every_builtin_recipe_loads() -> None:
-    assert {"cifar-paper", "imagenet-paper", "fast", "finetune"} <= set(list_recipes())
-    for name in list_recipes():
-        load_config(name)
-
-
-def test_unknown_key_names_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"optim\.lrr.*valid keys of optim: name, lr, momentum"):
-        load_config("cifar-paper", ["optim.lrr=0.1"])
-    with pytest.raises(ConfigError, match=r"unknown section 'optimizer'.*model, data, optim"):
-        load_config(None, ["optimizer.lr=0.1", "train.epochs=1"])
-
-
-def test_bad_types_and_choices_are_named() -> None:
-    with pytest.raises(ConfigError, match=r"train\.batch_size must be an integer, got 'big'"):
-        load_config("fast", ["train.batch_size=big"])
-    with pytest.raises(ConfigError, match=r"optim\.nesterov must be true or false"):
-        load_config("fast", ["optim.nesterov=3"])
-    with pytest.raises(ConfigError, match=r"schedule\.name must be one of"):
-        load_config("fast", ["schedule.name=exponential"])
-    with pytest.raises(ConfigError, match="section.key=value"):
-        load_config("fast", ["lr=0.1"])
-    with pytest.raises(ConfigError, match="unknown recipe 'fastest'"):
-        load_config("fastest")
-
-
-def test_recipe_file_with_unknown_key(tmp_path) -> None:
-    path = tmp_path / "mine.yaml"
-    path.write_text("train:\n  epochs: 2\n  batchsize: 64\n")
-    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown setting train\.batchsize"):
-        load_config(str(path))
-
 
 # ---- Schedule functions against hand-computed values --------------------------------------------
 
@@ -140,3 +96,16 @@ def test_resnet110_warms_up_until_train_error_below_80_percent() -> None:
     cfg56 = load_config("cifar-paper", ["model.name=resnet56"])
     apply_depth_rules(cfg56)
     assert lr_at(0, 64000, cfg56.schedule, 0.1, ScheduleState()) == pytest.approx(0.1)
+
+
+def test_the_schedule_object_binds_its_settings_once() -> None:
+    cfg = load_config("cifar-paper", ["model.name=resnet110"])
+    apply_depth_rules(cfg)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr, 64_000)
+    assert schedule.lr(0) == lr_at(0, 64_000, cfg.schedule, cfg.optim.lr, ScheduleState()) == pytest.approx(0.01)
+    assert schedule.watches_train_error
+    schedule.observe_train_error(10, 0.5)
+    assert not schedule.watches_train_error and schedule.lr(11) == pytest.approx(0.1)
+    restored = Schedule(cfg.schedule, cfg.optim.lr, 64_000)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state == schedule.state and restored.lr(40_000) == pytest.approx(0.01)

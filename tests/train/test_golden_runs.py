@@ -6,7 +6,7 @@ shape, bytes) and its final evaluation numbers. golden_runs.json holds the value
 the code before the "one coherent core" refactor (issue 11); a change that alters them on purpose
 records new values with
 
-    python tests/test_golden_runs.py --record NAME ...
+    python tests/train/test_golden_runs.py --record NAME ...
 
 and says which and why in its commit message.
 
@@ -34,10 +34,9 @@ from PIL import Image
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden_runs.json"
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "data"))
+sys.path.insert(0, str(HERE.parent / "data"))
 
 from dataset_files import write_cifar  # noqa: E402
-
 from portable_reslab import PORTABLE_ENV  # noqa: E402
 
 COMMON = ["--no-progress", "--deterministic", "--seed", "0", "--set", "train.threads=1"]
@@ -244,5 +243,5 @@ def _record(names: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--record"]:
-        raise SystemExit("usage: python tests/test_golden_runs.py --record [NAME ...]")
+        raise SystemExit("usage: python tests/train/test_golden_runs.py --record [NAME ...]")
     _record(sys.argv[2:])
