@@ -18,7 +18,8 @@ from reslab.device import resolve_device
 from reslab.errors import ConfigError
 from reslab.rundir import RunDir
 from reslab.train.distributed import init_distributed, on_rank0
-from reslab.train.trainer import RUNTIME_SETTINGS, Trainer, check_sync_bn
+from reslab.train.resume import RUNTIME_SETTINGS
+from reslab.train.trainer import Trainer, check_sync_bn
 
 __all__ = ["RUNTIME_SETTINGS", "resolve_resume", "train"]
 

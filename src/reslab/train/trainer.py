@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reslab.checkpoint import Checkpoint, load_latest_good, rng_states, save_checkpoint, set_aside_newer, set_rng_states
+from reslab.checkpoint import rng_states, save_checkpoint
 from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.errors import CheckpointError, ConfigError, ReslabError
@@ -38,15 +37,13 @@ from reslab.train.distributed import (
     state_digest,
 )
 from reslab.train.optim import build_ema, build_optimizer
+from reslab.train.resume import make_checkpoint, resume_from_checkpoint
 from reslab.train.runlog import RunLog
-from reslab.train.schedule import Schedule, ScheduleState
+from reslab.train.schedule import Schedule
 from reslab.train.signals import StopOnSignal
 from reslab.train.state import TrainState
 from reslab.train.step import StepResult, StepSettings, train_step
 from reslab.weights import WeightsMeta, save_weights
-
-# Settings that change how fast a run goes, not what it computes: a resume may change them.
-RUNTIME_SETTINGS = ("train.threads", "train.progress")
 
 
 class NonFiniteError(ReslabError):
@@ -84,17 +81,6 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """section.key of each setting that differs between a checkpoint's config and the current one."""
-    return [
-        f"{section}.{key}"
-        for section, values in current.items()
-        if isinstance(values, dict)
-        for key, value in values.items()
-        if saved.get(section, {}).get(key) != value and f"{section}.{key}" not in RUNTIME_SETTINGS
-    ]
-
-
 class Trainer:
     def __init__(self, cfg: Config, run: RunDir, dist: Dist, device: torch.device, *, resume: bool) -> None:
         self.cfg, self.run, self.dist, self.device = cfg, run, dist, device
@@ -128,7 +114,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_saved = -1  # step of the newest checkpoint this process took part in
         if resume:
-            self._resume()
+            resume_from_checkpoint(self)
         elif dist.main:
             save_config(cfg, run.config)
         self.train_model = self._wrap(self.model)
@@ -300,25 +286,6 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoint(self, ranks: list[tuple[dict, torch.Tensor]]) -> Checkpoint:
-        """This run's state as a `Checkpoint`; `ranks` holds each process's (RNG states, data order)."""
-        from reslab import __version__
-
-        return Checkpoint(
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            position=self.state.position(),
-            schedule=self.schedule.state_dict(),
-            rng=[rng for rng, _ in ranks],
-            data_order=[order for _, order in ranks],
-            config=self.cfg.to_dict(),
-            elapsed=time.perf_counter() - self.wall_start,
-            world_size=self.dist.world_size,
-            reslab_version=__version__,
-            ema=self.ema.state_dict() if self.ema is not None else None,
-            scaler=self.scaler.state_dict() if self.scaler is not None else None,
-        )
-
     def save(self) -> None:
         """Write a checkpoint of the current step (once per step)."""
         if self.last_saved == self.state.step:
@@ -327,7 +294,7 @@ class Trainer:
         ranks = gather_to_rank0(self.dist, (rng_states(), self.data.train.order(self.state.epoch)))
 
         def write() -> None:
-            payload = self.checkpoint(ranks).to_payload()
+            payload = make_checkpoint(self, ranks).to_payload()
             try:
                 save_checkpoint(self.run, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
             except CheckpointError as exc:
@@ -335,84 +302,6 @@ class Trainer:
 
         on_rank0(self.dist, write)
         self.last_saved = self.state.step
-
-    def _fits(self, checkpoint: Checkpoint) -> None:
-        """A CheckpointError unless the checkpoint's content fits this run's objects."""
-        where = f"checkpoint {checkpoint.path.name if checkpoint.path else ''}"
-        saved_model = checkpoint.config.get("model", {}).get("name") if isinstance(checkpoint.config, dict) else None
-        if saved_model not in (None, self.cfg.model.name):
-            raise CheckpointError(f"{where} holds {saved_model} but config.yaml names {self.cfg.model.name}")
-        for what, module, saved in (("model", self.model, checkpoint.model), ("ema", self.ema, checkpoint.ema)):
-            if module is None or (what == "ema" and saved is None):  # no EMA before: it starts fresh
-                continue
-            own = module.state_dict()
-            if saved is None or set(saved) != set(own):
-                raise CheckpointError(f"{where}: its {what} weights do not have this run's keys")
-            wrong = [k for k in own if not isinstance(saved[k], torch.Tensor) or saved[k].shape != own[k].shape]
-            if wrong:
-                raise CheckpointError(f"{where}: its {what} weights have other shapes ({', '.join(wrong[:3])})")
-        groups = checkpoint.optimizer.get("param_groups")
-        if not isinstance(groups, list) or [len(g.get("params", [])) for g in groups] != [
-            len(g["params"]) for g in self.optimizer.param_groups
-        ]:
-            raise CheckpointError(f"{where}: its optimizer state does not fit this run's parameters")
-        if set(checkpoint.schedule) != set(self.schedule.state_dict()):
-            raise CheckpointError(f"{where}: its schedule state has other fields")
-
-    def _resume(self) -> None:
-        """Restore the newest usable checkpoint (rank 0 reads and checks it and hands it to the others)."""
-        run, dist = self.run, self.dist
-
-        def load() -> tuple[Checkpoint, list[str], list[str]]:
-            if dist.main:
-                run.remove_stale_temps()
-            checkpoint, problems = load_latest_good(run, check=self._fits)
-            moved = set_aside_newer(run, checkpoint.path)
-            return checkpoint, problems, [p.name for p in moved]
-
-        checkpoint, problems, moved = on_rank0(dist, load)
-        self._restore(checkpoint)
-        notes = [f"{problem}; falling back to an older checkpoint" for problem in problems]
-        notes += [f"set aside damaged {name} as {name}.damaged" for name in moved]
-        notes += self._mismatches(checkpoint)
-        self.wall_start -= checkpoint.elapsed
-        if dist.main:
-            for note in notes:
-                print(f"warning: {note}", file=sys.stderr)
-            name = checkpoint.path.name if checkpoint.path else ""
-            print(f"resuming {run.path} from {name} (step {self.state.step}/{self.total})", file=sys.stderr)
-            run.drop_metrics_after(self.state.step)
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        if self.ema is not None and checkpoint.ema is not None:
-            self.ema.load_state_dict(checkpoint.ema)
-        if self.scaler is not None and checkpoint.scaler is not None:
-            self.scaler.load_state_dict(checkpoint.scaler)
-        same_world = checkpoint.world_size == self.dist.world_size
-        set_rng_states(checkpoint.rng[self.dist.rank if same_world else 0])
-        self.state = TrainState(**checkpoint.position)
-        self.schedule.state = ScheduleState(**checkpoint.schedule)
-        self.last_saved = -1
-
-    def _mismatches(self, checkpoint: Checkpoint) -> list[str]:
-        """Why the resumed run will not match an uninterrupted one, if it will not."""
-        notes, dist = [], self.dist
-        if checkpoint.world_size != dist.world_size:
-            notes.append(
-                f"the checkpoint was written by {checkpoint.world_size} process(es), this run has "
-                f"{dist.world_size}: it continues, but will not match an uninterrupted run exactly"
-            )
-        elif not torch.equal(checkpoint.data_order[dist.rank], self.data.train.order(self.state.epoch)):
-            notes.append(
-                f"the data order of epoch {self.state.epoch} differs from the checkpoint's (another "
-                "dataset or torch version?): the run will not match an uninterrupted one exactly"
-            )
-        changed = config_changes(checkpoint.config, self.cfg.to_dict())
-        if changed:
-            notes.append(f"config.yaml differs from the checkpoint's config in {', '.join(changed)}; using config.yaml")
-        return notes
 
     # ---- the end ---------------------------------------------------------------------------------
 
