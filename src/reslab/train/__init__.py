@@ -2,6 +2,7 @@
 
 loop        `train(cfg, run_dir)`: the short driver (process set-up, run directory, Trainer)
 trainer     `Trainer`: owns model, optimizer, EMA, scaler, schedule, data, run log; the loop
+resume      the trainer's objects <-> its `Checkpoint`; resuming from the newest one that fits
 step        `train_step(model, optimizer, batch, settings) -> StepResult`, a pure function
 build       `build_data`, `build_model` (and fine-tuning weights) from the resolved config
 schedule    learning-rate schedules; `Schedule` binds one run's settings
