@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError, DataError, ReslabError
+from reslab.models import model_info
 from reslab.rundir import RunDir
 
 EXPERIMENT_FILE = "experiment.json"
@@ -237,7 +238,10 @@ def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], exe
 def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], parallel: int) -> None:
     threads = max(1, available_cores() // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    pending, running, failed, stopped = list(todo), [], [], []
+    # Longest runs first (deepest nets): with K slots the last run to start is then a short one,
+    # so the experiment ends close to (total work) / K instead of waiting on a deep net started last.
+    pending = sorted(todo, key=lambda spec: -model_info(spec.model).depth)
+    running, failed, stopped = [], [], []
     try:
         while pending or running:
             while pending and len(running) < parallel:
