@@ -30,7 +30,11 @@ def build_parser(modules: tuple[str, ...] | None = None) -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `reslab` alone: the help, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ReslabError as exc:

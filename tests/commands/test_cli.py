@@ -46,3 +46,9 @@ def test_a_user_mistake_is_one_line_with_exit_2(capsys) -> None:
     assert cli.main(["models", "resnet_nonsense_9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("reslab models: error: unknown model") and "\n" not in err
+
+
+def test_reslab_alone_prints_the_help(capsys) -> None:
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: reslab") and all(f"    {name}" in out for name in COMMANDS)
