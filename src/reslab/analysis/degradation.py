@@ -62,7 +62,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     synthetic = any(r.synthetic for r in runs)
     claims = _claims(stats, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
-    fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic)
+    fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic, plan.milestones)
     what_train = runs[0].train_error_curve()[1]
 
     results = {
@@ -153,7 +153,9 @@ def _training_error_note(eval_every: int, train_images: int) -> str:
     )
 
 
-def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bool) -> tuple[Path, Path]:
+def _figures(
+    out: Path, stats: dict, depths: list[int], data: str, synthetic: bool, lr_drops: list[int]
+) -> tuple[Path, Path]:
     """Fig. 6 style (plain left, ResNets right) and Fig. 1 style (plain nets: training | test error)."""
     colors = palette(depths)
     title = "SYNTHETIC DATA" if synthetic else None
@@ -164,7 +166,8 @@ def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bo
         ],
         out / "fig6_plain_vs_resnet.png",
         title=title,
-        note="thin dashed: training error, bold: test error (mean over seeds)",
+        note="thin dashed: training error, bold: test error (mean over seeds); dotted: the learning rate / 10",
+        lr_drops=lr_drops,
     )
     fig1 = curves_figure(
         [
@@ -179,6 +182,7 @@ def _figures(out: Path, stats: dict, depths: list[int], data: str, synthetic: bo
         ],
         out / "fig1_plain_train_test.png",
         title=title,
+        lr_drops=lr_drops,
     )
     return fig6, fig1
 

@@ -44,8 +44,18 @@ def palette(keys: list) -> dict:
     return {k: matplotlib.colors.to_hex(colors[i % len(colors)]) for i, k in enumerate(keys)}
 
 
-def curves_figure(panels: list[Panel], path: Path, title: str | None = None, note: str | None = None) -> Path:
-    """Side-by-side panels of error curves sharing the y-axis range."""
+LR_DROP_STYLE = {"color": "0.55", "linewidth": 0.9, "linestyle": ":"}
+
+
+def curves_figure(
+    panels: list[Panel],
+    path: Path,
+    title: str | None = None,
+    note: str | None = None,
+    lr_drops: list[int] | tuple[int, ...] = (),
+) -> Path:
+    """Side-by-side panels of error curves sharing the y-axis range; `lr_drops` (iterations where
+    the learning rate falls) are marked with a dotted vertical line in every panel."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     top = max([max(s.values) for p in panels for s in p.series if s.values] or [0.01])
     for ax, panel in zip(axes[0], panels):
@@ -59,12 +69,16 @@ def curves_figure(panels: list[Panel], path: Path, title: str | None = None, not
             ax.plot(s.steps, [100 * v for v in s.values], color=s.color, marker=marker, markersize=3, **style)
             labels_seen.setdefault(s.label, s.color)
             kinds.add(s.kind)
+        for step in lr_drops:
+            ax.axvline(step, **LR_DROP_STYLE)
         handles = [Line2D([], [], color=c, linewidth=2.4, label=lbl) for lbl, c in labels_seen.items()]
         if {"train", "test"} <= kinds:
             handles += [
                 Line2D([], [], color="0.3", label="training error", **TRAIN_STYLE),
                 Line2D([], [], color="0.3", label="test error", **TEST_STYLE),
             ]
+        if lr_drops and handles:
+            handles.append(Line2D([], [], label="lr / 10", **LR_DROP_STYLE))
         if handles:
             ax.legend(handles=handles, fontsize=8, loc="upper right")
         ax.set_title(panel.title)

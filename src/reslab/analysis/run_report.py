@@ -152,8 +152,10 @@ def _curves_section(page: Page, labels: list[str], runs: list[Run], png_path: Pa
             [Series(lbl, *_xy(r.curve("test_top1_error")), colors[lbl], "test") for lbl, r in zip(labels, runs)],
         ),
     ]
-    png = curves_figure(panels, png_path, title="SYNTHETIC DATA" if synthetic else None)
-    page.figure(png, "training error (thin dashed) and test top-1 error (bold) against iterations")
+    drops = runs[0].lr_drops if all(r.lr_drops == runs[0].lr_drops for r in runs) else []
+    png = curves_figure(panels, png_path, title="SYNTHETIC DATA" if synthetic else None, lr_drops=drops)
+    caption = "training error (thin dashed) and test top-1 error (bold) against iterations"
+    page.figure(png, caption + ("; dotted: learning rate / 10" if drops else ""))
     train_whats = {r.train_error_curve()[1] for r in runs}
     page.paragraph("Training error plotted: " + "; ".join(sorted(train_whats)) + ".")
 

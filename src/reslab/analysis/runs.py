@@ -65,6 +65,15 @@ class Run:
         return self.config["data"]["dataset"]
 
     @property
+    def lr_drops(self) -> list[int]:
+        """Iterations at which a multistep schedule divided the learning rate (within the run)."""
+        schedule = self.config.get("schedule") or {}
+        if schedule.get("name") != "multistep":
+            return []
+        last = (self.summary or {}).get("steps") or (self.metrics[-1]["step"] if self.metrics else 0)
+        return [m for m in schedule.get("milestones", []) if isinstance(m, int) and 0 < m <= last]
+
+    @property
     def finished(self) -> bool:
         return self.summary is not None
 
