@@ -3,12 +3,14 @@
 A recipe is a YAML file (the package's `recipes/NAME.yaml`, or any path) whose top-level keys are
 the sections below. Overrides are `section.key=value` strings (`--set optim.lr=0.05`), values
 parsed as YAML scalars. Unknown sections or keys are an error naming the valid ones; so is a
-value of the wrong type.
+value of the wrong type, and a number outside its setting's range (`RANGES`, checked by `validate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from reslab import vocab
+from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -28,7 +31,7 @@ class ModelConfig:
     name: str = "resnet20"  # registry name (`reslab models`)
     shortcut: str | None = None  # "A" / "B" / "C"; None = the model's paper default
     zero_init_last: bool = False  # zero the last BN of each branch (not in the paper)
-    drop_rate: float = 0.0  # Wide ResNet dropout between convs (0 = the paper's no dropout)
+    drop_rate: float = 0.0  # Wide ResNet dropout probability between convs, in [0, 1) (0 = the paper's no dropout)
     pretrained: str | None = None  # start from weights: reslab .safetensors/run dir, or a torchvision file
     activation_checkpointing: bool = False  # recompute each stage in backward: less memory, ~30% more compute
 
@@ -43,7 +46,7 @@ class DataConfig:
     normalize: str = "pixel-mean"  # pixel-mean (paper sec. 4.2) | channel (mean/std) | none
     augment: str = "crop-flip"  # none | flip | crop | crop-flip (in memory); scale | rrc (ImageFolder loader)
     pad: int = 4  # pixels of zero padding before the random crop
-    image_size: int | None = None  # resize ImageFolder images / pad small images up to this size
+    image_size: int | None = None  # pixels, 1..4096: resize ImageFolder images / pad small images up to this size
     in_memory: bool = True  # decode once into a uint8 tensor; False = DataLoader workers (large ImageFolders)
     workers: int = 2  # DataLoader workers when in_memory is False
     synthetic_size: int = 512  # images in the synthetic smoke-test set
@@ -92,9 +95,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (cold compile costs about a minute on CPU)
     tta_flip: bool = False  # evaluate on the image and its mirror, averaging logits
-    threads: int = 0  # torch threads; 0 = torch's default
+    threads: int = 0  # torch threads, at most 1024; 0 = torch's default
     checkpoint_every: int = 0  # write a checkpoint every N iterations; 0 = each epoch end only
-    keep_checkpoints: int = 2  # newest K checkpoints kept
+    keep_checkpoints: int = 2  # newest K checkpoints kept; 0 = keep all (as reslab.checkpoint.save_checkpoint)
     on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
     max_skips: int = 10  # under "skip", stop after this many skipped steps
     sync_bn: bool = False  # SyncBatchNorm under torchrun
@@ -132,6 +135,17 @@ def _section_class(name: str) -> type:
     }[name]
 
 
+def shown(value: Any) -> str:
+    """A number (or list of numbers) for a message; an integer of more than 20 digits (1e308 read
+    into an int setting) in scientific notation rather than 309 digits."""
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+    return str(value)
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check `value` against a field's type; ints are accepted for floats."""
     origin = typing.get_origin(annotation)
@@ -147,7 +161,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond 1.8e308
+            raise ConfigError(f"{where}={shown(value)} is out of range: too large for a float") from None
     if annotation in (float, int) and isinstance(value, str):
         try:  # YAML 1.1 reads 1e30 (no dot) as a string
             number = float(value)
@@ -173,7 +190,9 @@ def apply_settings(cfg: Config, settings: dict[str, Any], source: str) -> None:
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values")
+            raise ConfigError(
+                f"{source}: section {section!r} must be a mapping of keys to values, got {type(values).__name__}"
+            )
         target = getattr(cfg, section)
         hints = typing.get_type_hints(_section_class(section))
         for key, value in values.items():
@@ -183,16 +202,27 @@ def apply_settings(cfg: Config, settings: dict[str, Any], source: str) -> None:
             setattr(target, key, _coerce(value, hints[key], f"{source}: {section}.{key}"))
 
 
+def load_yaml(text: str, what: str) -> Any:
+    """`yaml.safe_load` (no python tags: nothing is constructed but plain data), with any problem
+    of the text as one ConfigError line naming `what`. Besides YAMLError, PyYAML's constructors
+    raise ValueError and KeyError for scalars that match a type's pattern but not its values
+    (`2020-13-45`, `!!bool x`), and deep nesting exhausts the recursion limit."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what} is not valid YAML ({first})") from None
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """'optim.lr=0.05' -> {'optim': {'lr': 0.05}} (value parsed as YAML)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set expects section.key=value (e.g. optim.lr=0.05), got {text!r}")
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    if section not in SECTIONS:  # "recipe" too: it is not a section, and apply_settings skips it
+        raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+    value = load_yaml(raw, f"--set {text!r}: the value") if raw != "" else None
     return {section: {key: value}}
 
 
@@ -212,9 +242,10 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     if recipe:
         path = recipe_path(recipe)
         try:
-            settings = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"recipe {path} cannot be read ({exc})") from None
+        settings = load_yaml(text, f"recipe {path}") or {}
         if not isinstance(settings, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections")
         apply_settings(cfg, settings, str(path.name))
@@ -237,11 +268,117 @@ CHOICES = {
 }
 
 
+INT64_MAX = 2**63 - 1  # step counts, seeds and sizes reach torch as int64
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: low <= value <= high (an open end excludes its bound;
+    high None: no upper bound). Floats must also be finite, which `check_range` adds."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""  # what special values mean, for the error message
+
+    def __contains__(self, value: float) -> bool:
+        if value <= self.low if self.low_open else value < self.low:
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        def text(bound: float) -> str:
+            return "2**63-1" if bound == INT64_MAX else str(int(bound)) if float(bound).is_integer() else str(bound)
+
+        if self.high is None:
+            shown = f"{'>' if self.low_open else '>='} {text(self.low)}"
+        else:
+            low, high = (
+                f"{'(' if self.low_open else '['}{text(self.low)}",
+                f"{text(self.high)}{')' if self.high_open else ']'}",
+            )
+            shown = f"in {low}, {high}"
+        return f"{shown} ({self.note})" if self.note else shown
+
+
+UNIT = Range(0, 1, high_open=True)  # probabilities, momenta and decays: [0, 1)
+FRACTION = Range(0, 1)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+COUNT = Range(0, INT64_MAX)  # steps, iterations, evaluations; 0 usually means "off"
+AT_LEAST_ONE = Range(1, INT64_MAX)
+
+# Every int and float setting (and each item of a list of numbers), checked by `validate`.
+RANGES: dict[tuple[str, str], Range] = {
+    ("model", "drop_rate"): UNIT,  # a dropout probability; 1 would drop everything
+    ("data", "val_size"): AT_LEAST_ONE,  # under split=paper; must also leave training images (checked on load)
+    # The padded copy of a batch grows as (H + 2 pad)^2; a crop shifts at most pad pixels, and more
+    # than 256 on images of at most 4096 is a typo, not a recipe (the paper pads 4).
+    ("data", "pad"): Range(0, 256),
+    ("data", "image_size"): Range(1, 4096),  # or None (the native size); 4096 is beyond any ResNet input
+    ("data", "workers"): Range(0, 1024),  # DataLoader processes; 0 decodes in the main process
+    ("data", "synthetic_size"): Range(1, 1_000_000),  # a smoke-test set: 1M 32x32 RGB images are 3 GB
+    ("optim", "lr"): POSITIVE,
+    ("optim", "momentum"): UNIT,
+    ("optim", "weight_decay"): NON_NEGATIVE,
+    ("optim", "label_smoothing"): UNIT,  # 1 would make every target uniform: nothing left to learn
+    ("optim", "grad_clip"): NON_NEGATIVE,  # 0 = off
+    ("optim", "ema_decay"): UNIT,  # 0 = off; 1 would never move the average
+    ("optim", "betas"): UNIT,  # each of the two (AdamW's beta1, beta2)
+    ("schedule", "milestones"): COUNT,  # each
+    ("schedule", "step_size"): AT_LEAST_ONE,
+    ("schedule", "gamma"): Range(0, 1, low_open=True),  # a decay factor: 1 = no decay; 0 or less is no lr
+    ("schedule", "warmup_steps"): COUNT,
+    ("schedule", "warmup_lr"): NON_NEGATIVE,
+    ("schedule", "warmup_until_error"): FRACTION,  # a training error; 0 = off
+    ("schedule", "warmup_min_depth"): COUNT,
+    ("schedule", "final_lr"): NON_NEGATIVE,
+    ("schedule", "pct_start"): FRACTION,
+    ("schedule", "patience"): COUNT,  # 0 decays after every evaluation without improvement
+    ("train", "iterations"): COUNT,
+    # 1e9 epochs is beyond any run, and keeps epochs x steps per epoch well within int64.
+    ("train", "epochs"): Range(0, 1e9),
+    ("train", "batch_size"): AT_LEAST_ONE,
+    ("train", "eval_every"): Range(
+        -1, INT64_MAX, note="N > 0: every N iterations, 0: each epoch end, -1: only after the last step"
+    ),
+    ("train", "seed"): Range(0, INT64_MAX),  # torch.manual_seed takes 64 bits; negative seeds are not portable
+    ("train", "threads"): Range(0, 1024),  # 0 = torch's default; torch.set_num_threads takes a C int
+    ("train", "checkpoint_every"): COUNT,  # 0 = each epoch end only
+    ("train", "keep_checkpoints"): Range(0, INT64_MAX, note="the newest N; 0 keeps all"),
+    ("train", "max_skips"): COUNT,
+}
+
+# train.device: auto, cpu, cuda (this process's GPU) or cuda:N (reslab.device.resolve_device).
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
+
+
+def check_range(section: str, key: str, value: Any) -> None:
+    """A ConfigError naming the setting, its value and the valid range, when `value` is outside it."""
+    rng = RANGES[(section, key)]
+    items = value if isinstance(value, list) else [value]
+    if all(v in rng and not (isinstance(v, float) and not math.isfinite(v)) for v in items):
+        return
+    finite = "finite " if any(isinstance(v, float) and not math.isfinite(v) for v in items) else ""
+    what = f"{finite}values" if isinstance(value, list) else f"a {finite}value"
+    raise ConfigError(f"{section}.{key}={shown(value)} is out of range: use {what} {rng}")
+
+
 def validate(cfg: Config) -> None:
+    for (section, key), value in ((name, getattr(getattr(cfg, name[0]), name[1])) for name in RANGES):
+        if value is not None:  # data.image_size may be None; no other numeric setting can
+            check_range(section, key, value)
     for (section, key), choices in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}; got {value!r}")
+    if not DEVICE_NAME.fullmatch(cfg.train.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {cfg.train.device!r}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers [beta1, beta2]; got {cfg.optim.betas}")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov needs optim.momentum > 0 (Nesterov momentum without momentum is undefined)")
     if cfg.model.shortcut is not None and cfg.model.shortcut not in vocab.SHORTCUTS:
         raise ConfigError(f"model.shortcut must be one of {', '.join(vocab.SHORTCUTS)}; got {cfg.model.shortcut!r}")
     if (cfg.train.iterations > 0) == (cfg.train.epochs > 0):
@@ -249,25 +386,18 @@ def validate(cfg: Config) -> None:
             "set exactly one of train.iterations and train.epochs (the other 0); "
             f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}"
         )
-    if cfg.train.batch_size < 1:
-        raise ConfigError(f"train.batch_size must be >= 1; got {cfg.train.batch_size}")
-    if cfg.train.eval_every < -1:
-        raise ConfigError(
-            "train.eval_every must be N > 0 (every N iterations), 0 (each epoch end) or -1 "
-            f"(only after the last step); got {cfg.train.eval_every}"
-        )
     if cfg.train.eval_every == -1 and cfg.schedule.name == "plateau":
         raise ConfigError("schedule plateau decays on evaluations: it needs train.eval_every >= 0, not -1")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0; got {cfg.optim.lr}")
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 
 
-def config_from_dict(settings: dict[str, Any]) -> Config:
+def config_from_dict(settings: dict[str, Any], source: str = "saved config") -> Config:
+    """A saved config (a run's config.yaml, a checkpoint's) on top of the defaults; `source` (the
+    file) starts every error message. Not validated: `validate` it before training on it."""
     cfg = Config()
-    apply_settings(cfg, settings, "saved config")
-    cfg.recipe = settings.get("recipe", "saved")
+    apply_settings(cfg, settings, source)
+    cfg.recipe = _coerce(settings.get("recipe", "saved"), str, f"{source}: recipe")
     return cfg

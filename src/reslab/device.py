@@ -10,11 +10,15 @@ import contextlib
 
 import torch
 
+from reslab.config import DEVICE_NAME
 from reslab.errors import ConfigError
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """ "auto" -> cuda when a GPU is visible, else cpu; "cuda" under torchrun -> this process's GPU."""
+    """ "auto" -> cuda when a GPU is visible, else cpu; "cuda" under torchrun -> this process's GPU.
+    The names are config.DEVICE_NAME's (which `reslab.config.validate` checks first)."""
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -22,9 +26,13 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
             raise ConfigError(f"device {name!r} asked for but no CUDA device is visible; use cpu")
         if local_rank is not None:
             name = f"cuda:{local_rank}"
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} asked for but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
         torch.cuda.set_device(torch.device(name))
-    elif name != "cpu":
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
 

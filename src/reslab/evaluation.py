@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.config import config_from_dict
 from reslab.data.sources import DataSource
 from reslab.device import autocast
 from reslab.errors import ConfigError
@@ -170,7 +169,7 @@ def plan_evaluation(
     meta = weights.meta
     recorded = dict(meta.evaluation)
     if run is not None and run.config.is_file():
-        cfg = config_from_dict(run.read_config())
+        cfg = run.load_config()
         source = DataSource.from_config(cfg.data, cfg.train.seed)
         recorded = {
             "tta_flip": cfg.train.tta_flip,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from reslab.atomic import atomic_write_bytes, remove_stale_temps
+from reslab.config import Config, config_from_dict
 from reslab.errors import ConfigError
 
 RunState = Literal["finished", "partial", "new"]
@@ -135,10 +136,21 @@ class RunDir:
         removed = [p for d in (self.path, self.checkpoints_dir) for p in remove_stale_temps(d)]
         if self.checkpoints_dir.is_dir():
             for digest in self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}{DIGEST_SUFFIX}"):
-                if not digest.with_name(digest.name[: -len(DIGEST_SUFFIX)]).exists():
+                if self._cut_short(digest):
                     digest.unlink(missing_ok=True)
                     removed.append(digest)
         return removed
+
+    @staticmethod
+    def _cut_short(path: Path) -> bool:
+        """True for what a write cut short leaves in checkpoints/: the temp file of an atomic write,
+        or a checksum file whose checkpoint never landed."""
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            return True
+        return (
+            path.name.endswith(CHECKPOINT_SUFFIX + DIGEST_SUFFIX)
+            and not path.with_name(path.name[: -len(DIGEST_SUFFIX)]).exists()
+        )
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -149,8 +161,9 @@ class RunDir:
         return "partial" if self.list_checkpoints() else "new"
 
     def holds_run(self) -> bool:
-        """True when a run has written checkpoints here (so starting another would mix two runs)."""
-        return self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
+        """True when a run has written checkpoints here (so starting another would mix two runs).
+        What a write cut short by a kill left (see `remove_stale_temps`) does not count."""
+        return self.checkpoints_dir.is_dir() and any(not self._cut_short(p) for p in self.checkpoints_dir.iterdir())
 
     def read_config(self) -> dict[str, Any]:
         """config.yaml as a mapping; a ConfigError names the file when it is missing or damaged."""
@@ -158,12 +171,18 @@ class RunDir:
             raise ConfigError(f"{self.path} is not a reslab run directory (no {self.config.name})")
         try:
             settings = yaml.safe_load(self.config.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            # PyYAML's constructors raise ValueError/KeyError for scalars that match a type's
+            # pattern but not its values (a date like 2020-13-45); deep nesting hits the recursion limit.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{self.config} is damaged ({first}); repair it or start a new run") from None
         if not isinstance(settings, dict):
             raise ConfigError(f"{self.config} must be a mapping of sections, got {type(settings).__name__}")
         return settings
+
+    def load_config(self) -> Config:
+        """config.yaml as a `Config` (not validated); every error names the file."""
+        return config_from_dict(self.read_config(), str(self.config))
 
     def read_summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else None

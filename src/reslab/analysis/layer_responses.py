@@ -23,7 +23,6 @@ from reslab.analysis.report_page import Page, environment
 from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
 from reslab.analysis.training_experiment import claims_results, claims_section, not_reproduced_reasons
-from reslab.config import config_from_dict
 from reslab.data.batches import InMemoryBatches
 from reslab.data.sources import DataSource, fit_arrays
 from reslab.errors import ConfigError
@@ -89,7 +88,7 @@ def run_responses(run: Run, images: int) -> list[float]:
     """Layer responses of a finished run's weights on its first `images` test images, prepared as
     the run evaluated them."""
     weights = load_weights(run.path)
-    cfg = config_from_dict(run.config)
+    cfg = run.dir.load_config()
     source = DataSource.from_config(cfg.data, cfg.train.seed)
     test = fit_arrays(source.arrays("test"), weights.preprocess)
     test = test.subset(torch.arange(min(images, len(test))))

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from reslab.checkpoint import read_checkpoint
-from reslab.config import config_from_dict
 from reslab.data.array_dataset import ArrayDataset
 from reslab.data.batches import InMemoryBatches
 from reslab.data.sources import DataSource, fit_arrays
@@ -31,7 +30,7 @@ SUBSET_SEED = 1234  # which training images form the fixed subset (the same for 
 def training_subset(run_dir: Path, images: int) -> ArrayDataset:
     """`images` fixed, seeded training images of the split the run trained on."""
     run = RunDir(run_dir)
-    cfg = config_from_dict(run.read_config())
+    cfg = run.load_config()
     train = DataSource.from_config(cfg.data, cfg.train.seed).arrays("train")
     n = min(images, len(train))
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values

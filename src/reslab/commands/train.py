@@ -12,18 +12,24 @@ from reslab.config import list_recipes, load_config
 from reslab.errors import DataError
 
 
+def _quoted(text: str) -> str:
+    """`text` as a YAML double-quoted string: any character that is not printable, a quote or a
+    backslash escaped (YAML's \\UXXXXXXXX), so the setting holds exactly the characters typed."""
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\U{ord(c):08x}" for c in text) + '"'
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """Shorthand flags are --set overrides; explicit --set comes last and wins."""
+    """Shorthand flags are --set overrides; explicit --set comes last and wins. The text flags are
+    quoted: a directory named `on` or `2020-13-45` is a name, not YAML's true or a bad date."""
     pairs = [
         ("model.name", args.model),
         ("data.dataset", args.data),
         ("data.data_dir", args.data_dir),
-        ("train.epochs", args.epochs),
-        ("train.iterations", args.iterations),
-        ("train.seed", args.seed),
         ("train.device", args.device),
     ]
-    out = [f"{k}={v}" for k, v in pairs if v is not None]
+    out = [f"{k}={_quoted(v) if v else 'null'}" for k, v in pairs if v is not None]  # "" is unset, as before
+    numbers = [("train.epochs", args.epochs), ("train.iterations", args.iterations), ("train.seed", args.seed)]
+    out += [f"{k}={v}" for k, v in numbers if v is not None]
     if args.epochs is not None:
         out.append("train.iterations=0")
     if args.iterations is not None:

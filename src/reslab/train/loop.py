@@ -2,20 +2,23 @@
 
 The driver only sets the process up (threads, torchrun, device, seeds), opens the run directory
 and hands over to `Trainer` (reslab.train.trainer), which owns the run. The run directory's
-layout is `reslab.rundir.RunDir`'s.
+layout is `reslab.rundir.RunDir`'s. A new run that fails with a user error (a `ReslabError`)
+before its first checkpoint leaves nothing behind: there is nothing to resume, and a directory
+holding only a config.yaml would look like a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reslab.config import Config, apply_settings, config_from_dict, parse_override
+from reslab.config import Config, apply_settings, parse_override, validate
 from reslab.device import resolve_device
-from reslab.errors import ConfigError
+from reslab.errors import ConfigError, ReslabError
 from reslab.rundir import RunDir
 from reslab.train.distributed import init_distributed, on_rank0
 from reslab.train.resume import RUNTIME_SETTINGS
@@ -34,8 +37,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         device = resolve_device(cfg.train.device, dist.local_rank if dist.world_size > 1 else None)
         set_determinism(cfg)
         check_sync_bn(cfg, dist, device)
-        run = RunDir(run_dir) if resume else on_rank0(dist, lambda: open_new_run(cfg, run_dir))
-        return Trainer(cfg, run, dist, device, resume=resume).fit()
+        if resume:
+            return Trainer(cfg, RunDir(run_dir), dist, device, resume=True).fit()
+        run, created = on_rank0(dist, lambda: open_new_run(cfg, run_dir))
+        try:
+            return Trainer(cfg, run, dist, device, resume=False).fit()
+        except ReslabError:
+            if dist.main:
+                remove_failed_start(run, created)
+            raise
     finally:
         if dist.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -51,16 +61,47 @@ def set_determinism(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def open_new_run(cfg: Config, run_dir: str | Path | None) -> RunDir:
-    """The directory of a new run (created), refusing one that already holds a run."""
+def open_new_run(cfg: Config, run_dir: str | Path | None) -> tuple[RunDir, list[Path]]:
+    """The directory of a new run (created), refusing a file or one that already holds a run; and
+    the directories this call created, the run's own first, then its new parents."""
     run = RunDir(run_dir) if run_dir else RunDir.new_path(cfg.train.out_dir, cfg.model.name, cfg.data.dataset)
+    choose = "choose another --run-dir" if run_dir else "check train.out_dir or pass --run-dir"
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"{run} is a file, not a run directory; {choose}")
     if run.holds_run():
         raise ConfigError(
             f"{run} already holds a run; resume it with `reslab train --resume {run}` or choose another --run-dir"
         )
-    run.path.mkdir(parents=True, exist_ok=True)
+    created = [p for p in (run.path, *run.path.parents) if not p.exists()]
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+        raise ConfigError(f"cannot create the run directory {run} ({exc.strerror or exc}); {choose}") from None
     run.remove_stale_temps()
-    return run
+    return run, created
+
+
+def remove_failed_start(run: RunDir, created: list[Path]) -> None:
+    """Take away what a new run wrote before it failed: its files, then the directories `open_new_run`
+    created, each only if nothing else is in it. Nothing when the run directory existed before this
+    run (it may hold the user's files) or holds checkpoints (a run to resume)."""
+    if not created or created[0] != run.path or run.holds_run():
+        return
+    for f in (run.config, run.metrics, run.summary, run.weights):
+        f.unlink(missing_ok=True)
+    run.remove_stale_temps()
+    for f in run.tensorboard.glob("events.out.tfevents.*"):
+        f.unlink(missing_ok=True)
+    for d in (run.tensorboard, run.checkpoints_dir):
+        with contextlib.suppress(OSError):  # absent, or holding something this run did not write
+            d.rmdir()
+    for d in created:  # the run directory, then the parents this call made
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: someone else's files are in it (and so in its parents)
+            return
 
 
 def resolve_resume(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -68,7 +109,12 @@ def resolve_resume(run_dir: Path, overrides: list[str] | None = None) -> Config:
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise ConfigError(f"{run} is not a reslab run directory (no {run.config.name}); nothing to resume")
-    cfg = config_from_dict(run.read_config())
+    cfg = run.load_config()
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{run.config}: {exc}; repair it or start a new run") from None
     for text in overrides or []:
         apply_settings(cfg, parse_override(text), f"--set {text}")
+    validate(cfg)
     return cfg

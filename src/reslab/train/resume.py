@@ -85,17 +85,31 @@ def check_fits(trainer: Trainer, checkpoint: Checkpoint) -> None:
 
 
 def resume_from_checkpoint(trainer: Trainer) -> None:
-    """Restore the newest usable checkpoint (rank 0 reads and checks it and hands it to the others)."""
+    """Restore the newest usable checkpoint (rank 0 reads and checks it and hands it to the others).
+
+    A run killed before its first checkpoint landed (config.yaml, at most the leftovers of a write
+    cut short) starts again from step 0 with its saved config: the trainer is then exactly as a
+    new run would be, as nothing here draws from an RNG."""
     run, dist = trainer.run, trainer.dist
 
-    def load() -> tuple[Checkpoint, list[str], list[str]]:
-        if dist.main:
-            run.remove_stale_temps()
+    def load() -> tuple[Checkpoint | None, list[str], list[str]]:
+        run.remove_stale_temps()
+        if not run.holds_run():
+            return None, [], []
         checkpoint, problems = load_latest_good(run, check=lambda checkpoint: check_fits(trainer, checkpoint))
         moved = set_aside_newer(run, checkpoint.path)
         return checkpoint, problems, [p.name for p in moved]
 
     checkpoint, problems, moved = on_rank0(dist, load)
+    if checkpoint is None:
+        if dist.main:
+            print(
+                f"no checkpoint in {run.path} (stopped before its first one): starting from step 0 "
+                "with its config.yaml",
+                file=sys.stderr,
+            )
+            run.drop_metrics_after(0)
+        return
     restore(trainer, checkpoint)
     notes = [f"{problem}; falling back to an older checkpoint" for problem in problems]
     notes += [f"set aside damaged {name} as {name}.damaged" for name in moved]
@@ -120,7 +134,9 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     set_rng_states(checkpoint.rng[trainer.dist.rank if same_world else 0])
     trainer.state = TrainState(**checkpoint.position)
     trainer.schedule.state = ScheduleState(**checkpoint.schedule)
-    trainer.last_saved = -1
+    # The checkpoint holds this very step: writing it again would replace its checksum file before
+    # the file itself, and a kill between the two would leave the pair mismatched.
+    trainer.last_saved = checkpoint.step
 
 
 def mismatches(trainer: Trainer, checkpoint: Checkpoint) -> list[str]:

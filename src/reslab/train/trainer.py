@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import rng_states, save_checkpoint
 from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
@@ -320,7 +321,7 @@ class Trainer:
             record = self.evaluate()
             self.log.eval(record)
             self.history.append(record)
-        final = self.history[-1] if self.history else self.evaluate()
+        final = self.history[-1] if self.history else self._logged_final() or self.evaluate()
         self.save()
         digests = None
         if self.dist.world_size > 1:
@@ -332,6 +333,19 @@ class Trainer:
         summary = self._summary(final, digests)
         on_rank0(self.dist, lambda: self._write_results(final, summary, digests))
         return summary
+
+    def _logged_final(self) -> dict[str, Any] | None:
+        """The final evaluation a run resumed at its last step logged before it was stopped, with the
+        training metrics of its last epoch (which cannot be measured again), or None."""
+        s = self.state
+
+        def read() -> dict[str, Any] | None:
+            records = self.run.read_metrics()
+            if not records or records[-1]["step"] != s.step:
+                return None
+            return {k: v for k, v in records[-1].items() if isinstance(v, (int, float))}  # less RunLog's notes
+
+        return on_rank0(self.dist, read)
 
     def _summary(self, final: dict[str, Any], digests: list[str] | None) -> dict[str, Any]:
         s, dist = self.state, self.dist
@@ -387,7 +401,7 @@ class Trainer:
             )
         try:
             save_weights(self.run.weights, self.eval_model, self.weights_meta(final), self.data.stats)
-            self.run.summary.write_text(json.dumps(summary, indent=2))
+            atomic_write_bytes(self.run.summary, json.dumps(summary, indent=2).encode())
         except OSError as exc:
             raise CheckpointError(
                 f"could not write the final weights to {self.run} ({exc.strerror or exc}); the last "
