@@ -16,6 +16,7 @@ network allocates nothing), and the normalisation's shape and values.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess, check_resize
 from reslab.errors import CheckpointError, ReslabError
 from reslab.models import ResNet, create_model
-from reslab.models.registry import OPTIONS
+from reslab.models.registry import OPTIONS, model_info
 from reslab.rundir import RunDir
+from reslab.vocab import PRECISIONS, SHORTCUTS
 
 FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -88,6 +90,8 @@ class WeightsMeta:
             values = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{where} has damaged reslab metadata ({exc})") from None
+        except RecursionError:
+            raise CheckpointError(f"{where} has damaged reslab metadata (nested too deeply)") from None
         if not isinstance(values, dict):
             raise CheckpointError(f"{where}: its reslab metadata is not a JSON object")
         return cls.from_values(values, where)
@@ -106,8 +110,8 @@ class WeightsMeta:
     def check(self, where: str) -> None:
         """Types and ranges of every field, so later code may trust them."""
 
-        def bad(name: str, what: str) -> CheckpointError:
-            return CheckpointError(f"{where}: metadata {name}={getattr(self, name)!r} is not {what}")
+        def bad(name: str, what: str) -> CheckpointError:  # the value shortened: it may be megabytes
+            return CheckpointError(f"{where}: metadata {name}={reprlib.repr(getattr(self, name))} is not {what}")
 
         def integer(name: str, low: int, high: int) -> None:
             value = getattr(self, name)
@@ -116,11 +120,19 @@ class WeightsMeta:
 
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a model name")
+        try:  # the name only: bounds on depth and width, nothing is built (ONNX files name one too)
+            model_info(self.model)
+        except ReslabError as exc:
+            raise CheckpointError(f"{where}: metadata names a model reslab cannot build ({exc})") from None
         integer("num_classes", 1, MAX_CLASSES)
         integer("in_chans", 1, MAX_IN_CHANS)
         integer("input_size", 1, MAX_INPUT_SIZE)
-        if not isinstance(self.options, dict) or set(self.options) - set(OPTIONS):
-            raise bad("options", f"a mapping with keys among {', '.join(OPTIONS)}")
+        if not isinstance(self.options, dict) or set(self.options) - set(OPTIONS) or not _valid_options(self.options):
+            raise bad(
+                "options",
+                f"a mapping of {', '.join(OPTIONS)} (shortcut one of {', '.join(SHORTCUTS)}, "
+                "zero_init_last true/false, drop_rate a number in [0, 1))",
+            )
         if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
             raise bad("classes", "a list of names")
         if self.classes and len(self.classes) != self.num_classes:
@@ -130,8 +142,11 @@ class WeightsMeta:
             for k, v in self.metrics.items()
         ):
             raise bad("metrics", "a mapping of names to numbers")
-        if not isinstance(self.evaluation, dict):
-            raise bad("evaluation", "a mapping")
+        if not isinstance(self.evaluation, dict) or not _valid_evaluation(self.evaluation):
+            raise bad(
+                "evaluation",
+                f"a mapping of tta_flip and channels_last (true/false) and precision ({', '.join(PRECISIONS)})",
+            )
         for name in ("resize", "dataset", "data_dir", "data_sha256", "command", "reslab_version"):
             if not isinstance(getattr(self, name), str):
                 raise bad(name, "a string")
@@ -139,6 +154,27 @@ class WeightsMeta:
             check_resize(self.resize, self.input_size)
         except ReslabError as exc:
             raise CheckpointError(f"{where}: metadata {exc}") from None
+
+
+def _valid_options(options: dict[str, Any]) -> bool:
+    """create_model options of the right types (the names are checked by the caller)."""
+    drop = options.get("drop_rate", 0.0)
+    return (
+        options.get("shortcut", "A") in SHORTCUTS
+        and isinstance(options.get("zero_init_last", False), bool)
+        and isinstance(drop, (int, float))
+        and not isinstance(drop, bool)
+        and 0 <= drop < 1
+    )
+
+
+def _valid_evaluation(evaluation: dict[str, Any]) -> bool:
+    """The settings the metrics were measured with; `reslab eval` of a bare file reuses them."""
+    return (
+        isinstance(evaluation.get("tta_flip", False), bool)
+        and isinstance(evaluation.get("channels_last", False), bool)
+        and evaluation.get("precision", "fp32") in PRECISIONS
+    )
 
 
 @dataclass
@@ -212,6 +248,11 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]]]
     return metadata, shapes
 
 
+def is_reslab_weights(path: str | Path) -> bool:
+    """Whether a .safetensors file carries reslab metadata (a CheckpointError if it is unreadable)."""
+    return "reslab" in _open(Path(path))[0]
+
+
 def read_meta(source: str | Path) -> WeightsMeta:
     path = resolve_weights(source)
     metadata, _ = _open(path)
@@ -227,15 +268,22 @@ def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, l
         if key not in shapes:
             raise CheckpointError(f"{path} lacks the tensor {key} (its input normalisation)")
         dims = shapes[key][1]
-        if len(dims) != 3 or dims[0] != meta.in_chans or dims[1] > MAX_INPUT_SIZE or dims[2] > MAX_INPUT_SIZE:
+        size = meta.input_size
+        if len(dims) != 3 or dims[0] != meta.in_chans or tuple(dims[1:]) not in ((1, 1), (size, size)):
             raise CheckpointError(
-                f"{path}: {key} has shape {tuple(dims)}, expected ({meta.in_chans}, 1, 1) or (C, H, W)"
+                f"{path}: {key} has shape {tuple(dims)}, expected ({meta.in_chans}, 1, 1) per channel "
+                f"or ({meta.in_chans}, {size}, {size}) per pixel (in_chans, input_size)"
             )
     try:
         with torch.device("meta"):
             skeleton = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
     except ReslabError as exc:
         raise CheckpointError(f"{path}: its metadata names a network reslab cannot build ({exc})") from None
+    if meta.input_size < skeleton.min_input_size:
+        raise CheckpointError(
+            f"{path}: metadata input_size={meta.input_size} is below the {skeleton.min_input_size} pixels "
+            f"that {meta.model} needs"
+        )
     expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
     stored = {k: dims for k, (_, dims) in shapes.items() if k not in (MEAN_KEY, STD_KEY)}
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))

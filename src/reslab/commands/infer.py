@@ -143,7 +143,11 @@ def serve_command(args: argparse.Namespace) -> int:
             f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
             "choose another --port (0 picks a free one)"
         ) from None
-    predictor, meta, num_params = _predictor(args)
+    try:
+        predictor, meta, num_params = _predictor(args)
+    except BaseException:
+        sock.close()  # a bad model file: free the port now, not when the process ends
+        raise
     config = ServeConfig(
         max_upload_bytes=args.max_upload_bytes,
         max_pixels=args.max_pixels,

@@ -25,6 +25,7 @@ The geometry rule names (`WeightsMeta.resize`):
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ _SHORTER_N = re.compile(r"shorter-(\d+)-center-crop")
 # An upscaled intermediate larger than this is refused: a thin strip (2,000,000 x 1 pixels is a
 # 2 KB PNG) would otherwise become gigabytes on the way to a 224 x 224 crop.
 MAX_RESIZED_PIXELS = 16 * 1024 * 1024
+# The largest shorter side a "shorter-N-center-crop" rule may name (ImageNet evaluation uses 256);
+# the rule comes from weights files too, so a number of any size must fail as a clear error.
+MAX_SHORTER_SIDE = 4096
 
 
 def channel_mode(in_chans: int) -> str:
@@ -63,13 +67,17 @@ def resize_target(resize: str, input_size: int) -> int | None:
         return input_size
     match = _SHORTER_N.fullmatch(resize)
     if match:
+        if len(match[1].lstrip("0")) > len(str(MAX_SHORTER_SIDE)) or int(match[1]) > MAX_SHORTER_SIDE:
+            raise ConfigError(
+                f"resize {reprlib.repr(resize)}: the shorter side is over the limit of {MAX_SHORTER_SIDE}"
+            )
         shorter = int(match[1])
         if shorter < input_size:
             raise ConfigError(f"resize {resize!r}: the shorter side {shorter} is below the crop {input_size}")
         return shorter
     if resize in ("stretch", "none"):
         return None
-    raise ConfigError(f"unknown resize {resize!r}; known: {', '.join(RESIZE_MODES)}")
+    raise ConfigError(f"unknown resize {reprlib.repr(resize)}; known: {', '.join(RESIZE_MODES)}")
 
 
 def eval_resize(input_size: int, resize_ratio: float | None) -> str:

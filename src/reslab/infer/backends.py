@@ -8,12 +8,14 @@ float32 logits (B, num_classes); they normalise the pixels themselves with the w
                                       run by onnxruntime's CPUExecutionProvider
 `load_predictor` picks one from what the user named. An ONNX file carries its preprocessing
 (input size, resize rule, mean/std, classes) in metadata_props "reslab.*", written by
-`reslab.infer.export`; a file without them was not written by reslab and is refused.
+`reslab.infer.export`; a file without them was not written by reslab and is refused, and so is
+one whose metadata disagrees with its graph (channels, input size, number of logits).
 """
 
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +30,7 @@ from reslab.weights import WeightsMeta
 ONNX_SUFFIX = ".onnx"
 META_PREFIX = "reslab."
 REQUIRED_KEYS = ("model", "num_classes", "in_chans", "input_size", "mean", "std")
+ONNX_PRECISIONS = ("fp32", "int8")  # reslab.precision: what `reslab export` (--int8) wrote
 
 
 class Predictor(Protocol):
@@ -79,21 +82,37 @@ def read_onnx_meta(props: dict[str, str], path: str | Path) -> tuple[WeightsMeta
             "`reslab export WEIGHTS --format onnx`"
         )
     meta = WeightsMeta.from_values(values, str(path))
-    stats = norm_stats_from_lists(values["mean"], values["std"], meta.in_chans, str(path))
+    stats = norm_stats_from_lists(values["mean"], values["std"], meta.in_chans, str(path), meta.input_size)
+    precision, num_params = values.get("precision", "fp32"), values.get("num_params", 0)
+    if precision not in ONNX_PRECISIONS:
+        raise CheckpointError(f"{path}: metadata reslab.precision={reprlib.repr(precision)} is not fp32 or int8")
+    if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
+        raise CheckpointError(f"{path}: metadata reslab.num_params={reprlib.repr(num_params)} is not a count")
     return meta, stats, values
 
 
-def norm_stats_from_lists(mean: object, std: object, in_chans: int, where: str) -> NormStats:
-    """Nested lists of a (C, 1, 1) or (C, H, W) mean and std -> checked `NormStats`."""
+def norm_stats_from_lists(
+    mean: object, std: object, in_chans: int, where: str, input_size: int | None = None
+) -> NormStats:
+    """Nested lists of a (C, 1, 1) or (C, S, S) mean and std -> checked `NormStats` (S = input_size
+    when given, else any)."""
     try:
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError):
         raise CheckpointError(f"{where}: its reslab.mean / reslab.std metadata are not numeric arrays") from None
-    if mean_t.dim() != 3 or std_t.dim() != 3 or mean_t.shape[0] != in_chans or std_t.shape[0] != in_chans:
+
+    def fits(t: torch.Tensor) -> bool:
+        if t.dim() != 3 or t.shape[0] != in_chans:
+            return False
+        h, w = t.shape[1:]
+        return (h, w) == (1, 1) or (h == w if input_size is None else h == w == input_size)
+
+    if not (fits(mean_t) and fits(std_t) and mean_t.shape == std_t.shape):
+        size = "S" if input_size is None else input_size
         raise CheckpointError(
             f"{where}: reslab.mean / reslab.std have shapes {tuple(mean_t.shape)} and {tuple(std_t.shape)}; "
-            f"expected ({in_chans}, 1, 1) or ({in_chans}, H, W)"
+            f"expected ({in_chans}, 1, 1) or ({in_chans}, {size}, {size})"
         )
     if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
         raise CheckpointError(f"{where}: its normalisation holds non-finite values or a std <= 0")
@@ -124,11 +143,33 @@ class OnnxPredictor:
         self.path = path
         self.in_chans = self.meta.in_chans
         self.tta_flip = self.meta.tta_flip if tta_flip is None else tta_flip
-        self.precision = str(self.info.get("precision", "fp32"))
-        num_params = self.info.get("num_params", 0)
-        self.num_params = num_params if isinstance(num_params, int) and not isinstance(num_params, bool) else 0
-        self.input_name = self.session.get_inputs()[0].name
+        self.precision = str(self.info.get("precision", "fp32"))  # checked by read_onnx_meta
+        self.num_params = int(self.info.get("num_params", 0))  # checked by read_onnx_meta
+        self.input_name = self._check_graph()
         self.threads = threads or torch.get_num_threads()
+
+    def _check_graph(self) -> str:
+        """The graph's input name, once its declared input (B, C, S, S) float and output (B, classes)
+        agree with the metadata: otherwise every image would fail inside onnxruntime."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        meta = self.meta
+        expected_in = [meta.in_chans, meta.input_size, meta.input_size]
+        problems = []
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+            problems.append(f"it takes {[(i.type, i.shape) for i in inputs]}, not one float (B, C, S, S) input")
+        elif any(isinstance(d, int) and d != e for d, e in zip(inputs[0].shape[1:], expected_in)):
+            problems.append(
+                f"its input is {inputs[0].shape} but the metadata says (B, {', '.join(map(str, expected_in))})"
+            )
+        if not outputs or len(outputs[0].shape) != 2:
+            problems.append(f"its first output is not (B, classes) logits ({[(o.type, o.shape) for o in outputs]})")
+        elif isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] != meta.num_classes:
+            problems.append(
+                f"it returns {outputs[0].shape[1]} logits but the metadata names {meta.num_classes} classes"
+            )
+        if problems:
+            raise CheckpointError(f"{self.path}: graph and reslab metadata disagree: {'; '.join(problems)}")
+        return inputs[0].name
 
     @property
     def preprocess(self) -> Preprocess:
@@ -143,9 +184,20 @@ class OnnxPredictor:
         return self.stats.apply(images.contiguous()).numpy()
 
     def run(self, x: np.ndarray) -> torch.Tensor:
-        """Normalised float32 NCHW -> logits."""
-        logits = self.session.run(None, {self.input_name: x})[0]
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        """Normalised float32 NCHW -> logits (B, num_classes). The input is checked by `normalise`, so a
+        failure inside onnxruntime, or logits of another shape, come from the file's graph."""
+        try:
+            logits = self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # noqa: BLE001  (onnxruntime's Fail, InvalidArgument, ... derive from Exception)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.path}: its graph failed to run ({first})") from None
+        logits = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        if logits.shape != (x.shape[0], self.meta.num_classes):
+            raise CheckpointError(
+                f"{self.path}: its graph returned logits of shape {tuple(logits.shape)}, "
+                f"expected ({x.shape[0]}, {self.meta.num_classes})"
+            )
+        return logits
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalise(images)

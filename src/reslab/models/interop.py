@@ -5,11 +5,17 @@ reslab's post-activation ImageNet nets use torchvision's module names, so with s
 stride on the 3x3 the two state dicts match key for key and shape for shape; the work here is
 recognising the architecture, unwrapping common file layouts and giving clear errors.
 No network access is involved: files are read from disk with `weights_only=True`.
+
+A weights file is untrusted input: whatever it holds, reading it gives a state dict or a
+CheckpointError naming the file, and memory in proportion to the file (a torch zip whose
+entries would inflate far beyond the file, a zip bomb, is refused before torch reads it).
 """
 
 from __future__ import annotations
 
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,31 +28,90 @@ from reslab.models.resnet import ResNet
 StateDict = Mapping[str, torch.Tensor]
 
 
+# A torch.save zip stores its entries uncompressed; allow some slack for a re-zipped file.
+MAX_INFLATION = 2
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_error_detail(exc: BaseException) -> str:
+    """The informative line of a torch.load error: for a weights_only refusal the one naming the
+    forbidden global, not the boilerplate around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return (useful or lines or [type(exc).__name__])[0]
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A CheckpointError for a zip (torch.save's format) whose entries inflate far beyond the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path} is a damaged zip / torch file ({_first_line(exc)})") from None
+    size = path.stat().st_size
+    if inflated > MAX_INFLATION * size + 1024 * 1024:
+        raise CheckpointError(
+            f"{path}: its zip entries would inflate to {inflated:,} bytes from a {size:,}-byte file; "
+            "torch.save writes them uncompressed, so this is not a plain weights file"
+        )
+
+
+def _load_file(path: Path) -> object:
+    """What a .safetensors or torch file holds; a CheckpointError for anything unreadable or unsafe."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+    with path.open("rb") as file:
+        head = file.read(1)
+    if zipfile.is_zipfile(path):
+        _check_torch_zip(path)
+    elif head != b"\x80":  # torch.save's zip, or its legacy format: pickles from the first byte
+        what = "is empty (0 bytes)" if not head else "is neither a torch.save file nor a .safetensors file"
+        raise CheckpointError(f"{path} {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is a pickle that would run code or build objects other than tensors "
+            f"({_load_error_detail(exc)}); reslab loads only plain tensors and never runs code from a file"
+        ) from None
+    except MemoryError:
+        raise CheckpointError(f"{path} asks for more memory than this machine has; not a plain weights file") from None
+    except Exception as exc:  # a damaged or truncated file; torch raises RuntimeError, EOFError, KeyError, ...
+        raise CheckpointError(
+            f"cannot read {path} as plain tensors ({type(exc).__name__}: {_load_error_detail(exc)})"
+        ) from None
+
+
 def read_state_dict(source: str | Path | StateDict) -> dict[str, torch.Tensor]:
     """A state dict from a dict, a .safetensors file or a torch file (never unpickling code)."""
+    where = "the weights"
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # an unsafe pickle, a damaged or non-torch file
-                raise CheckpointError(
-                    f"cannot read {path} as plain tensors ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                    "reslab loads only weights_only files and never runs code from a checkpoint"
-                ) from exc
+        where = str(path)
+        loaded = _load_file(path)
+        if not isinstance(loaded, Mapping):
+            raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of tensors)")
+        sd = dict(loaded)
     for wrapper in ("state_dict", "model", "model_state"):  # common training-checkpoint layouts
         if wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = dict(sd[wrapper])
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError("the weights hold non-tensor entries; expected a state dict of tensors")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{where}: not a state dict (it holds entries other than named tensors)")
     prefix = "module."  # DistributedDataParallel / DataParallel wrapping
     if sd and all(k.startswith(prefix) for k in sd):
         sd = {k[len(prefix) :]: v for k, v in sd.items()}

@@ -2,7 +2,8 @@
 
 Fixed names (`resnet20`, `resnet50_v1`, `wrn28_10`, ...) are registered below; parametric names
 build any valid depth or width: `resnet_cifar_D` / `plain_cifar_D` (D = 6n+2),
-`preact_resnet_cifar_D` (D = 6n+2 basic, or 9n+2 with `bottleneck=True`), `wrn_D_K` (D = 6n+4).
+`preact_resnet_cifar_D` (D = 6n+2 basic, or 9n+2 with `bottleneck=True`), `wrn_D_K` (D = 6n+4),
+with D at most MAX_PARAMETRIC_DEPTH and K at most MAX_WIDEN_FACTOR.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -278,6 +280,13 @@ for _d in (50, 101):
 
 # ---- Parametric names ----------------------------------------------------------------------------
 
+# Bounds on what a parametric name may ask for: above the deepest and widest nets in the papers
+# (ResNet-1202, WRN-28-10, ResNet-1001), far below what would take minutes and gigabytes to build.
+# A name arrives from files as well as from users (weights metadata), so it is checked before
+# any module is made.
+MAX_PARAMETRIC_DEPTH = 2000
+MAX_WIDEN_FACTOR = 64
+
 _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], ModelInfo]]] = [
     (
         re.compile(r"resnet_cifar_(\d+)"),
@@ -337,13 +346,25 @@ def model_info(name: str) -> ModelInfo:
     for pattern, make in _PATTERNS:
         match = pattern.fullmatch(name)
         if match:
+            _check_parametric(name, match)
             return make(match)
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5) if len(name) <= 100 else []
     hint = f" Closest: {', '.join(close)}." if close else ""
     raise UnknownModelError(
-        f"unknown model {name!r}.{hint} `reslab models` lists all "
+        f"unknown model {reprlib.repr(name)}.{hint} `reslab models` lists all "
         f"({len(_REGISTRY)} registered, plus resnet_cifar_D, plain_cifar_D, wrn_D_K)."
     )
+
+
+def _check_parametric(name: str, match: re.Match[str]) -> None:
+    """A ConfigError for a parametric name over the depth or width bounds (before int() of a
+    thousand-digit number, which Python refuses with a ValueError)."""
+    limits = [("depth", MAX_PARAMETRIC_DEPTH)] + [("widening factor", MAX_WIDEN_FACTOR)] * (len(match.groups()) - 1)
+    for digits, (what, limit) in zip(match.groups(), limits):
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > len(str(limit)) or int(digits) > limit:
+            shown = digits if len(digits) <= 12 else f"of {len(digits)} digits"
+            raise ConfigError(f"model {reprlib.repr(name)}: {what} {shown} is over reslab's limit of {limit}")
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -18,7 +18,7 @@ from reslab.data.folder_transforms import EVAL_RESIZE_RATIO
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess, eval_resize
 from reslab.data.sources import DataSource
-from reslab.errors import CheckpointError, ConfigError, ReslabError
+from reslab.errors import CheckpointError, ConfigError
 from reslab.evaluation import EVAL_BATCH_SIZE
 from reslab.models import ResNet, create_model, model_info
 from reslab.train.distributed import Dist
@@ -142,30 +142,32 @@ def build_model(cfg: Config, data: Data) -> ResNet:
 
 def load_pretrained(model: ResNet, source: str) -> None:
     """Weights for fine-tuning: a reslab weights file / run dir, or a torchvision file.
-    The classifier is kept when its shape fits and re-initialised otherwise."""
+    The classifier is kept when its shape fits and re-initialised otherwise. The file is
+    untrusted: anything wrong with it is a one-line CheckpointError naming it."""
     from reslab.models.interop import read_state_dict
-    from reslab.weights import load_weights, resolve_weights
+    from reslab.weights import is_reslab_weights, load_weights, resolve_weights
 
-    try:
-        path = resolve_weights(source)
-        sd = load_weights(path).model.state_dict() if path.suffix == ".safetensors" else read_state_dict(path)
-    except ReslabError:
-        sd = read_state_dict(source)
+    path = resolve_weights(source)
+    if path.suffix == ".safetensors" and is_reslab_weights(path):
+        sd = load_weights(path).model.state_dict()  # checked: metadata, architecture, shapes
+    else:
+        sd = read_state_dict(path)
     own = model.state_dict()
-    head = {k for k in sd if k.startswith("fc.")}
-    if any(k in own and own[k].shape != sd[k].shape for k in head):
-        sd = {k: v for k, v in sd.items() if k not in head}
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"model.pretrained={source} does not fit {model.name}: {str(exc).strip().splitlines()[-1].strip()}"
-        ) from None
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ConfigError(
-            f"model.pretrained={source} does not fit {model.name}: missing {missing[:4]}, unexpected {unexpected[:4]}"
+    if any(k in own and own[k].shape != v.shape for k, v in sd.items() if k.startswith("fc.")):
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # another class count: a new head
+    missing = [k for k in own if k not in sd and not k.startswith("fc.")]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label} {[k[:80] for k in items[:3]]}{' ...' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", wrong))
+            if items
         )
+        raise CheckpointError(f"model.pretrained={source} does not fit {model.name}: {detail}")
+    model.load_state_dict(sd, strict=False)
 
 
 def apply_depth_rules(cfg: Config) -> None:
