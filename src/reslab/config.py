@@ -41,13 +41,20 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | mnist | imagefolder | synthetic
     data_dir: str | None = None  # where the files are (None: dataset default search path)
     download: bool = False  # fetch through torchvision when online
-    split: str = "paper"  # "paper": hold out val_size training images for validation; "full": train on all
+    # "paper": hold out val_size training images at random (CIFAR's 45k / 5k); "full": train on all;
+    # "auto": validate on the dataset's own val part (ImageFolder val/, CSV split column), else on a
+    # stratified, seeded val_fraction of the training images
+    split: str = "paper"
     val_size: int = 5000  # held-out images under split=paper (paper: 45k train / 5k val)
+    val_fraction: float = 0.1  # under split=auto without a val part: the share of each class held out
     normalize: str = "pixel-mean"  # pixel-mean (paper sec. 4.2) | channel (mean/std) | none
     augment: str = "crop-flip"  # none | flip | crop | crop-flip (in memory); scale | rrc (ImageFolder loader)
     pad: int = 4  # pixels of zero padding before the random crop
+    hflip: bool = True  # false where a mirrored image is another class (digits, text): no flip augmentation or TTA
     image_size: int | None = None  # pixels, 1..4096: resize ImageFolder images / pad small images up to this size
+    in_chans: int | None = None  # 1 (grey) or 3 (RGB); None: 1 when every image is grey, else 3
     in_memory: bool = True  # decode once into a uint8 tensor; False = DataLoader workers (large ImageFolders)
+    sampler: str = "random"  # random (a permutation per epoch) | balanced (classes drawn equally often)
     workers: int = 2  # DataLoader workers when in_memory is False
     synthetic_size: int = 512  # images in the synthetic smoke-test set
     cache_dir: str | None = None  # uint8 cache location (default ~/.cache/reslab)
@@ -65,6 +72,7 @@ class OptimConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     ema_decay: float = 0.0  # EMA of weights per step (e.g. 0.999); 0 = off
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW only
+    class_weights: str = "none"  # none | auto (cross-entropy weighted by inverse class frequency)
 
 
 @dataclass
@@ -103,6 +111,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     out_dir: str = "runs"  # run directories are created under this
     progress: bool = True  # progress bar on stderr
+    keep: str = "last"  # the weights a run ends with: last (the final step's) | best (best val top-1 error)
+    early_stop: int = 0  # stop after this many evaluations without a better val top-1 error; 0 = off
 
 
 @dataclass
@@ -264,6 +274,9 @@ CHOICES = {
     ("optim", "name"): vocab.OPTIMIZERS,
     ("schedule", "name"): vocab.SCHEDULES,
     ("train", "precision"): vocab.PRECISIONS,
+    ("data", "sampler"): vocab.SAMPLERS,
+    ("optim", "class_weights"): vocab.CLASS_WEIGHTS,
+    ("train", "keep"): vocab.KEEP,
     ("train", "on_nonfinite"): vocab.ON_NONFINITE,
 }
 
@@ -313,6 +326,8 @@ AT_LEAST_ONE = Range(1, INT64_MAX)
 RANGES: dict[tuple[str, str], Range] = {
     ("model", "drop_rate"): UNIT,  # a dropout probability; 1 would drop everything
     ("data", "val_size"): AT_LEAST_ONE,  # under split=paper; must also leave training images (checked on load)
+    ("data", "val_fraction"): Range(0, 1, low_open=True, high_open=True),  # a share of each class
+    ("data", "in_chans"): Range(1, 3),  # or None (auto); 2 is refused by validate
     # The padded copy of a batch grows as (H + 2 pad)^2; a crop shifts at most pad pixels, and more
     # than 256 on images of at most 4096 is a typo, not a recipe (the paper pads 4).
     ("data", "pad"): Range(0, 256),
@@ -348,6 +363,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "checkpoint_every"): COUNT,  # 0 = each epoch end only
     ("train", "keep_checkpoints"): Range(0, INT64_MAX, note="the newest N; 0 keeps all"),
     ("train", "max_skips"): COUNT,
+    ("train", "early_stop"): Range(0, INT64_MAX, note="evaluations without improvement; 0 = off"),
 }
 
 # train.device: auto, cpu, cuda (this process's GPU) or cuda:N (reslab.device.resolve_device).
@@ -367,8 +383,10 @@ def check_range(section: str, key: str, value: Any) -> None:
 
 def validate(cfg: Config) -> None:
     for (section, key), value in ((name, getattr(getattr(cfg, name[0]), name[1])) for name in RANGES):
-        if value is not None:  # data.image_size may be None; no other numeric setting can
+        if value is not None:  # data.image_size and data.in_chans may be None (native / auto); nothing else can
             check_range(section, key, value)
+    if cfg.data.in_chans == 2:
+        raise ConfigError("data.in_chans=2: images are read as 1 (grey) or 3 (RGB) channels; use 1, 3 or null (auto)")
     for (section, key), choices in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in choices:

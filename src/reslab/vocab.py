@@ -7,12 +7,24 @@ tuples; none of them spells a list of its own.
 from __future__ import annotations
 
 # Datasets `data.dataset` names; "imagefolder" is any root/train/<class>/* tree.
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder", "csv", "synthetic")
 # The two parts of a dataset on disk: "test" is CIFAR's test batch, MNIST's t10k files, an
 # ImageFolder tree's val/ folder.
 SPLITS = ("train", "test")
-# data.split: "paper" holds out data.val_size training images for validation; "full" trains on all.
-SPLIT_MODES = ("paper", "full")
+# What a run's images are used for (reslab.data.sources): trained on, validated on (checkpoint and
+# settings chosen), tested on (reported once).
+PARTS = ("train", "val", "test")
+# data.split: "paper" holds out data.val_size training images at random for validation (CIFAR's
+# 45k / 5k); "full" trains on all of them; "auto" validates on the dataset's own val part (an
+# ImageFolder val/ folder, CSV rows marked val) or else on a stratified, seeded data.val_fraction
+# of the training images.
+SPLIT_MODES = ("paper", "full", "auto")
+# data.sampler: each epoch a permutation of the training images, or a class-balanced draw.
+SAMPLERS = ("random", "balanced")
+# optim.class_weights: plain cross-entropy, or classes weighted by inverse frequency.
+CLASS_WEIGHTS = ("none", "auto")
+# train.keep: which weights a run ends with: the last step's, or the best on validation.
+KEEP = ("last", "best")
 # data.normalize: per-pixel mean (paper sec. 4.2), per-channel mean/std, or only /255.
 NORMALIZE_KINDS = ("pixel-mean", "channel", "none")
 # data.augment on the in-memory path (batched tensor ops) and on the streaming path (PIL in workers).

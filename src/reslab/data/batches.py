@@ -177,6 +177,10 @@ class InMemoryBatches:
         shard = len(range(self.rank, n, self.world_size))
         return -(-shard // self.batch_size)
 
+    def class_counts(self) -> torch.Tensor:
+        """Images per class in the whole set (all ranks): (num_classes,) int64, on the CPU."""
+        return torch.bincount(self.labels.cpu(), minlength=len(self.classes))
+
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""

@@ -139,6 +139,11 @@ class FolderBatches:
     def classes(self) -> list[str]:
         return list(self.dataset.classes)
 
+    def class_counts(self) -> torch.Tensor:
+        """Images per class in the whole split (all ranks): (num_classes,) int64."""
+        labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.int64)
+        return torch.bincount(labels, minlength=len(self.classes))
+
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)

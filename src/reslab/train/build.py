@@ -18,7 +18,7 @@ from reslab.data.folder_transforms import EVAL_RESIZE_RATIO
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess, eval_resize
 from reslab.data.sources import DataSource
-from reslab.errors import CheckpointError, ConfigError
+from reslab.errors import ConfigError
 from reslab.evaluation import EVAL_BATCH_SIZE
 from reslab.models import ResNet, create_model, model_info
 from reslab.train.distributed import Dist
@@ -46,6 +46,17 @@ class Data:
     @property
     def stats(self) -> NormStats:
         return self.preprocess.stats
+
+    def summary_lines(self) -> list[str]:
+        """What a run prints at its start about its data: parts and sizes, channels and size, augmentation."""
+        parts = ", ".join(
+            f"{part} {len(batches.order(0)) if part == 'train' else ''}".strip()
+            for part, batches in [("train", self.train), *self.evals.items()]
+        )
+        return [
+            f"data: {self.name}, {len(self.classes)} classes, {self.in_chans}x{self.image_size}x{self.image_size}; "
+            f"parts: {parts}"
+        ]
 
 
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
@@ -134,40 +145,12 @@ def build_model(cfg: Config, data: Data) -> ResNet:
         options["drop_rate"] = m.drop_rate
     model = create_model(m.name, num_classes=len(data.classes), in_chans=data.in_chans, **options)
     if m.pretrained:
+        from reslab.train.pretrained import load_pretrained
+
         load_pretrained(model, m.pretrained)
     if m.activation_checkpointing:
         model.set_grad_checkpointing(True)
     return model
-
-
-def load_pretrained(model: ResNet, source: str) -> None:
-    """Weights for fine-tuning: a reslab weights file / run dir, or a torchvision file.
-    The classifier is kept when its shape fits and re-initialised otherwise. The file is
-    untrusted: anything wrong with it is a one-line CheckpointError naming it."""
-    from reslab.models.interop import read_state_dict
-    from reslab.weights import is_reslab_weights, load_weights, resolve_weights
-
-    path = resolve_weights(source)
-    if path.suffix == ".safetensors" and is_reslab_weights(path):
-        sd = load_weights(path).model.state_dict()  # checked: metadata, architecture, shapes
-    else:
-        sd = read_state_dict(path)
-    own = model.state_dict()
-    if any(k in own and own[k].shape != v.shape for k, v in sd.items() if k.startswith("fc.")):
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # another class count: a new head
-    missing = [k for k in own if k not in sd and not k.startswith("fc.")]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label} {[k[:80] for k in items[:3]]}{' ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", wrong))
-            if items
-        )
-        raise CheckpointError(f"model.pretrained={source} does not fit {model.name}: {detail}")
-    model.load_state_dict(sd, strict=False)
 
 
 def apply_depth_rules(cfg: Config) -> None:
