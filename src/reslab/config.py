@@ -385,6 +385,9 @@ def validate(cfg: Config) -> None:
     for (section, key), value in ((name, getattr(getattr(cfg, name[0]), name[1])) for name in RANGES):
         if value is not None:  # data.image_size and data.in_chans may be None (native / auto); nothing else can
             check_range(section, key, value)
+    if not cfg.data.hflip:  # mirrored images are other classes: no flip augmentation, no flip TTA
+        cfg.data.augment = {"crop-flip": "crop", "flip": "none"}.get(cfg.data.augment, cfg.data.augment)
+        cfg.train.tta_flip = False
     if cfg.data.in_chans == 2:
         raise ConfigError("data.in_chans=2: images are read as 1 (grey) or 3 (RGB) channels; use 1, 3 or null (auto)")
     for (section, key), choices in CHOICES.items():
