@@ -175,7 +175,9 @@ def test_resume_skips_truncated_and_flipped_checkpoints(tmp_path, capsys) -> Non
     assert load_file(str(finished)).keys() == weights(run).keys()
     assert all(torch.equal(v, weights(run)[k]) for k, v in load_file(str(finished)).items())
 
-    # Damage every checkpoint: resume stops with one clear line naming them.
+    # Damage every checkpoint: resume stops with one clear line naming them. (Without its summary:
+    # a finished run is not resumed at all.)
+    (run / "summary.json").unlink()
     for path in RunDir(run).list_checkpoints():
         flip_byte(path, 100)
     assert main(["train", "--resume", str(run)]) == 2
@@ -223,6 +225,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, zip_format)
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     assert train(run, "--epochs", "0.25") == 0  # a real run directory: config.yaml, one checkpoint
+    (run / "summary.json").unlink()  # not finished: a resume reads its checkpoint
     for p in (run / "checkpoints").iterdir():
         p.unlink()
     evil = write_evil(RunDir(run).checkpoint(1), marker, zip_format=zip_format)

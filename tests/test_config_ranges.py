@@ -54,12 +54,13 @@ def one_line_error(capsys, argv: list[str], *names: str) -> str:
     rc = main(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    errors = [line for line in err.splitlines() if line.startswith(f"reslab {argv[0]}: error: ")]
     assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith(f"reslab {argv[0]}: error: "), err
+    # a run that got as far as starting prints its start-up lines (data, model) before the error
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
     for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
+        assert name in errors[0], errors[0]
+    return errors[0]
 
 
 def leftovers(tmp_path: Path) -> list[str]:

@@ -199,9 +199,20 @@ PRETRAINED_CASES = [
 def test_hostile_pretrained_files_are_one_line(case: str, files: Path, tmp_path: Path, capsys) -> None:
     path, words = make_pretrained(case, files, tmp_path)
     model = "resnet18" if case == "torchvision34" else MODEL
+    size = ["--set", "data.image_size=32"] if model == "resnet18" else []  # resnet18 needs 32x32 input
     capsys.readouterr()
     rc = main(
-        ["train", *TRAIN, "--model", model, "--run-dir", str(tmp_path / "run"), "--set", f"model.pretrained={path}"]
+        [
+            "train",
+            *TRAIN,
+            *size,
+            "--model",
+            model,
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            f"model.pretrained={path}",
+        ]
     )
     one_line(rc, capsys.readouterr().err, "train", path, words)
     assert not (tmp_path / "pwned").exists()

@@ -2,8 +2,9 @@
 
 A checkpoint `checkpoints/ckpt-00001234.pt` (names: `reslab.rundir.RunDir`) holds model,
 optimizer, EMA and gradient-scaler state, the schedule state, the step/epoch/batch position, the
-data order of the current epoch, every RNG state (per process under torchrun), the resolved config
-and the reslab version, all as tensors and plain Python values, so it loads with
+data order of the current epoch, every RNG state (per process under torchrun), the best evaluation
+so far (and under train.keep=best its weights), the resolved config and the reslab version, all as
+tensors and plain Python values, so it loads with
 `torch.load(weights_only=True)`: nothing in it can run code. Beside it, `ckpt-00001234.pt.sha256`
 holds the file's SHA-256, so a truncated or damaged file is detected before it is used.
 
@@ -100,9 +101,14 @@ class Checkpoint:
     reslab_version: str = ""
     ema: dict[str, torch.Tensor] | None = None  # the EMA copy's state dict (optim.ema_decay > 0)
     scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state
+    # The best evaluation so far (reslab.train.state.BestSoFar: step, error, stale, seen_step,
+    # record); None in checkpoints of reslab before train.keep / train.early_stop
+    best: dict[str, Any] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None  # the best evaluation's weights (train.keep=best)
     path: Path | None = field(default=None, compare=False)  # where it was read from
 
     POSITION_KEYS = ("step", "epoch", "batch_in_epoch", "skipped_steps")
+    BEST_TYPES = {"step": int, "error": (int, float), "stale": int, "seen_step": int, "record": dict}
 
     @property
     def step(self) -> int:
@@ -124,6 +130,10 @@ class Checkpoint:
             payload["ema"] = self.ema
         if self.scaler is not None:
             payload["scaler"] = self.scaler
+        if self.best is not None:
+            payload["best"] = self.best
+        if self.best_weights is not None:
+            payload["best_weights"] = self.best_weights
         return payload
 
     @classmethod
@@ -157,6 +167,15 @@ class Checkpoint:
         ema = payload.get("ema")
         if ema is not None and not isinstance(ema, dict):
             raise CheckpointError(f"{where}: 'ema' is not a state dict")
+        best, best_weights = payload.get("best"), payload.get("best_weights")
+        if best is not None:
+            best = {k: need(best, k, kind, f"best.{k}") for k, kind in cls.BEST_TYPES.items()}
+            if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in best["record"].items()):
+                raise CheckpointError(f"{where}: best.record is not a mapping of names to numbers")
+        if best_weights is not None and not (
+            isinstance(best_weights, dict) and all(isinstance(v, torch.Tensor) for v in best_weights.values())
+        ):
+            raise CheckpointError(f"{where}: 'best_weights' is not a state dict of tensors")
         elapsed = payload.get("elapsed", 0.0)
         return cls(
             model=model,
@@ -171,6 +190,8 @@ class Checkpoint:
             reslab_version=str(payload.get("reslab_version", "")),
             ema=ema,
             scaler=payload.get("scaler"),
+            best=best,
+            best_weights=best_weights,
             path=path,
         )
 

@@ -73,6 +73,33 @@ def multi_scale_logits(model: nn.Module, tta_flip: bool) -> Predict:
     return predict
 
 
+def class_metrics(confusion: torch.Tensor) -> dict[str, Any]:
+    """Per-class and class-averaged metrics of a confusion matrix (C, C), rows = truth, columns =
+    prediction, for imbalanced data where top-1 hides the small classes.
+
+    recall[c] = hits / images of class c (what `per_class_accuracy` has always been: the two lists
+    are equal); precision[c] = hits / images predicted as c; f1[c] their harmonic mean; a ratio
+    with nothing to divide by is 0 (sklearn's zero_division=0). `balanced_accuracy` is the mean
+    recall over the classes present in the evaluated set (support > 0); `macro_f1` the mean F1 over
+    the classes present or predicted (sklearn's classes of y_true and y_pred), so predicting a
+    class the set lacks still costs."""
+    confusion = confusion.to(torch.float64)
+    hits, support, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    recall = hits / support.clamp(min=1)
+    precision = hits / predicted.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-300)
+    present = support > 0
+    seen = present | (predicted > 0)
+    return {
+        "balanced_accuracy": recall[present].mean().item() if present.any() else 0.0,
+        "macro_f1": f1[seen].mean().item() if seen.any() else 0.0,
+        "per_class_recall": recall.tolist(),
+        "per_class_precision": precision.tolist(),
+        "per_class_f1": f1.tolist(),
+        "per_class_support": [int(v) for v in support.tolist()],
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -84,7 +111,9 @@ def evaluate(
     tta_flip: bool = False,
     predict: Predict | None = None,
 ) -> dict[str, Any]:
-    """Top-1/top-5 error, mean loss, per-class accuracy and the confusion matrix (rows = truth).
+    """Top-1/top-5 error, mean loss, per-class accuracy (= recall) and the confusion matrix (rows =
+    truth), with the `class_metrics` of that matrix: balanced accuracy, macro-F1, per-class recall,
+    precision, F1 and support.
 
     `predict` maps a batch to logits (10-crop, multi-scale); by default `model_logits`."""
     model.eval()
@@ -106,7 +135,7 @@ def evaluate(
         n += y.numel()
     confusion = confusion.cpu()
     correct = confusion.diag().sum().item()
-    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
+    by_class = class_metrics(confusion)
     n = max(n, 1)
     return {
         "top1_error": 1.0 - correct / n,
@@ -115,7 +144,8 @@ def evaluate(
         "loss": loss_sum.item() / n,
         "images": n,
         "seconds": time.perf_counter() - start,
-        "per_class_accuracy": per_class,
+        "per_class_accuracy": by_class["per_class_recall"],  # the same list, under its older name
+        **by_class,
         "confusion": confusion.tolist(),
     }
 
@@ -128,7 +158,7 @@ class EvalPlan:
     """One evaluation of weights: on what, and how."""
 
     source: DataSource
-    part: str = "test"  # "test", "val" (paper split) or "train"
+    part: str = "test"  # "test", "val" or "train"; by default the source's default_eval_part
     tta_flip: bool = False
     precision: str = "fp32"
     channels_last: bool = False
@@ -190,7 +220,7 @@ def plan_evaluation(
     mode = "ten-crop" if crops == 10 else "multi-scale" if scales else "center"
     return EvalPlan(
         source=source,
-        part=part or "test",
+        part=part or getattr(source, "default_eval_part", "test"),
         tta_flip=recorded.get("tta_flip", meta.tta_flip) if tta_flip is None else tta_flip,
         precision=recorded.get("precision", "fp32"),
         channels_last=bool(recorded.get("channels_last", False)),

@@ -4,7 +4,9 @@
     metrics.jsonl         one JSON line per evaluation
     tb/                   TensorBoard event files
     checkpoints/          ckpt-STEP.pt (+ .sha256), newest K kept; *.damaged: set aside by a resume
-    weights.safetensors   final weights with preprocessing and metrics (for eval/predict/export)
+    weights.safetensors   final weights with preprocessing and metrics (for eval/predict/export);
+                          under train.keep=best those of the best evaluation
+    best.safetensors      train.keep=best: the weights of the best evaluation so far, written when it happens
     summary.json          final metrics, wall time, software and hardware
     train_error.json      training-set error curve from the checkpoints (`reslab reproduce`)
     train.log             output of a run trained in a subprocess (`reslab reproduce --parallel`)
@@ -78,6 +80,10 @@ class RunDir:
     @property
     def weights(self) -> Path:
         return self.path / "weights.safetensors"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "best.safetensors"
 
     @property
     def summary(self) -> Path:
@@ -155,8 +161,10 @@ class RunDir:
     # ---- state ---------------------------------------------------------------------------------
 
     def state(self) -> RunState:
-        """finished: summary.json exists; partial: checkpoints to resume from; new: anything else."""
-        if self.summary.is_file():
+        """finished: summary.json and weights.safetensors exist (written last, in this order; a run
+        whose weights were deleted since is resumed to write them again); partial: checkpoints to
+        resume from; new: anything else."""
+        if self.summary.is_file() and self.weights.is_file():
             return "finished"
         return "partial" if self.list_checkpoints() else "new"
 

@@ -158,8 +158,8 @@ def test_eval_repeats_the_runs_final_number_and_predict_agrees(tree: Path, run: 
     capsys.readouterr()
     assert main(["eval", str(run), "--json", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["top1_error"] == summary["final"]["test_top1_error"]
-    assert report["loss"] == summary["final"]["test_loss"]
+    assert report["top1_error"] == summary["final"]["val_top1_error"]
+    assert report["loss"] == summary["final"]["val_loss"]
     eval_top1 = torch.cat(capture.logits).argmax(1).tolist()
     capture.logits.clear()
 

@@ -164,6 +164,61 @@ def write_image_tree(
     return written
 
 
+def write_class_tree(
+    root: Path,
+    counts: dict[str, dict[str, int]],
+    size: tuple[int, int] = (16, 16),
+    mode: str = "RGB",
+    seed: int = 3,
+) -> list[Path]:
+    """root/<split>/<class>/<i>.png with counts[split][class] images of `size` (w, h) in Pillow
+    `mode` ("RGB", "L", "I;16", "P" with a grey palette: "P-grey", with a colour one: "P") -> the
+    files written. Each class has its own mean colour, so a network can learn them apart."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for split, classes in counts.items():
+        for c, (class_name, n) in enumerate(sorted(classes.items())):
+            folder = root / split / class_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                path = folder / f"{i:03d}.png"
+                class_image(rng, c, size, mode).save(path)
+                written.append(path)
+    return written
+
+
+def class_image(rng: np.random.Generator, c: int, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    """A noisy image whose mean depends on the class index `c`."""
+    w, h = size
+    base = 40 + 50 * (c % 4)
+    pixels = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    pixels[..., c % 3] = np.clip(pixels[..., c % 3].astype(int) + 60, 0, 255)
+    image = Image.fromarray(pixels)
+    if mode == "RGB":
+        return image
+    grey = image.convert("L")
+    if mode == "L":
+        return grey
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)
+    if mode == "P-grey":
+        palette_image = grey.convert("P")
+        palette_image.putpalette([v for i in range(256) for v in (i, i, i)])
+        return palette_image
+    if mode == "P":
+        return image.quantize(16)
+    raise ValueError(mode)
+
+
+def write_label_csv(path: Path, rows: list[tuple[str, ...]], header: bool = True) -> Path:
+    """A CSV of path,label[,split] rows (a header row first when `header`)."""
+    width = max(len(row) for row in rows)
+    lines = [",".join(("path", "label", "split")[:width])] if header else []
+    lines += [",".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 # `reslab train` / `reslab reproduce` settings for runs of a few steps on 32 synthetic 16x16 images
 # (batches of 16: two steps per epoch), shared by the report and reproduce tests.
 TINY = [

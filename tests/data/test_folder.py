@@ -27,12 +27,12 @@ def test_native_size_keeps_pixels_and_sorted_classes(tmp_path: Path) -> None:
         assert np.array_equal(ds.images[3].permute(1, 2, 0).numpy(), np.asarray(image.convert("RGB")))
 
 
-def test_test_split_reads_val_with_train_class_numbering(tmp_path: Path) -> None:
+def test_val_split_reads_val_with_train_class_numbering(tmp_path: Path) -> None:
     write_image_tree(tmp_path, per_class=2, classes=("ant", "bee", "cow"))
     for path in (tmp_path / "val" / "ant").iterdir():
         path.unlink()
     (tmp_path / "val" / "ant").rmdir()  # a class missing from val/ must not shift the labels
-    ds = load_dataset("imagefolder", "test", tmp_path)
+    ds = load_dataset("imagefolder", "val", tmp_path)
     assert ds.classes == ["ant", "bee", "cow"]
     assert ds.labels.tolist() == [1, 1, 2, 2]
 
@@ -56,6 +56,8 @@ def test_missing_split_dir(tmp_path: Path) -> None:
             class_dir.rmdir()
         split_dir.rmdir()
     with pytest.raises(DataError, match=f"{tmp_path / 'val'} not found"):
+        load_dataset("imagefolder", "val", tmp_path)
+    with pytest.raises(DataError, match=f"{tmp_path / 'test'} not found"):
         load_dataset("imagefolder", "test", tmp_path)
 
 

@@ -36,14 +36,14 @@ def test_train_batches_have_the_crop_size(tree: Path, augment: str) -> None:
 
 def test_eval_modes(tree: Path) -> None:
     center = FolderBatches(
-        tree, "test", batch_size=8, train=False, stats=STATS, image_size=16, workers=0, resize="shorter-18-center-crop"
+        tree, "val", batch_size=8, train=False, stats=STATS, image_size=16, workers=0, resize="shorter-18-center-crop"
     )
     x, y = next(center.epoch(0))
     assert x.shape == (8, 3, 16, 16)
     assert y.tolist() == [0] * 4 + [1] * 4  # cat, then dog: in order
     ten = FolderBatches(
         tree,
-        "test",
+        "val",
         batch_size=2,
         train=False,
         stats=STATS,
@@ -53,7 +53,7 @@ def test_eval_modes(tree: Path) -> None:
         eval_mode="ten-crop",
     )
     assert next(ten.epoch(0))[0].shape == (2, 10, 3, 16, 16)
-    multi = FolderBatches(tree, "test", batch_size=2, train=False, stats=STATS, workers=0, eval_mode="multi-scale")
+    multi = FolderBatches(tree, "val", batch_size=2, train=False, stats=STATS, workers=0, eval_mode="multi-scale")
     images, labels = next(multi.epoch(0))
     assert len(images) == 2 and labels.shape == (2,)
     # 40 x 30 images: shorter side (height) set to each paper scale, width in proportion.
@@ -65,7 +65,7 @@ def test_eval_batches_are_the_normalised_uint8_pixels(tree: Path) -> None:
     stats = NormStats(torch.rand(3, 1, 1), torch.rand(3, 1, 1) + 0.5)
     raw = FolderBatches(
         tree,
-        "test",
+        "val",
         batch_size=8,
         train=False,
         stats=NormStats.identity(3),
@@ -76,7 +76,7 @@ def test_eval_batches_are_the_normalised_uint8_pixels(tree: Path) -> None:
     x0, _ = next(raw.epoch(0))
     pixels = (x0 * 255).round().to(torch.uint8)
     normalised = FolderBatches(
-        tree, "test", batch_size=8, train=False, stats=stats, image_size=16, workers=0, resize="shorter-center-crop"
+        tree, "val", batch_size=8, train=False, stats=stats, image_size=16, workers=0, resize="shorter-center-crop"
     )
     x, _ = next(normalised.epoch(0))
     assert torch.equal(x, stats.apply(pixels))
@@ -102,14 +102,14 @@ def test_distributed_shards_are_disjoint(tree: Path) -> None:
 
 
 def test_classes_follow_train_and_a_bad_file_is_one_line(tree: Path) -> None:
-    split = FolderSplit(tree, "test", transform=None)
+    split = FolderSplit(tree, "val", transform=None)
     assert split.classes == ["cat", "dog"] and len(split) == 8
     broken = tree / "val" / "cat" / "img2.png"
     broken.write_bytes(b"garbage")
-    image, _ = FolderSplit(tree, "test", transform=None)[2]
+    image, _ = FolderSplit(tree, "val", transform=None)[2]
     assert isinstance(image, str) and str(broken) in image
     for workers in (0, 2):
-        batches = FolderBatches(tree, "test", batch_size=4, train=False, stats=STATS, image_size=16, workers=workers)
+        batches = FolderBatches(tree, "val", batch_size=4, train=False, stats=STATS, image_size=16, workers=workers)
         with pytest.raises(DataError) as caught:
             list(batches.epoch(0))
         message = str(caught.value)
@@ -142,4 +142,21 @@ def test_eval_transform_center_crop_size() -> None:
 def test_multi_scale_needs_per_channel_normalisation(tree: Path) -> None:
     pixel_mean = NormStats(torch.zeros(3, 4, 4), torch.ones(3, 1, 1))
     with pytest.raises(ConfigError, match="per-channel"):
-        FolderBatches(tree, "test", batch_size=2, train=False, stats=pixel_mean, eval_mode="multi-scale")
+        FolderBatches(tree, "val", batch_size=2, train=False, stats=pixel_mean, eval_mode="multi-scale")
+
+
+@pytest.mark.parametrize("augment", ["scale", "rrc"])
+def test_hflip_false_takes_the_flip_out_of_the_streamed_augmentation(augment: str) -> None:
+    import torchvision.transforms as T
+
+    from reslab.data.folder_transforms import train_transform
+
+    def flips(transform) -> bool:
+        return any(isinstance(t, T.RandomHorizontalFlip) for t in transform.transforms)
+
+    assert flips(train_transform(augment, 16)) and not flips(train_transform(augment, 16, hflip=False))
+
+
+def test_grey_imagenet_statistics_are_one_channel() -> None:
+    grey = imagenet_norm_stats(1)
+    assert grey.mean.shape == (1, 1, 1) and abs(grey.mean.item() - 0.449) < 1e-3 and abs(grey.std.item() - 0.226) < 1e-3

@@ -148,8 +148,9 @@ def test_streamed_imagefolder_run_stops_at_a_corrupt_image_with_one_line(tmp_pat
         *("--set", "train.batch_size=4", "--set", "train.progress=false", "--set", "train.threads=1"),
     ]
     proc = subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("reslab train: error: ")]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "DataLoader" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("reslab train: error: "), proc.stderr
-    assert str(corrupt) in lines[0]
+    # the run's start-up lines (data, model) come first; then the error, on one line
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr
+    assert str(corrupt) in errors[0]

@@ -76,5 +76,5 @@ def test_the_step_reads_no_config_and_calls_nothing_back() -> None:
 
     assert list(inspect.signature(train_step).parameters) == ["model", "optimizer", "batch", "settings", "scaler"]
     assert {f for f in StepSettings.__dataclass_fields__} == {
-        "lr", "precision", "label_smoothing", "grad_clip", "skip_nonfinite",
+        "lr", "precision", "label_smoothing", "grad_clip", "skip_nonfinite", "class_weights",
     }  # fmt: skip

@@ -67,7 +67,7 @@ def evaluate_weights_file(
 
     weights = load_weights(path)
     meta = weights.meta
-    classes = list_image_files(root, "test")[1]
+    classes = list_image_files(root, "val")[1]
     if len(classes) != meta.num_classes or (meta.classes and list(meta.classes) != list(classes)):
         raise DataError(
             f"{path} predicts {meta.num_classes} classes but {root} has {len(classes)} class folders"
@@ -75,7 +75,7 @@ def evaluate_weights_file(
             + "; evaluate on the dataset the weights were trained for"
         )
     source = DataSource("imagefolder", data_dir=str(root), in_memory=False, workers=workers)
-    plan = EvalPlan(source, part="test", eval_mode=MODES[mode], batch_size=batch_size)
+    plan = EvalPlan(source, part="val", eval_mode=MODES[mode], batch_size=batch_size)
     m = evaluate_weights(weights, plan, device)
     return {
         "top1_error": m["top1_error"],

@@ -16,6 +16,7 @@ from reslab.analysis.experiment import RunSpec, Settings
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.config import load_config
 from reslab.data import load_cached, source_files
+from reslab.data.datasets import stored_splits
 from reslab.errors import ConfigError, DataError
 from reslab.models import model_info
 
@@ -54,7 +55,7 @@ def check_data(settings: Settings) -> None:
         raise DataError("--data imagefolder needs --data-dir ROOT (with train/ and val/ folders)")
     d = load_config(RECIPE, [*_data_overrides(settings), *settings.overrides]).data
     try:
-        for split in ("train", "test"):
+        for split in stored_splits(d.dataset, d.data_dir) if d.dataset in ("imagefolder", "csv") else ("train", "test"):
             source_files(d.dataset, split, d.data_dir, download=d.download)
     except DataError as exc:
         hint = (

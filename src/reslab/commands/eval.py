@@ -1,4 +1,5 @@
-"""`reslab eval`: evaluate weights: top-1/top-5 error, loss, per-class accuracy, a confusion-matrix PNG.
+"""`reslab eval`: evaluate weights: top-1/top-5 error, loss, balanced accuracy and macro-F1 (for
+imbalanced classes), per-class recall / precision / F1 / support, a confusion-matrix PNG.
 
 By default a run is evaluated exactly as it evaluated itself at its end: its own data settings
 (config.yaml: dataset, data dir, split, image size, memory layout, precision, flip TTA) and the
@@ -46,6 +47,26 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+PER_CLASS = (  # evaluate()'s per-class lists, keyed by class name in metrics.json and --json
+    "per_class_accuracy",
+    "per_class_recall",
+    "per_class_precision",
+    "per_class_f1",
+    "per_class_support",
+)
+MAX_TABLE_CLASSES = 30  # the per-class table is printed up to this many classes (all are in metrics.json)
+
+
+def per_class_table(classes: list[str], m: dict) -> str:
+    """Recall, precision, F1 (percent) and support (images) per class, as printed by `reslab eval`."""
+    width = max(len("class"), *(len(c) for c in classes))
+    lines = [f"  {'class':<{width}}  {'recall':>7}  {'precision':>9}  {'F1':>7}  {'images':>7}"]
+    for i, c in enumerate(classes):
+        recall, precision, f1 = (100 * m[k][i] for k in ("per_class_recall", "per_class_precision", "per_class_f1"))
+        lines.append(f"  {c:<{width}}  {recall:6.2f}%  {precision:8.2f}%  {f1:6.2f}%  {m['per_class_support'][i]:>7}")
+    return "\n".join(lines)
 
 
 def default_out_dir(source: str, weights_path: Path, run_dir, dataset: str) -> Path:
@@ -101,21 +122,21 @@ def eval_command(args: argparse.Namespace) -> int:
         "tta": "flip" if plan.tta_flip else "none",
         "precision": plan.precision,
         **m,
-        "per_class_accuracy": dict(zip(classes, m["per_class_accuracy"])),
+        **{k: dict(zip(classes, m[k])) for k in PER_CLASS},
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "confusion"}, indent=2))
         return 0
     print(f"{meta.model} on {dataset} ({m['images']} images, {plan.describe()})")
-    print(f"  top-1 error {100 * m['top1_error']:6.2f}%   (accuracy {100 * m['accuracy']:.2f}%)")
+    print(
+        f"  top-1 error {100 * m['top1_error']:6.2f}%   (accuracy {100 * m['accuracy']:.2f}%, "
+        f"balanced accuracy {100 * m['balanced_accuracy']:.2f}%, macro-F1 {100 * m['macro_f1']:.2f}%)"
+    )
     print(f"  top-5 error {100 * m['top5_error']:6.2f}%")
     print(f"  loss        {m['loss']:.4f}")
-    width = max(len(c) for c in classes)
-    if len(classes) <= 30:
-        print("  per-class accuracy:")
-        for c, acc in zip(classes, m["per_class_accuracy"]):
-            print(f"    {c:<{width}}  {100 * acc:6.2f}%")
+    if len(classes) <= MAX_TABLE_CLASSES:
+        print(per_class_table(classes, m))
     print(
         f"  confusion matrix: {out_dir / 'confusion.png'}; all metrics: {out_dir / 'metrics.json'}",
         file=sys.stderr,
@@ -136,7 +157,7 @@ def _scales(text: str) -> list[int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate weights: top-1/top-5 error, per-class accuracy, confusion matrix",
+        help="evaluate weights: top-1/top-5 error, balanced accuracy, macro-F1, per-class table, confusion matrix",
         description="Evaluate a run directory, weights file or shipped weights name. A run is evaluated as it "
         "evaluated itself at its end (its dataset, data dir, split, preprocessing, precision and TTA); each flag "
         "overrides one of those. Writes confusion.png and metrics.json.",

@@ -1,4 +1,10 @@
-"""`reslab train` and `reslab demo`: parse, resolve the config, hand it to the loop."""
+"""`reslab train` and `reslab demo`: parse, resolve the config, hand it to the loop.
+
+`--data-dir DIR` without `--data` (or `--set data.dataset=...`) trains on what DIR holds: an
+ImageFolder tree (DIR/train/<class>/ with images) or a CSV file (DIR is the file), each said in
+one line; else the recipe's dataset if DIR holds its files; else a one-line error. `--resume` of
+a finished run (summary.json and weights.safetensors written) says so and touches nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from reslab.config import list_recipes, load_config
-from reslab.errors import DataError
+from reslab.config import Config, list_recipes, load_config
+from reslab.errors import ConfigError, DataError, ReslabError
+from reslab.rundir import RunDir
+from reslab.vocab import DATASETS
 
 
 def _quoted(text: str) -> str:
@@ -41,7 +49,22 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.set or [])
 
 
+def kept_text(summary: dict) -> str:
+    """Which weights the run ended with, and why."""
+    kept = summary.get("kept") or {"keep": "last"}
+    if kept["keep"] != "best":
+        return "the last step's (train.keep=last)"
+    if kept.get("top1_error") is None:  # nothing was evaluated
+        return "the last step's (train.keep=best, but no evaluation to choose by)"
+    total = summary.get("total_steps", summary["steps"])
+    return (
+        f"best {kept['part']} top-1 error {100 * kept['top1_error']:.2f}% at step {kept['step']} of {total} "
+        "(train.keep=best)"
+    )
+
+
 def print_summary(summary: dict) -> None:
+    """The last evaluation's errors (every part), which weights were kept and whether the run stopped early."""
     final = summary["final"]
     rows = [
         ("model", summary["model"]),
@@ -51,6 +74,17 @@ def print_summary(summary: dict) -> None:
     for key in sorted(final):
         if key.endswith("error"):
             rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
+    rows.append(("kept", kept_text(summary)))
+    early = summary.get("stopped_early")
+    if early:
+        total = summary.get("total_steps", summary["steps"])
+        rows.append(
+            (
+                "stopped early",
+                f"at step {early['step']} of {total}: {early['evaluations_without_improvement']} evaluations "
+                f"without a lower {summary['kept']['part']} top-1 error (train.early_stop={early['early_stop']})",
+            )
+        )
     rows += [("wall time", f"{summary['wall_time_s']:.1f} s"), ("run dir", summary["run_dir"])]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -61,6 +95,10 @@ def _train(args: argparse.Namespace) -> int:
     from reslab.train.loop import RUNTIME_SETTINGS, resolve_resume, train
 
     if args.resume:
+        run = RunDir(args.resume)
+        if run.state() == "finished":
+            print(f"{run} is finished: nothing to resume; its weights are {run.weights}")
+            return 0
         # Runtime settings (threads, progress bar) may change on resume, e.g. more threads once
         # the cores are free; everything else comes from the run's config.yaml.
         runtime = [s for s in args.set or [] if s.split("=", 1)[0].strip() in RUNTIME_SETTINGS]
@@ -73,13 +111,65 @@ def _train(args: argparse.Namespace) -> int:
         cfg = resolve_resume(Path(args.resume), runtime)
         summary = train(cfg, args.resume, resume=True)
     else:
-        cfg = load_config(args.recipe, _overrides(args))
-        summary = train(cfg, args.run_dir)
+        summary = train(resolve_new(args), args.run_dir)
     if "stopped" in summary:
         return 3
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print_summary(summary)
     return 0
+
+
+def resolve_new(args: argparse.Namespace) -> Config:
+    """The config of a new run; with --data-dir alone, the dataset is what the directory holds
+    (or, with data.download, what the settings name: the download fills the directory)."""
+    overrides = _overrides(args)
+    cfg = load_config(args.recipe, overrides)
+    named = args.data is not None or any(o.split("=", 1)[0].strip() == "data.dataset" for o in args.set or [])
+    if args.data_dir is None or named:
+        return cfg
+    found, note = detect_dataset(Path(args.data_dir).expanduser())
+    if found is None and not cfg.data.download and not holds_dataset(cfg.data.dataset, args.data_dir):
+        raise ConfigError(
+            f"--data-dir {args.data_dir}: neither an ImageFolder tree ({args.data_dir}/train/<class>/ with "
+            f"images), a CSV file, nor the {cfg.data.dataset} files the settings train on; name the dataset "
+            f"with --data ({', '.join(DATASETS)})"
+        )
+    if found is None or found == cfg.data.dataset:
+        return cfg
+    print(note, file=sys.stderr)
+    return load_config(args.recipe, [f"data.dataset={found}", *overrides])
+
+
+def detect_dataset(path: Path) -> tuple[str | None, str]:
+    """What a --data-dir holds, if it is one of the own-image datasets: ("imagefolder", note) for
+    a tree with train/<class>/ folders of images, ("csv", note) for a .csv file, else (None, "")."""
+    from reslab.data.decode import IMAGE_SUFFIXES
+
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv", f"--data-dir {path} is a CSV file: training on its rows (data.dataset=csv)"
+    train = path / "train"
+    if not train.is_dir():
+        return None, ""
+    classes = [d for d in sorted(train.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for d in classes for f in d.iterdir()):
+        return None, ""  # stops at the first image
+    return "imagefolder", (
+        f"--data-dir {path} holds an ImageFolder tree ({len(classes)} class folders in train/): "
+        "training on it (data.dataset=imagefolder)"
+    )
+
+
+def holds_dataset(dataset: str, data_dir: str) -> bool:
+    """Whether `data_dir` holds the training files of `dataset` (never for synthetic, which reads
+    none). Files the loader would find elsewhere (Debian's Fashion-MNIST) do not count."""
+    from reslab.data.datasets import source_files
+
+    root = Path(data_dir).expanduser().resolve()
+    try:
+        files = source_files(dataset, "train", data_dir)
+    except ReslabError:  # its files are not there (a DataError), or the name does not fit the path
+        return False
+    return bool(files) and all(f.resolve().is_relative_to(root) for f in files)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,12 +6,15 @@ Small images (CIFAR, MNIST, Fashion-MNIST, small ImageFolder trees) take the fas
     batches = InMemoryBatches(train, 128, train=True, device="cuda")
     for images, labels in batches.epoch(epoch): ...
 Large ImageFolder trees (ImageNet) go through `folder_batches.FolderBatches`, which decodes in
-workers. `sources.DataSource` says which of the two a run uses, for training and every evaluation.
+workers. Image files come from an ImageFolder tree or a CSV of path,label[,split] rows (`csv`),
+listed by one function (`folder.list_samples`) for both loaders. `sources.DataSource` names a
+run's parts (train, val, test), says which loader a run uses, for training and every evaluation.
 """
 
-from reslab.data.array_dataset import ArrayDataset, convert_channels, train_val_split
+from reslab.data.array_dataset import ArrayDataset, convert_channels, stratified_split_indices, train_val_split
 from reslab.data.batches import (
     InMemoryBatches,
+    balanced_order,
     draw_augmentation,
     normalize_crop_flip,
 )
@@ -23,6 +26,7 @@ from reslab.data.preprocess import Preprocess, load_image, resize_array
 __all__ = [
     "ArrayDataset",
     "InMemoryBatches",
+    "balanced_order",
     "NormStats",
     "compute_norm_stats",
     "convert_channels",
@@ -36,5 +40,6 @@ __all__ = [
     "Preprocess",
     "load_image",
     "source_files",
+    "stratified_split_indices",
     "train_val_split",
 ]

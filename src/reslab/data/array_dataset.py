@@ -6,6 +6,7 @@ this one shape, so the cache, the fast batch loader and the tests deal with a si
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -70,13 +71,51 @@ def train_val_split(ds: ArrayDataset, val_size: int, seed: int) -> tuple[ArrayDa
     The permutation comes from its own `torch.Generator`, so the split depends on `seed` only,
     never on the global RNG or on what ran before. Both halves keep the original order within.
     """
-    if not 0 < val_size < len(ds):
-        raise ValueError(f"val_size must be in (0, {len(ds)}), got {val_size}")
+    train_idx, val_idx = random_split_indices(len(ds), val_size, seed)
+    return ds.subset(train_idx, f"{ds.name}[train-split]"), ds.subset(val_idx, f"{ds.name}[val-split]")
+
+
+def random_split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices) of `n` items, `val_size` of them held out at random; both sorted.
+
+    `train_val_split`'s draw, shared by every source that holds out a random val part (an
+    ImageFolder tree or a CSV listing under data.split=paper), in memory or streamed.
+    """
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be in (0, {n}), got {val_size}")
     generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(ds), generator=generator)
+    perm = torch.randperm(n, generator=generator)
     val_idx, _ = perm[:val_size].sort()
     train_idx, _ = perm[val_size:].sort()
-    return ds.subset(train_idx, f"{ds.name}[train-split]"), ds.subset(val_idx, f"{ds.name}[val-split]")
+    return train_idx, val_idx
+
+
+def stratified_split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices), both sorted: of each class, round(val_fraction * n_class)
+    images (rounding half up) held out, at least 1 where the class has 2 or more images and never
+    all of them, so every class keeps a training image.
+
+    One `torch.Generator` seeded with `seed` draws a permutation of each class's images in turn
+    (classes in label order); the first k of it are held out. So the split is a pure function of
+    (labels, val_fraction, seed), and the two parts are disjoint and cover every index.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    labels = labels.cpu()
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in torch.unique(labels).tolist():  # sorted
+        members = (labels == label).nonzero().flatten()
+        n = len(members)
+        k = min(math.floor(val_fraction * n + 0.5), n - 1)
+        if n >= 2:
+            k = max(k, 1)
+        perm = torch.randperm(n, generator=generator)
+        held.append(members[perm[:k]])
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    if held:
+        is_val[torch.cat(held)] = True
+    return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
 
 
 def convert_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:

@@ -20,6 +20,14 @@ Everything random is a pure function of (seed, epoch, batch index, rank):
 So a run resumed at (epoch, start_batch) sees bit-for-bit the batches it would have seen, the
 same on CPU and GPU, and with world_size > 1 each rank takes a disjoint shard
 perm[rank::world_size] of one shared order.
+
+The class-balanced order (sampler="balanced", `balanced_order`) has the random order's length N
+and is drawn from the same per-epoch generator: each of the C classes that have images gets N // C
+draws (the first N % C classes of a seeded shuffle of the classes one more); a class's draws are
+its images in a seeded permutation, a fresh permutation each time they run out (so a rare class
+repeats, a common one shows a subset each epoch); and the classes are interleaved by a seeded
+shuffle of the N slots. It is a pure function of (labels, seed, epoch), sharded like the
+random order, so resume and torchrun behave the same.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import torch
 from reslab.data.array_dataset import ArrayDataset
 from reslab.data.norm import Normalize, NormStats, compute_norm_stats
 from reslab.errors import ConfigError
-from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS
+from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS, SAMPLERS
 
 Augment = Literal["none", "flip", "crop", "crop-flip"]
 
@@ -100,6 +108,38 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * _SEED_STRIDE + epoch) % _SEED_MODULUS
 
 
+def balanced_order(labels: torch.Tensor, num_classes: int, seed: int, epoch: int) -> torch.Tensor:
+    """A class-balanced visiting order of len(labels) indices for `epoch` (see the module docstring).
+
+    labels: (N,) int64 on any device; returns (N,) int64 on the CPU, a pure function of
+    (labels, seed, epoch).
+    """
+    labels = labels.cpu()
+    n = len(labels)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts.nonzero().flatten()  # classes with images, in label order
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64)
+    share, extra = divmod(n, len(present))
+    draws_per_class = torch.full((len(present),), share, dtype=torch.int64)
+    draws_per_class[torch.randperm(len(present), generator=generator)[:extra]] += 1
+    by_class = labels.argsort(stable=True)  # the images of each class, contiguous, in index order
+    starts = torch.cumsum(counts, 0) - counts
+    draws = []
+    for cls, wanted in zip(present.tolist(), draws_per_class.tolist()):
+        members = by_class[starts[cls] : starts[cls] + counts[cls]]
+        cycles = -(-wanted // len(members))
+        picks = torch.cat([torch.randperm(len(members), generator=generator) for _ in range(cycles)])[:wanted]
+        draws.append(members[picks])
+    slots = torch.repeat_interleave(present, draws_per_class)  # (N,) the class of each slot, grouped
+    slots = slots[torch.randperm(n, generator=generator)]  # interleaved
+    order = torch.empty(n, dtype=torch.int64)
+    # The slots of each class, in position order, receive that class's draws in their order.
+    order[slots.argsort(stable=True)] = torch.cat(draws)
+    return order
+
+
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     """Seed of the augmentation of one batch; ranks differ so shards are not augmented alike."""
     return ((epoch_seed(seed, epoch) * _SEED_STRIDE + rank) * _SEED_STRIDE + batch) % _SEED_MODULUS
@@ -108,7 +148,8 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
 class InMemoryBatches:
     """Batches of (images (B, C, H, W) `dtype`, labels (B,) int64) on `device`, epoch by epoch.
 
-    train=True: shuffled each epoch, augmented, and the last partial batch dropped.
+    train=True: shuffled each epoch (sampler "random": a permutation; "balanced": classes drawn
+        equally often, `balanced_order`), augmented, and the last partial batch dropped.
     train=False: fixed order, no augmentation, every sample kept (drop_last=None picks this).
     stats: normalisation statistics; None computes them from `ds`, which must then be the
         training set: pass the train loader's `stats` to the test loader.
@@ -131,11 +172,14 @@ class InMemoryBatches:
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        sampler: str = "random",  # train=True: "random" | "balanced" (ignored when train=False)
     ) -> None:
         if augment not in AUGMENT_KINDS:
             raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENT_KINDS)}")
         if normalize not in NORMALIZE_KINDS:
             raise ConfigError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_KINDS)}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if batch_size < 1 or pad < 0:
             raise ConfigError(f"need batch_size >= 1 and pad >= 0, got {batch_size} and {pad}")
         if not 0 <= rank < world_size:
@@ -149,6 +193,7 @@ class InMemoryBatches:
         self.batch_size = batch_size
         self.train = train
         self.augment: Augment = augment if train else "none"
+        self.sampler = sampler if train else "random"
         self.pad = pad
         self.drop_last = train if drop_last is None else drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -189,7 +234,9 @@ class InMemoryBatches:
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch` in visiting order: (num_samples,) int64, CPU."""
         n = len(self.labels)
-        if self.train:
+        if self.train and self.sampler == "balanced":
+            perm = balanced_order(self.labels, len(self.classes), self.seed, epoch)
+        elif self.train:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             perm = torch.randperm(n, generator=generator)
         else:
@@ -221,7 +268,7 @@ class InMemoryBatches:
     def __repr__(self) -> str:
         return (
             f"InMemoryBatches({self.name}, n={len(self.labels)}, batch_size={self.batch_size}, "
-            f"train={self.train}, augment={self.augment!r}, batches={len(self)}, "
+            f"train={self.train}, augment={self.augment!r}, sampler={self.sampler!r}, batches={len(self)}, "
             f"rank={self.rank}/{self.world_size}, device={self.device})"
         )
 

@@ -2,8 +2,13 @@
 
     cifar10, cifar100      official python pickle batches            (N, 3, 32, 32)
     fashion-mnist, mnist   IDX files, gzipped or not                 (N, 1, 28, 28)
-    imagefolder            root/train/<class>/*, root/val/<class>/*  (N, C, S, S)
+    imagefolder            root/{train,val,test}/<class>/*           (N, C, S, S)
+    csv                    path,label[,split] rows of a CSV file     (N, C, S, S)
     synthetic              seeded random images for smoke tests      (N, C, S, S)
+
+A split is a part of the dataset as stored: "train" and "test" for the array datasets (CIFAR's
+test batch, MNIST's t10k files); "train", "val" and "test" for image files (a tree's folders, a
+CSV's split column; only "train" is required). `stored_splits` says which a dataset has.
 
 `image_size` and `in_chans` adapt any of them to what a network expects (e.g. Fashion-MNIST as
 3 x 32 x 32). `source_files` lists the files a dataset is read from, for the cache's fingerprint.
@@ -20,13 +25,17 @@ import torch
 
 from reslab.data.array_dataset import ArrayDataset, convert_channels
 from reslab.data.cifar import CIFAR_LAYOUTS, find_cifar_files, load_cifar
-from reslab.data.folder import list_image_files, load_image_folder
+from reslab.data.folder import list_samples, load_image_files, stored_file_splits
 from reslab.data.idx import IDX_VARIANTS, find_idx_files, load_idx_dataset
 from reslab.data.preprocess import resize_array
 from reslab.errors import DataError
 from reslab.vocab import DATASETS
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
+
+# Datasets of image files listed on disk (decoded into memory, or streamed by DataLoader workers).
+FILE_DATASETS = ("imagefolder", "csv")
+ARRAY_SPLITS = ("train", "test")
 
 
 # `data_dir=None` means $RESLAB_DATA_DIR, else ./data (torchvision's habit; ignored by git).
@@ -47,9 +56,19 @@ def check_name(name: str) -> None:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
-def check_split(split: str) -> None:
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r}; valid splits: train, test")
+def check_split(name: str, split: str) -> None:
+    valid = ("train", "val", "test") if name in FILE_DATASETS else ARRAY_SPLITS
+    if split not in valid:
+        raise DataError(f"{name} has no {split!r} split; its splits: {', '.join(valid)}")
+
+
+def stored_splits(name: str, data_dir: str | Path | None) -> tuple[str, ...]:
+    """The splits dataset `name` has on disk: ("train", "test") for the array datasets; for image
+    files "train" and those of "val", "test" that the tree has folders (the CSV has rows) for."""
+    check_name(name)
+    if name in FILE_DATASETS:
+        return stored_file_splits(name, resolve_data_dir(data_dir))
+    return ARRAY_SPLITS
 
 
 def source_files(name: str, split: Split, data_dir: str | Path | None, *, download: bool = False) -> list[Path]:
@@ -59,7 +78,7 @@ def source_files(name: str, split: Split, data_dir: str | Path | None, *, downlo
     when the files are missing.
     """
     check_name(name)
-    check_split(split)
+    check_split(name, split)
     root = resolve_data_dir(data_dir)
     if name in CIFAR_LAYOUTS:
         files = find_cifar_files(name, split, root, download=download)
@@ -67,9 +86,9 @@ def source_files(name: str, split: Split, data_dir: str | Path | None, *, downlo
     if name in IDX_VARIANTS:
         idx_files = find_idx_files(name, split, root, download=download)
         return [idx_files.images, idx_files.labels]
-    if name == "imagefolder":
-        samples, _ = list_image_files(root, split)
-        return [path for path, _ in samples]
+    if name in FILE_DATASETS:
+        samples, _ = list_samples(name, root, split)
+        return ([root] if name == "csv" else []) + [path for path, _ in samples]  # a CSV's labels are in it
     return []
 
 
@@ -118,17 +137,28 @@ def load_dataset(
     in_chans:       1 or 3; grey images are repeated to 3 channels, RGB turned grey by luma.
     synthetic_size: number of images of the "synthetic" dataset.
 
-    For imagefolder the "test" split is read from `val/`. Raises `DataError` for an unknown
-    name, missing files (saying where it looked and how to get them) or corrupt files.
+    For imagefolder `split` is the tree's folder of that name; for csv the rows of that split.
+    Raises `DataError` for an unknown name, missing files (saying where it looked and how to get
+    them) or corrupt files.
     """
     check_name(name)
-    check_split(split)
+    check_split(name, split)
     root = resolve_data_dir(data_dir)
     if name == "synthetic":
         return make_synthetic(split, synthetic_size, image_size=image_size or 32, in_chans=in_chans or 3)
-    if name == "imagefolder":
+    if name in FILE_DATASETS:
         # Resizing and channel conversion happen in PIL while decoding.
-        return load_image_folder(root, split, image_size=image_size, in_chans=in_chans or 3, resize=resize)
+        samples, classes = list_samples(name, root, split)
+        where = root if name == "csv" else root / split
+        return load_image_files(
+            samples,
+            classes,
+            f"{name}:{root}",
+            image_size=image_size,
+            in_chans=in_chans or 3,
+            resize=resize,
+            where=where,
+        )
     if name in CIFAR_LAYOUTS:
         ds = load_cifar(name, split, root, download=download)
     else:
@@ -141,18 +171,20 @@ def load_dataset(
 
 
 def dataset_sha256(name: str, data_dir: str | Path | None, *, listing: bool = False) -> str:
-    """SHA-256 over a dataset's source files (train and test, sorted by path), so weights name
+    """SHA-256 over a dataset's source files (every stored split, sorted by path), so weights name
     exactly the data they were trained on; "synthetic" for the smoke-test set. With `listing`
     (a tree streamed from disk, ImageNet scale: reading every byte again would take longer than
     an epoch) it is "listing:" + the SHA-256 of each file's path and size instead."""
     if name == "synthetic":
         return "synthetic"
     digest = hashlib.sha256()
-    files = {*source_files(name, "train", data_dir), *source_files(name, "test", data_dir)}
+    files = {path for split in stored_splits(name, data_dir) for path in source_files(name, split, data_dir)}
     if listing:
         root = resolve_data_dir(data_dir)
+        base = root.parent if name == "csv" else root
         for path in sorted(files):
-            digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+            shown = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+            digest.update(f"{shown}\t{path.stat().st_size}\n".encode())
         return "listing:" + digest.hexdigest()
     for path in sorted(files):
         digest.update(path.name.encode())

@@ -1,13 +1,17 @@
-"""Small ImageFolder trees decoded whole into memory.
+"""Image files listed on disk, decoded whole into memory: ImageFolder trees and CSV listings.
 
-Layout (the torchvision / ImageNet convention):
+ImageFolder layout (the torchvision / ImageNet convention):
     root/train/<class>/*.png|jpg|...
-    root/val/<class>/*.png|jpg|...
-Class names are the sorted directory names under `root/train` (so both splits share one label
-numbering), or under the split itself when there is no `train/`. Every image is decoded once
-with PIL, resized (shorter side, then centre crop) to one fixed size and stacked into an
-`ArrayDataset`. This suits thousands of small images; for ImageNet-sized trees use
-`reslab.data.folder_loader`, which decodes in DataLoader workers instead.
+    root/val/<class>/*.png|jpg|...      optional: the "val" part
+    root/test/<class>/*.png|jpg|...     optional: the "test" part
+Class names are the sorted directory names under `root/train` (so every split shares one label
+numbering), or under the split itself when there is no `train/`. A CSV file of path,label[,split]
+rows (`reslab.data.csv`) lists the same (path, label) samples; `list_samples` returns either.
+
+`load_image_files` decodes every listed image once with PIL, resized (shorter side, then centre
+crop) to one fixed size, and stacks them into an `ArrayDataset`. This suits thousands of small
+images; for ImageNet-sized trees use `reslab.data.folder_batches`, which decodes in DataLoader
+workers instead.
 """
 
 from __future__ import annotations
@@ -18,18 +22,37 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from PIL import Image
 
 from reslab.data.array_dataset import ArrayDataset
+from reslab.data.csv import csv_splits, list_csv_split
 from reslab.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
 from reslab.data.preprocess import load_image
 from reslab.errors import DataError
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]  # a tree's folder, a CSV's split column
+FOLDER_SPLITS = ("train", "val", "test")
+
+Sample = tuple[Path, int]  # (image file, label)
+
+# Pillow modes of one grey channel (1-bit, 8-bit, 16-bit, 32-bit int, float; LA: grey + alpha,
+# which decodes to grey on white). Palette images (P, PA) are grey when their palette is.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+# Files whose headers `images_are_grey` reads per split, evenly spaced over the sorted listing:
+# a small tree is read whole, an ImageNet-sized one in a few seconds instead of an hour.
+GREY_SAMPLE = 256
 
 
 def split_dir_name(split: Split) -> str:
-    """The test split of an ImageFolder tree lives in `val/` (ImageNet's convention)."""
-    return "train" if split == "train" else "val"
+    """The folder of a split: its own name ("val" was the test split's folder before parts had names)."""
+    if split not in FOLDER_SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(FOLDER_SPLITS)}")
+    return split
+
+
+def folder_splits(root: Path) -> tuple[str, ...]:
+    """The splits a tree has: train (always: its absence is reported when listed), val/, test/."""
+    return ("train", *(s for s in ("val", "test") if (root / s).is_dir()))
 
 
 def _class_dirs(directory: Path) -> list[str]:
@@ -40,13 +63,13 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
     """All (image path, label) pairs of one split, sorted, and the class names.
 
     Raises `DataError` for a missing split directory, a tree without class folders, a class
-    folder without images, or a class in `val/` that `train/` does not have.
+    folder without images, or a class in `val/` or `test/` that `train/` does not have.
     """
     split_dir = root / split_dir_name(split)
     if not split_dir.is_dir():
         raise DataError(
-            f"{split_dir} not found: an ImageFolder dataset needs {root}/train/<class>/*.jpg and "
-            f"{root}/val/<class>/*.jpg; point --data-dir at the directory holding train/ and val/"
+            f"{split_dir} not found: an ImageFolder dataset needs {root}/train/<class>/*.jpg (and "
+            f"optionally val/ and test/ alike); point --data-dir at the directory holding train/"
         )
     train_dir = root / "train"
     classes = _class_dirs(train_dir if train_dir.is_dir() else split_dir)
@@ -61,7 +84,7 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
     for label, class_name in enumerate(classes):
         class_dir = split_dir / class_name
         if not class_dir.is_dir():
-            continue  # a class may be absent from val/ (a tiny validation subset)
+            continue  # a class may be absent from val/ or test/ (a tiny evaluation subset)
         files = sorted(
             Path(e.path) for e in os.scandir(class_dir) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
         )
@@ -74,6 +97,43 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
     return samples, classes
 
 
+def list_samples(dataset: str, root: Path, split: Split) -> tuple[list[Sample], list[str]]:
+    """(image path, label) of one split of an image-file dataset, and its class names: the one
+    listing that the in-memory loader, the cache and the streaming loader all read."""
+    if dataset == "csv":
+        return list_csv_split(root, split)
+    return list_image_files(root, split)
+
+
+def stored_file_splits(dataset: str, root: Path) -> tuple[str, ...]:
+    """The splits an image-file dataset has on disk: a tree's folders, a CSV's split values."""
+    return csv_splits(root) if dataset == "csv" else folder_splits(root)
+
+
+def _header_is_grey(path: Path) -> bool | None:
+    """From the header (and a palette's entries): True grey, False colour, None unreadable."""
+    try:
+        with Image.open(path) as image:
+            if image.mode in GREY_MODES:
+                return True
+            if image.mode in ("P", "PA"):
+                palette = image.getpalette("RGB") or []
+                return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+            return False
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # the decoder names the file when it is read
+
+
+def images_are_grey(paths: list[Path], limit: int = GREY_SAMPLE) -> bool:
+    """Whether the images of one split are grey, from the headers of at most `limit` of them,
+    evenly spaced over `paths` (all of them when there are fewer): deterministic, and no pixel is
+    decoded. A colour image among those not read is turned grey by the decoder (ITU-R 601 luma)."""
+    if len(paths) > limit:
+        paths = [paths[i * len(paths) // limit] for i in range(limit)]
+    verdicts = [_header_is_grey(path) for path in paths]
+    return False not in verdicts and True in verdicts
+
+
 def load_image_folder(
     root: Path,
     split: Split,
@@ -83,15 +143,39 @@ def load_image_folder(
     resize: str = "shorter-center-crop",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ArrayDataset:
-    """Decode every image of `root/<train|val>` into an `ArrayDataset` of (N, in_chans, S, S).
+    """Decode every image of `root/<split>` into an `ArrayDataset` (see `load_image_files`)."""
+    samples, classes = list_image_files(root, split)
+    return load_image_files(
+        samples,
+        classes,
+        f"imagefolder:{root}",
+        image_size=image_size,
+        in_chans=in_chans,
+        resize=resize,
+        max_pixels=max_pixels,
+        where=root,
+    )
+
+
+def load_image_files(
+    samples: list[Sample],
+    classes: list[str],
+    name: str,
+    *,
+    image_size: int | None = None,
+    in_chans: int = 3,
+    resize: str = "shorter-center-crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    where: Path | str = "",
+) -> ArrayDataset:
+    """Decode listed images into an `ArrayDataset` of (N, in_chans, S, S).
 
     `image_size=None` keeps the files' own size, which must then be the same for all of them.
     Each file goes through `reslab.data.preprocess.load_image` (the one decoder and resize rule of
     every consumer). Decoding runs on a thread pool: PIL releases the GIL while it decodes and resizes.
     """
     if in_chans not in (1, 3):
-        raise DataError(f"imagefolder images can be read with 1 (L) or 3 (RGB) channels, not {in_chans}")
-    samples, classes = list_image_files(root, split)
+        raise DataError(f"image files can be read with 1 (L) or 3 (RGB) channels, not {in_chans}")
     paths = [path for path, _ in samples]
 
     def decode(path: Path) -> torch.Tensor:
@@ -106,12 +190,12 @@ def load_image_folder(
     odd = next((i for i, a in enumerate(arrays) if a.shape != first), None)
     if odd is not None:
         raise DataError(
-            f"{root}: images differ in size ({paths[0]} is {first[1:]}, {paths[odd]} is "
+            f"{where or name}: images differ in size ({paths[0]} is {first[1:]}, {paths[odd]} is "
             f"{arrays[odd].shape[1:]}, as (H, W)); set data.image_size to resize them all"
         )
     return ArrayDataset(
         images=torch.stack(arrays),
         labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
         classes=classes,
-        name=f"imagefolder:{root}",
+        name=name,
     )

@@ -1,8 +1,10 @@
-"""`FolderBatches`: an ImageFolder tree decoded in DataLoader workers, with `InMemoryBatches`' interface.
+"""`FolderBatches`: image files decoded in DataLoader workers, with `InMemoryBatches`' interface.
 
 For trees that do not fit in memory as uint8 (ImageNet); `reslab train` with
 `data.in_memory=false` (the `imagenet-paper` recipe) trains through this, `reslab eval` evaluates
-through it. Layout and class numbering are those of `reslab.data.folder` (classes from train/).
+through it. The images are one split of an ImageFolder tree or a CSV listing
+(`reslab.data.folder.list_samples`: classes from train/ or the CSV's training rows), optionally
+restricted to a subset of it (a val part carved from train/).
 
 The same `len()`, `order(epoch)` and `epoch(epoch, start_batch)` as the in-memory path, so the
 trainer, checkpoints and resume need no second code path. Workers decode (the one robust decoder)
@@ -11,12 +13,13 @@ with `NormStats.apply`, the affine every consumer uses, on the target device.
 
 Order and augmentation: epoch e visits the training images in a permutation drawn from
 (seed, e) (a `DistributedSampler`, so every rank gets its own shard and the last partial batch
-is dropped). Each epoch builds a DataLoader over that epoch's indices from `start_batch` on, so
-a run resumed mid-epoch continues with the images it had not seen yet, without decoding the
-skipped ones. The workers' random crops are seeded from (seed, epoch); after a mid-epoch resume
-the draws differ from an uninterrupted run's (workers pick up other batches), so such a resume
-continues the same schedule and data order but is not bit-exact. The PCA lighting of a batch is
-drawn in the main process from (seed, epoch, rank, batch).
+is dropped), or with sampler="balanced" in `reslab.data.batches.balanced_order` (rank r takes
+order[r::world_size] of it, trimmed to whole batches). Each epoch builds a DataLoader over that
+epoch's indices from `start_batch` on, so a run resumed mid-epoch continues with the images it
+had not seen yet, without decoding the skipped ones. The workers' random crops are seeded from
+(seed, epoch); after a mid-epoch resume the draws differ from an uninterrupted run's (workers
+pick up other batches), so such a resume continues the same schedule and data order but is not
+bit-exact. The PCA lighting of a batch is drawn in the main process from (seed, epoch, rank, batch).
 
 A file that cannot be decoded stops the epoch with one line naming it, from any worker.
 """
@@ -30,19 +33,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from reslab.data.batches import batch_seed, epoch_seed
+from reslab.data.batches import balanced_order, batch_seed, epoch_seed
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from reslab.data.folder import Split, list_image_files
+from reslab.data.folder import Split, list_samples
 from reslab.data.folder_transforms import Lighting, eval_transform, train_transform
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import channel_mode
 from reslab.errors import ConfigError, DataError
+from reslab.vocab import SAMPLERS
 
 
 class FolderSplit(Dataset):
-    """(image, label) of one split of a tree, listed by `list_image_files`; the image goes through
-    `transform` after the robust decoder. A file that fails to decode yields its error message
-    instead of an image, so the main process can stop with that one line (see `collate`)."""
+    """(image, label) of one split, listed by `list_samples` (the images at `subset` of it, when
+    given); the image goes through `transform` after the robust decoder. A file that fails to
+    decode yields its error message instead of an image, so the main process can stop with that
+    one line (see `collate`)."""
 
     def __init__(
         self,
@@ -50,11 +55,15 @@ class FolderSplit(Dataset):
         split: Split,
         transform: Callable[[Any], Any] | None,
         *,
+        dataset: str = "imagefolder",  # or "csv": `root` is then the CSV file
+        subset: torch.Tensor | None = None,  # indices into the split's listing
         in_chans: int = 3,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.root = Path(root)
-        self.samples, self.classes = list_image_files(self.root, split)
+        self.samples, self.classes = list_samples(dataset, self.root, split)
+        if subset is not None:
+            self.samples = [self.samples[i] for i in subset.tolist()]
         self.transform = transform
         self.mode = channel_mode(in_chans)
         self.max_pixels = max_pixels
@@ -96,7 +105,11 @@ class FolderBatches:
         batch_size: int,
         train: bool,
         stats: NormStats,
+        dataset: str = "imagefolder",  # or "csv": `root` is then the CSV file
+        subset: torch.Tensor | None = None,  # only these indices of the split's listing (a carved part)
         augment: str = "scale",  # training: "scale" (paper: shorter side 256..480) | "rrc" | "none"
+        hflip: bool = True,  # training: random horizontal flips (False: data.hflip=false)
+        sampler: str = "random",  # training: "random" (a permutation per epoch) | "balanced"
         image_size: int = 224,  # side of the square crops
         resize: str = "shorter-256-center-crop",  # evaluation: the `fit_image` rule of the centre crop
         eval_mode: str = "center",  # evaluation: "center" | "ten-crop" | "multi-scale"
@@ -116,15 +129,22 @@ class FolderBatches:
                 "multi-scale testing scores whole images of any size: it needs per-channel normalisation "
                 f"(weights trained with data.normalize=channel), not statistics of shape {tuple(stats.mean.shape)}"
             )
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if train:
-            transform = train_transform(augment, image_size)
+            transform = train_transform(augment, image_size, hflip=hflip)
         else:
             extra = {"scales": scales} if scales else {}
             transform = eval_transform(image_size, resize, mode=eval_mode, **extra)
-        self.dataset = FolderSplit(root, split, transform, in_chans=in_chans, max_pixels=max_pixels)
-        self.sampler: DistributedSampler | None = None
-        if train or world_size > 1:
-            self.sampler = DistributedSampler(
+        self.dataset = FolderSplit(
+            root, split, transform, dataset=dataset, subset=subset, in_chans=in_chans, max_pixels=max_pixels
+        )
+        self.labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.int64)  # (N,)
+        self.sampler = sampler if train else "random"
+        self.world_size = world_size
+        self.shuffler: DistributedSampler | None = None
+        if (train and self.sampler == "random") or (not train and world_size > 1):
+            self.shuffler = DistributedSampler(
                 self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
             )
         self.stats = stats
@@ -141,19 +161,23 @@ class FolderBatches:
 
     def class_counts(self) -> torch.Tensor:
         """Images per class in the whole split (all ranks): (num_classes,) int64."""
-        labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.int64)
-        return torch.bincount(labels, minlength=len(self.classes))
+        return torch.bincount(self.labels, minlength=len(self.classes))
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
-        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        if self.sampler == "balanced":  # every rank the same share of whole batches, as DistributedSampler
+            return len(self.dataset) // self.world_size // self.batch_size
+        n = len(self.shuffler) if self.shuffler is not None else len(self.dataset)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's image indices for `epoch` in visiting order (the sampler's, as int64)."""
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-            indices = list(iter(self.sampler))
+        if self.sampler == "balanced":
+            order = balanced_order(self.labels, len(self.classes), self.seed, epoch)
+            return order[: len(self) * self.batch_size * self.world_size][self.rank :: self.world_size]
+        if self.shuffler is not None:
+            self.shuffler.set_epoch(epoch)
+            indices = list(iter(self.shuffler))
         else:
             indices = list(range(len(self.dataset)))
         if self.train:  # whole batches only, as the loader drops the last partial one

@@ -45,9 +45,13 @@ PAPER_SCALES = (224, 256, 384, 480, 640)  # shorter sides of the multi-scale tes
 EVAL_RESIZE_RATIO = 256 / 224  # the centre crop's resize: shorter side 256 for 224 crops
 
 
-def imagenet_norm_stats() -> NormStats:
-    """The ImageNet per-channel statistics as `NormStats`."""
-    return NormStats(torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
+def imagenet_norm_stats(in_chans: int = 3) -> NormStats:
+    """The ImageNet per-channel statistics as `NormStats`; for grey images (in_chans=1) the mean
+    of the three channels' values (0.449, 0.226), the usual choice for one-channel ImageNet inputs."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    if in_chans == 1:
+        mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+    return NormStats(mean, std)
 
 
 def shorter_resize(image: Image.Image, shorter: int) -> Image.Image:
@@ -147,21 +151,19 @@ def train_transform(
     image_size: int = 224,
     *,
     scale_range: tuple[int, int] | None = None,  # None: [256, 480] scaled by image_size / 224
+    hflip: bool = True,  # False (data.hflip=false): mirrored images are other classes, never flip
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> (C, S, S) uint8, randomly cropped and flipped.
+    """PIL image -> (C, S, S) uint8, randomly cropped and (with `hflip`) flipped.
 
     "scale": the paper's shorter side in [256, 480], random crop, flip; "rrc": random-resized
     crop and flip; "none": the centre crop of evaluation.
     """
+    flip: list[Callable] = [T.RandomHorizontalFlip()] if hflip else []
     if augment == "scale":
         low, high = scale_range or (round(image_size * EVAL_RESIZE_RATIO), round(image_size * 480 / 224))
-        geometry: list[Callable] = [
-            RandomShorterSideResize(low, high),
-            T.RandomCrop(image_size),
-            T.RandomHorizontalFlip(),
-        ]
+        geometry: list[Callable] = [RandomShorterSideResize(low, high), T.RandomCrop(image_size), *flip]
     elif augment == "rrc":  # the Inception-style crop most modern ImageNet recipes use
-        geometry = [T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip()]
+        geometry = [T.RandomResizedCrop(image_size, antialias=True), *flip]
     elif augment == "none":
         return CenterFit(image_size, f"shorter-{round(image_size * EVAL_RESIZE_RATIO)}-center-crop")
     else:

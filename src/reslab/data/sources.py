@@ -5,38 +5,54 @@ Training builds its training batches and its evaluation batches from the run's `
 and calls the same `eval_batches`, with the weights' `Preprocess`. So the images, their order, the
 pixels and the normalised tensors are the same in both, bit for bit.
 
-Parts: "train" (the images trained on: under split "paper" all but `val_size` of the training
-split), "val" (those `val_size` held-out images, seeded by `seed`) and "test" (the dataset's test
-split; an ImageFolder tree's val/ folder).
+Parts are named for what they are: "train" (trained on), "val" (watched while training: the
+schedule, the checkpoint kept, early stopping) and "test" (reported, never used to choose).
+
+  array datasets (cifar10/100, mnist, fashion-mnist, synthetic)
+      test  the dataset's test files
+      val   under split=paper val_size training images at random (seeded: the paper's 45k / 5k);
+            under split=auto a stratified val_fraction of them; none under split=full
+  image files (an ImageFolder tree, a CSV listing)
+      test  the tree's test/ folder, the CSV's test rows; none without them
+      val   the tree's val/ folder, the CSV's val rows; without them, carved from train as
+            above (split=auto: stratified val_fraction; split=paper: val_size at random)
+  train     the training split less what val took from it
+
+Carving is a pure function of (labels, settings, seed) (`reslab.data.array_dataset`): the same
+images in memory and streamed, in training and in `reslab eval`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
 
-from reslab.data.array_dataset import ArrayDataset, train_val_split
+from reslab.data.array_dataset import ArrayDataset, random_split_indices, stratified_split_indices
 from reslab.data.batches import InMemoryBatches
 from reslab.data.cache import load_cached
+from reslab.data.datasets import FILE_DATASETS, resolve_data_dir, stored_splits
 from reslab.data.preprocess import Preprocess
 from reslab.errors import ConfigError
+from reslab.vocab import PARTS
 
 Part = Literal["train", "val", "test"]
-PARTS = ("train", "val", "test")
+ValOrigin = Literal["stored", "stratified", "random"]
 
 
 @dataclass(frozen=True)
 class DataSource:
     dataset: str  # a reslab.vocab.DATASETS name
-    data_dir: str | None = None  # None: the dataset's default search path
-    split: str = "full"  # "paper": hold out val_size training images as "val"; "full": train on all
-    val_size: int = 5000
-    seed: int = 0  # seeds the paper split (the run's train.seed)
+    data_dir: str | None = None  # None: the dataset's default search path (csv: the CSV file)
+    split: str = "full"  # "paper" | "full" | "auto": how the val part is made (module docstring)
+    val_size: int = 5000  # images held out at random under split=paper
+    val_fraction: float = 0.1  # share of each class held out under split=auto
+    seed: int = 0  # seeds the carving of val (the run's train.seed)
     image_size: int | None = None  # decode / resize to this size (None: the native size)
-    in_chans: int | None = None  # 1 or 3 (None: the dataset's own; ImageFolder: 3)
-    in_memory: bool = True  # False: an ImageFolder tree streamed by DataLoader workers
+    in_chans: int | None = None  # 1 or 3 (None: array datasets their own; image files 1 if all grey, else 3)
+    in_memory: bool = True  # False: image files streamed by DataLoader workers
     workers: int = 2  # DataLoader workers when streaming
     cache_dir: str | None = None
     synthetic_size: int = 512
@@ -50,8 +66,10 @@ class DataSource:
             data_dir=data.data_dir,
             split=data.split,
             val_size=data.val_size,
+            val_fraction=data.val_fraction,
             seed=seed,
             image_size=data.image_size,
+            in_chans=data.in_chans,
             in_memory=data.in_memory,
             workers=data.workers,
             cache_dir=data.cache_dir,
@@ -62,35 +80,168 @@ class DataSource:
     def with_overrides(self, **changes: Any) -> DataSource:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    # ---- which parts there are -------------------------------------------------------------------
+
+    @property
+    def reads_files(self) -> bool:
+        """Image files listed on disk (an ImageFolder tree, a CSV listing), not arrays."""
+        return self.dataset in FILE_DATASETS
+
+    @cached_property
+    def stored(self) -> tuple[str, ...]:
+        """The dataset's splits on disk (`reslab.data.datasets.stored_splits`)."""
+        return stored_splits(self.dataset, self.data_dir)
+
+    @property
+    def val_origin(self) -> ValOrigin | None:
+        """Where the val part comes from: the dataset's own ("stored"), carved from the training
+        split ("stratified" under split=auto, "random" under split=paper), or nowhere (None)."""
+        if "val" in self.stored:
+            return "stored"
+        if self.split == "auto":
+            return "stratified"
+        return "random" if self.split == "paper" else None
+
     @property
     def parts(self) -> tuple[str, ...]:
-        """The parts evaluated during training: val and test under the paper split, else test."""
-        return ("val", "test") if self.split == "paper" else ("test",)
+        """The parts evaluated during training: "val" if there is one, then "test" if there is one."""
+        return (("val",) if self.val_origin else ()) + (("test",) if "test" in self.stored else ())
 
-    def arrays(self, part: Part, *, image_size: int | None = None, resize: str = "shorter-center-crop"):
-        """One part decoded into memory (through the uint8 cache)."""
+    @property
+    def default_eval_part(self) -> str | None:
+        """What `reslab eval RUN` reports without --part: "test" if there is one, else "val"."""
+        return "test" if "test" in self.parts else "val" if "val" in self.parts else None
+
+    @property
+    def watch_part(self) -> str | None:
+        """What the schedule, the kept checkpoint and early stopping watch: "val", else "test"."""
+        return "val" if "val" in self.parts else "test" if "test" in self.parts else None
+
+    def describe_val(self) -> str | None:
+        """How the val part was made, in words (None: there is none)."""
+        origin = self.val_origin
+        if origin == "stored":
+            return "the CSV's val rows" if self.dataset == "csv" else "the tree's val/ folder"
+        if origin == "stratified":
+            return f"{self.val_fraction * 100:g}% of train, stratified, seed {self.seed}"
+        if origin == "random":
+            return f"{self.val_size} images of train at random, seed {self.seed}"
+        return None
+
+    # ---- channels --------------------------------------------------------------------------------
+
+    @cached_property
+    def input_channels(self) -> int | None:
+        """data.in_chans when set; for image files 1 when every split's images are grey (from the
+        headers of up to a few hundred files per split, `reslab.data.folder.images_are_grey`),
+        else 3; None for array datasets, which keep their own channels."""
+        if self.in_chans is not None or not self.reads_files:
+            return self.in_chans
+        from reslab.data.folder import images_are_grey, list_samples
+
+        root = resolve_data_dir(self.data_dir)
+        listings = [list_samples(self.dataset, root, split)[0] for split in self.stored]
+        return 1 if all(images_are_grey([path for path, _ in samples]) for samples in listings) else 3
+
+    # ---- the images of a part --------------------------------------------------------------------
+
+    def _check_part(self, part: str | None) -> None:
+        if part is None:  # e.g. `default_eval_part` of a source without val or test
+            raise ConfigError(
+                f"nothing to evaluate: {self._where()} has no val or test part of its own and data.split="
+                f"{self.split} holds out nothing (a run's carved val part: evaluate the run directory)"
+            )
         if part not in PARTS:
             raise ConfigError(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
-        if part == "val" and self.split != "paper":
-            raise ConfigError("there is no val part: it is carved from the training images under data.split=paper")
+        if part == "train" or part in self.parts:
+            return
+        if part == "val":
+            raise ConfigError(
+                f"there is no val part: {self._where()} has none of its own and data.split=full holds out "
+                "nothing (data.split=auto holds out a stratified data.val_fraction of train)"
+            )
+        raise ConfigError(
+            f"there is no test part: {self._where()} has "
+            + ("no test/ folder" if self.dataset == "imagefolder" else "no test rows")
+            + (f"; evaluate on {', '.join(self.parts)}" if self.parts else "")
+        )
+
+    def _where(self) -> str:
+        return f"{self.dataset} {self.data_dir}" if self.data_dir else self.dataset
+
+    def _stored_split(self, part: str) -> str:
+        """The split on disk a part's images are read from."""
+        return "train" if part == "train" or (part == "val" and self.val_origin != "stored") else part
+
+    def _carve(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) indices into the training split, when val is carved from it."""
+        n = len(labels)
+        if self.val_origin == "random":
+            if self.val_size >= n:
+                raise ConfigError(
+                    f"data.val_size={self.val_size} leaves no training images ({n} in all); lower "
+                    "data.val_size, or use data.split=auto (a stratified data.val_fraction of each class)"
+                )
+            return random_split_indices(n, self.val_size, self.seed)
+        train_idx, val_idx = stratified_split_indices(labels, self.val_fraction, self.seed)
+        if len(val_idx) == 0:
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction} holds out no image: every class of the {n} training "
+                "images has a single one; add images, or use data.split=full"
+            )
+        return train_idx, val_idx
+
+    def arrays(
+        self,
+        part: Part,
+        *,
+        image_size: int | None = None,
+        in_chans: int | None = None,
+        resize: str = "shorter-center-crop",
+    ) -> ArrayDataset:
+        """One part decoded into memory (through the uint8 cache)."""
+        self._check_part(part)
         size = image_size if image_size is not None else self.image_size
         ds = load_cached(
             self.dataset,
-            "test" if part == "test" else "train",
+            self._stored_split(part),
             self.data_dir,
             cache_dir=self.cache_dir,
             download=self.download,
             image_size=size,
-            in_chans=self.in_chans,
+            in_chans=in_chans if in_chans is not None else self.input_channels,
             synthetic_size=self.synthetic_size,
             resize=resize,
         )
-        if part == "test" or self.split != "paper":
+        if part == "test" or self.val_origin in (None, "stored"):
             return ds
-        if self.val_size >= len(ds):
-            raise ConfigError(f"data.val_size={self.val_size} leaves no training images ({len(ds)} in all)")
-        train, val = train_val_split(ds, self.val_size, seed=self.seed)
-        return train if part == "train" else val
+        # Under split=paper this is `train_val_split(ds, val_size, seed)`: the paper split as it always was.
+        train_idx, val_idx = self._carve(ds.labels)
+        return ds.subset(train_idx if part == "train" else val_idx, f"{ds.name}[{part}-split]")
+
+    def folder_batches(self, part: Part, *, train: bool = False, **options: Any):
+        """`FolderBatches` streaming one part of an image-file dataset (a carved part: its subset
+        of the training split). `options` are FolderBatches' keyword arguments (seed and workers:
+        the source's unless given)."""
+        from reslab.data.folder import list_samples
+        from reslab.data.folder_batches import FolderBatches
+
+        if not self.reads_files:
+            raise ConfigError(
+                f"streamed and multi-crop evaluation read image files: they need an imagefolder or csv dataset, "
+                f"not {self.dataset}"
+            )
+        self._check_part(part)
+        root = resolve_data_dir(self.data_dir)
+        split = self._stored_split(part)
+        subset = None
+        if part != "test" and self.val_origin in ("stratified", "random"):
+            samples, _ = list_samples(self.dataset, root, split)
+            labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+            train_idx, val_idx = self._carve(labels)
+            subset = train_idx if part == "train" else val_idx
+        options = {"seed": self.seed, "workers": self.workers, **options}
+        return FolderBatches(root, split, dataset=self.dataset, subset=subset, train=train, **options)
 
     def eval_batches(
         self,
@@ -105,41 +256,27 @@ class DataSource:
     ):
         """Batches of one part prepared as `preprocess` says: `InMemoryBatches` or `FolderBatches`."""
         if not self.in_memory or eval_mode != "center":
-            return self._folder_batches(part, preprocess, device, batch_size, channels_last, eval_mode, scales)
-        fit = self.dataset == "imagefolder"  # files are decoded straight to the input size
-        ds = self.arrays(part, image_size=preprocess.input_size if fit else None, resize=preprocess.resize)
+            return self.folder_batches(
+                part,
+                batch_size=batch_size,
+                stats=preprocess.stats,
+                image_size=preprocess.input_size,
+                resize=preprocess.resize,
+                eval_mode=eval_mode,
+                scales=scales,
+                in_chans=preprocess.in_chans,
+                device=device,
+                channels_last=channels_last,
+            )
+        if self.reads_files:  # files are decoded straight to the input's size and channels
+            ds = self.arrays(
+                part, image_size=preprocess.input_size, in_chans=preprocess.in_chans, resize=preprocess.resize
+            )
+        else:
+            ds = self.arrays(part)
         ds = fit_arrays(ds, preprocess)
         return InMemoryBatches(
             ds, batch_size, train=False, stats=preprocess.stats, device=device, channels_last=channels_last
-        )
-
-    def _folder_batches(self, part, preprocess, device, batch_size, channels_last, eval_mode, scales):
-        from reslab.data.datasets import resolve_data_dir
-        from reslab.data.folder_batches import FolderBatches
-
-        if self.dataset != "imagefolder":
-            raise ConfigError(
-                f"streamed and multi-crop evaluation read image files: they need an imagefolder dataset, "
-                f"not {self.dataset}"
-            )
-        if part == "val":
-            raise ConfigError("a streamed ImageFolder run evaluates on its val/ folder (part 'test'), not 'val'")
-        split = "train" if part == "train" else "test"
-        return FolderBatches(
-            resolve_data_dir(self.data_dir),
-            split,
-            batch_size=batch_size,
-            train=False,
-            stats=preprocess.stats,
-            image_size=preprocess.input_size,
-            resize=preprocess.resize,
-            eval_mode=eval_mode,
-            scales=scales,
-            in_chans=preprocess.in_chans,
-            workers=self.workers,
-            seed=self.seed,
-            device=device,
-            channels_last=channels_last,
         )
 
 

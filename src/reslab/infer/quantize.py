@@ -137,30 +137,43 @@ def dataset_calibration(
     seed: int = SEED,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CalibrationSet:
-    """n random training images for calibration, `verify` random test images (with labels) to check."""
+    """n random training images for calibration, `verify` random held-out images (with labels) to
+    check: the test split, or an image-file dataset's own held-out part (test/, else val/; a tree with
+    train/ only: a disjoint fifth of it)."""
     from reslab.data import load_cached
-    from reslab.data.datasets import resolve_data_dir
-    from reslab.data.folder import list_image_files
+    from reslab.data.datasets import resolve_data_dir, stored_splits
+    from reslab.data.folder import list_samples
 
-    if name == "imagefolder":  # decode only the sampled files, the way predict does
+    if name in ("imagefolder", "csv"):  # decode only the sampled files, the way predict does
         root = resolve_data_dir(data_dir)
+        splits = stored_splits(name, root)
+        train_samples = list_samples(name, root, "train")[0]
+        held_split = "test" if "test" in splits else "val" if "val" in splits else None
+        if held_split is not None:
+            held_samples = list_samples(name, root, held_split)[0]
+        else:
+            order = [train_samples[i] for i in _sample(len(train_samples), len(train_samples), seed).tolist()]
+            cut = min(verify, max(1, len(order) // 5))
+            held_samples, train_samples = order[:cut], order[cut:]
         parts = []
-        for split, count in (("train", n), ("test", verify)):
-            samples, _ = list_image_files(root, split)
+        for what, samples, count in (("train", train_samples, n), (held_split or "train", held_samples, verify)):
             chosen = [samples[i] for i in _sample(len(samples), count, seed).tolist()]
             tensors, kept = _decode_files([str(p) for p, _ in chosen], preprocess, max_pixels)
             if not tensors:
-                raise ExportError(f"no readable images among the {len(chosen)} sampled from {root} ({split})")
+                raise ExportError(f"no readable images among the {len(chosen)} sampled from {root} ({what})")
             parts.append((torch.stack(tensors), torch.tensor([chosen[i][1] for i in kept])))
         (calib, _), (held, labels) = parts
-        where = f"imagefolder {root}"
-    else:
-        train = load_cached(name, "train", data_dir)
-        test = load_cached(name, "test", data_dir)
-        calib = preprocess.fit_array(train.images[_sample(len(train), n, seed)])
-        index = _sample(len(test), verify, seed)
-        held, labels = preprocess.fit_array(test.images[index]), test.labels[index]
-        where = name
+        where = f"{name} {root}"
+        held_what = f"{held_split or 'other training'} images"
+        return CalibrationSet(
+            calib, held, labels, f"{len(calib)} {where} training images", f"{len(held)} {where} {held_what}", seed
+        )
+    train = load_cached(name, "train", data_dir)
+    test = load_cached(name, "test", data_dir)
+    calib = preprocess.fit_array(train.images[_sample(len(train), n, seed)])
+    index = _sample(len(test), verify, seed)
+    held, labels = preprocess.fit_array(test.images[index]), test.labels[index]
+    where = name
     return CalibrationSet(
         calib, held, labels, f"{len(calib)} {where} training images", f"{len(held)} {where} test images", seed
     )

@@ -133,9 +133,12 @@ def torchvision_arch(sd: StateDict) -> str:
         )
     if not bottleneck:
         return f"resnet{depth}"
-    width = sd["layer1.0.conv1.weight"].shape[0]  # = base_width * groups at planes=64
-    groups = width // sd["layer1.0.conv2.weight"].shape[1]
-    base_width = width // groups
+    try:
+        width = sd["layer1.0.conv1.weight"].shape[0]  # = base_width * groups at planes=64
+        groups = width // sd["layer1.0.conv2.weight"].shape[1]
+        base_width = width // groups
+    except (KeyError, IndexError, ZeroDivisionError):  # a damaged or hand-made file
+        raise CheckpointError("not a torchvision ResNet state dict (its first bottleneck block is malformed)") from None
     if groups == 1 and base_width == 64:
         return f"resnet{depth}"
     if groups == 1 and base_width == 128:

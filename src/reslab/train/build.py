@@ -28,12 +28,14 @@ from reslab.vocab import FOLDER_AUGMENT_KINDS
 @dataclass
 class Data:
     train: Any  # InMemoryBatches, or FolderBatches (data.in_memory=false): the same interface
-    evals: dict[str, Any]  # part ("val" under the paper split, "test") -> batches
+    evals: dict[str, Any]  # part ("val", "test": `DataSource.parts`) -> batches
     classes: list[str]
     preprocess: Preprocess  # how evaluation (and later predict/serve/export) prepare an image
     source: DataSource
     name: str
     synthetic: bool
+    image_hw: tuple[int, int] = (0, 0)  # (H, W) of the training images as the network sees them
+    augmentation: str = ""  # the training augmentation, sampler and evaluation in words (`summary_lines`)
 
     @property
     def in_chans(self) -> int:
@@ -48,21 +50,73 @@ class Data:
         return self.preprocess.stats
 
     def summary_lines(self) -> list[str]:
-        """What a run prints at its start about its data: parts and sizes, channels and size, augmentation."""
-        parts = ", ".join(
-            f"{part} {len(batches.order(0)) if part == 'train' else ''}".strip()
-            for part, batches in [("train", self.train), *self.evals.items()]
-        )
+        """What a run prints at its start about its data: the dataset and where, classes and part
+        sizes (and how val was made), channels and image size, and the augmentation in words."""
+        src = self.source
+        where = f" from {src.data_dir}" if src.data_dir else ""
+        how = "in memory" if src.in_memory else "streamed from disk"
+        sizes = [f"train {part_size(self.train)}"]
+        for part, batches in self.evals.items():
+            origin = src.describe_val() if part == "val" else None
+            sizes.append(f"{part} {part_size(batches)}" + (f" ({origin})" if origin else ""))
+        h, w = self.image_hw if self.image_hw != (0, 0) else (self.image_size, self.image_size)
+        if src.in_chans is not None:
+            channels = f"data.in_chans={src.in_chans}"
+        elif src.reads_files:
+            channels = "every image grey" if self.in_chans == 1 else "colour images"
+        else:
+            channels = f"{src.dataset}'s own"
         return [
-            f"data: {self.name}, {len(self.classes)} classes, {self.in_chans}x{self.image_size}x{self.image_size}; "
-            f"parts: {parts}"
+            f"data: {self.name}{where} ({how}); {len(self.classes)} classes; " + ", ".join(sizes),
+            f"input: {self.in_chans} channel{'s' if self.in_chans > 1 else ''} ({channels}), {h}x{w} pixels",
+            f"augment: {self.augmentation}",
         ]
+
+
+def part_size(batches: Any) -> int:
+    """Images in a part (all ranks): InMemoryBatches and FolderBatches both count their classes."""
+    return int(batches.class_counts().sum())
+
+
+def describe_augmentation(cfg: Config) -> str:
+    """The training augmentation, the sampler and the evaluation, in words."""
+    d = cfg.data
+    if d.in_memory:
+        words = {
+            "crop-flip": f"random crop (pad {d.pad}) + horizontal flip",
+            "crop": f"random crop (pad {d.pad})",
+            "flip": "horizontal flip",
+            "none": "none",
+        }[d.augment]
+    else:
+        size = d.image_size or 224
+        flip = " + horizontal flip" if d.hflip else ""
+        words = {
+            "scale": f"shorter side {round(size * EVAL_RESIZE_RATIO)}..{round(size * 480 / 224)}, random {size} crop"
+            + flip,
+            "rrc": f"random-resized {size} crop" + flip,
+            "none": f"none (centre {size} crop)",
+        }.get(d.augment, d.augment)
+    parts = [words]
+    if not d.hflip:
+        parts.append("no flips (data.hflip=false)")
+    if d.sampler == "balanced":
+        parts.append("class-balanced sampling")
+    if cfg.train.tta_flip:
+        parts.append("flip TTA at evaluation")
+    return "; ".join(parts)
 
 
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     source = DataSource.from_config(cfg.data, cfg.train.seed)
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
+    if source.watch_part is None:
+        raise ConfigError(
+            f"nothing to evaluate on: {source.dataset} {source.data_dir or ''} has no val or test part of its "
+            "own and data.split=full holds out nothing; use data.split=auto (a stratified data.val_fraction "
+            "of train) or add a val/ folder"
+        )
     if not cfg.data.in_memory:
         return build_folder_data(cfg, source, device, dist)
     d = cfg.data
@@ -78,27 +132,36 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         seed=cfg.train.seed,
         rank=dist.rank,
         world_size=dist.world_size,
+        sampler=d.sampler,
         **common,
     )
-    c, h, _ = train.image_shape
+    c, h, w = train.image_shape
     preprocess = Preprocess(c, h, "shorter-center-crop", train_batches.stats)
     evals = {part: source.eval_batches(part, preprocess, batch_size=EVAL_BATCH_SIZE, **common) for part in source.parts}
-    return Data(train_batches, evals, list(train.classes), preprocess, source, train.name, bool(train.synthetic))
+    return Data(
+        train_batches,
+        evals,
+        list(train.classes),
+        preprocess,
+        source,
+        train.name,
+        bool(train.synthetic),
+        image_hw=(h, w),
+        augmentation=describe_augmentation(cfg),
+    )
 
 
 def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dist: Dist) -> Data:
-    """data.in_memory=false: an ImageFolder tree decoded in DataLoader workers (ImageNet scale);
-    train/ trains, val/ is the evaluation set (part "test")."""
-    from reslab.data.datasets import resolve_data_dir
-    from reslab.data.folder_batches import FolderBatches
+    """data.in_memory=false: image files decoded in DataLoader workers (ImageNet scale); the parts
+    as in memory (an ImageFolder tree's val/ folder is part "val")."""
     from reslab.data.folder_transforms import imagenet_norm_stats
 
     d = cfg.data
     problems = []
-    if d.dataset != "imagefolder":
-        problems.append(f"data.dataset={d.dataset!r} (only imagefolder streams from disk; the others fit in memory)")
-    if d.split != "full":
-        problems.append(f"data.split={d.split!r} (use full: val/ is the evaluation set)")
+    if not source.reads_files:
+        problems.append(
+            f"data.dataset={d.dataset!r} (only imagefolder and csv stream from disk; the others fit in memory)"
+        )
     if d.augment not in FOLDER_AUGMENT_KINDS:
         problems.append(f"data.augment={d.augment!r} (valid here: {', '.join(FOLDER_AUGMENT_KINDS)})")
     if d.normalize != "channel":
@@ -108,18 +171,18 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
     if problems:
         raise ConfigError("data.in_memory=false does not fit " + "; ".join(problems))
     size = d.image_size or 224
-    preprocess = Preprocess(3, size, eval_resize(size, EVAL_RESIZE_RATIO), imagenet_norm_stats())
-    root = resolve_data_dir(d.data_dir)
-    train = FolderBatches(
-        root,
+    in_chans = source.input_channels or 3
+    preprocess = Preprocess(in_chans, size, eval_resize(size, EVAL_RESIZE_RATIO), imagenet_norm_stats(in_chans))
+    train = source.folder_batches(
         "train",
-        batch_size=cfg.train.batch_size // dist.world_size,
         train=True,
+        batch_size=cfg.train.batch_size // dist.world_size,
         stats=preprocess.stats,
         augment=d.augment,
+        hflip=d.hflip,
+        sampler=d.sampler,
         image_size=size,
-        workers=d.workers,
-        seed=cfg.train.seed,
+        in_chans=in_chans,
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,
@@ -127,13 +190,22 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
     )
     if len(train) == 0:
         raise ConfigError(
-            f"{root}: {len(train.dataset)} training images make no whole batch of "
+            f"{source.data_dir}: {len(train.dataset)} training images make no whole batch of "
             f"{cfg.train.batch_size}; lower train.batch_size"
         )
-    test = source.eval_batches(
-        "test", preprocess, device=device, batch_size=EVAL_BATCH_SIZE, channels_last=cfg.train.channels_last
+    common = dict(device=device, batch_size=EVAL_BATCH_SIZE, channels_last=cfg.train.channels_last)
+    evals = {part: source.eval_batches(part, preprocess, **common) for part in source.parts}
+    return Data(
+        train,
+        evals,
+        train.classes,
+        preprocess,
+        source,
+        d.dataset,
+        False,
+        image_hw=(size, size),
+        augmentation=describe_augmentation(cfg),
     )
-    return Data(train, {"test": test}, train.classes, preprocess, source, "imagefolder", False)
 
 
 def build_model(cfg: Config, data: Data) -> ResNet:
@@ -144,6 +216,7 @@ def build_model(cfg: Config, data: Data) -> ResNet:
     if m.drop_rate:
         options["drop_rate"] = m.drop_rate
     model = create_model(m.name, num_classes=len(data.classes), in_chans=data.in_chans, **options)
+    check_input_size(model, data)
     if m.pretrained:
         from reslab.train.pretrained import load_pretrained
 
@@ -151,6 +224,26 @@ def build_model(cfg: Config, data: Data) -> ResNet:
     if m.activation_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+# CIFAR-stem networks (stride 1 stem) suggested when images are too small for the one asked for.
+SMALL_INPUT_MODELS = ("fast_resnet10", "resnet20")
+
+
+def check_input_size(model: ResNet, data: Data) -> None:
+    """A one-line ConfigError when the images are smaller than the network's `min_input_size`."""
+    need = model.min_input_size
+    h, w = data.image_hw if data.image_hw != (0, 0) else (data.image_size, data.image_size)
+    if min(h, w) >= need:
+        return
+    fits = next(
+        (name for name in SMALL_INPUT_MODELS if create_model(name, num_classes=2).min_input_size <= min(h, w)), None
+    )
+    alternative = f" or a CIFAR-stem model such as {fits}" if fits and fits != model.name else ""
+    raise ConfigError(
+        f"{model.name} needs at least {need}x{need} input; these images are {h}x{w}: use "
+        f"--set data.image_size={need}{alternative}"
+    )
 
 
 def apply_depth_rules(cfg: Config) -> None:

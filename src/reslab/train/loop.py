@@ -87,7 +87,7 @@ def remove_failed_start(run: RunDir, created: list[Path]) -> None:
     run (it may hold the user's files) or holds checkpoints (a run to resume)."""
     if not created or created[0] != run.path or run.holds_run():
         return
-    for f in (run.config, run.metrics, run.summary, run.weights):
+    for f in (run.config, run.metrics, run.summary, run.weights, run.best_weights):
         f.unlink(missing_ok=True)
     run.remove_stale_temps()
     for f in run.tensorboard.glob("events.out.tfevents.*"):

@@ -2,7 +2,7 @@
 checkpoint fits a run, and resuming from the newest one that does.
 
 `reslab.checkpoint` owns the file protocol and the `Checkpoint` record; this module maps it onto
-the trainer's model, optimizer, EMA, scaler, schedule, position and RNG states.
+the trainer's model, optimizer, EMA, scaler, schedule, position, RNG states and best evaluation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from reslab.checkpoint import Checkpoint, load_latest_good, set_aside_newer, set
 from reslab.errors import CheckpointError
 from reslab.train.distributed import on_rank0
 from reslab.train.schedule import ScheduleState
-from reslab.train.state import TrainState
+from reslab.train.state import BestSoFar, TrainState
 
 if TYPE_CHECKING:
     from reslab.train.trainer import Trainer
@@ -54,6 +54,8 @@ def make_checkpoint(trainer: Trainer, ranks: list[tuple[dict, torch.Tensor]]) ->
         reslab_version=__version__,
         ema=trainer.ema.state_dict() if trainer.ema is not None else None,
         scaler=trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        best=trainer.best.as_dict(),
+        best_weights=trainer.best_weights,
     )
 
 
@@ -63,8 +65,12 @@ def check_fits(trainer: Trainer, checkpoint: Checkpoint) -> None:
     saved_model = checkpoint.config.get("model", {}).get("name") if isinstance(checkpoint.config, dict) else None
     if saved_model not in (None, trainer.cfg.model.name):
         raise CheckpointError(f"{where} holds {saved_model} but config.yaml names {trainer.cfg.model.name}")
-    for what, module, saved in (("model", trainer.model, checkpoint.model), ("ema", trainer.ema, checkpoint.ema)):
-        if module is None or (what == "ema" and saved is None):  # no EMA before: it starts fresh
+    for what, module, saved in (
+        ("model", trainer.model, checkpoint.model),
+        ("ema", trainer.ema, checkpoint.ema),
+        ("best", trainer.eval_model, checkpoint.best_weights),
+    ):
+        if module is None or (what != "model" and saved is None):  # no EMA / best before: it starts fresh
             continue
         own = module.state_dict()
         if saved is None or set(saved) != set(own):
@@ -134,6 +140,8 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     set_rng_states(checkpoint.rng[trainer.dist.rank if same_world else 0])
     trainer.state = TrainState(**checkpoint.position)
     trainer.schedule.state = ScheduleState(**checkpoint.schedule)
+    trainer.best = BestSoFar(**checkpoint.best) if checkpoint.best is not None else BestSoFar()
+    trainer.best_weights = checkpoint.best_weights
     # The checkpoint holds this very step: writing it again would replace its checksum file before
     # the file itself, and a kill between the two would leave the pair mismatched.
     trainer.last_saved = checkpoint.step

@@ -8,7 +8,7 @@ features (bf16/fp16 autocast) are switched here; the models stay device- and dty
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,8 @@ class StepSettings:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     skip_nonfinite: bool = False  # on a NaN/inf: undo the BN statistics update and skip the update
+    # (num_classes,) float32 on the batch's device: cross-entropy weight of each class; None = unweighted
+    class_weights: torch.Tensor | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -35,6 +37,18 @@ class StepResult:
     loss_value: float  # loss.item()
     grad_norm: torch.Tensor  # global gradient norm before clipping
     nonfinite: str = ""  # "loss" or "gradient norm" when the step was not taken (see train_step)
+
+
+def inverse_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights n / (C * n_c) from the training images per class (optim.class_weights=auto):
+    (C,) int64 -> (C,) float32. Every class then weighs as much in the loss as a class of average
+    size, and a balanced set gets weight 1 everywhere. A class with no training image gets weight 0:
+    no target has it, so its weight never enters the loss (n / 0 would be inf)."""
+    counts = counts.to(torch.float64)
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (len(counts) * counts[present])
+    return weights.to(torch.float32)
 
 
 def nonfinite_part(loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
@@ -74,7 +88,9 @@ def train_step(
     saved_buffers = [b.detach().clone() for b in buffers]
     with autocast(x.device, settings.precision):
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), y, weight=settings.class_weights, label_smoothing=settings.label_smoothing
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

@@ -7,14 +7,26 @@
 that step (a shared stop decision, a mid-epoch evaluation, a checkpoint), an evaluation and a
 checkpoint at each epoch end, and at the end the final evaluation, weights and summary. Every
 file goes into the run directory through `RunDir`; checkpoints are `reslab.checkpoint`'s.
+
+Every evaluation is printed (one line), logged, and taken in by `BestSoFar`, which follows the
+top-1 error of the watched part (`watched_part`): under train.keep=best the weights of each new
+best go to best.safetensors and the run ends with them; train.early_stop=N ends the run after N
+evaluations in a row without a lower error. The best record (and under keep=best its weights) is
+part of every checkpoint, so a resumed run goes on with the same best.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import math
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +38,6 @@ from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.evaluation import evaluate
-from reslab.machine import environment
 from reslab.rundir import RunDir
 from reslab.train.build import apply_depth_rules, build_data, build_model
 from reslab.train.distributed import (
@@ -38,13 +49,14 @@ from reslab.train.distributed import (
     state_digest,
 )
 from reslab.train.optim import build_ema, build_optimizer
+from reslab.train.results import run_summary, weights_meta
 from reslab.train.resume import make_checkpoint, resume_from_checkpoint
-from reslab.train.runlog import RunLog
+from reslab.train.runlog import RunLog, class_weights_line, eval_line, setup_line, watch_line
 from reslab.train.schedule import Schedule
 from reslab.train.signals import StopOnSignal
-from reslab.train.state import TrainState
-from reslab.train.step import StepResult, StepSettings, train_step
-from reslab.weights import WeightsMeta, save_weights
+from reslab.train.state import BestSoFar, TrainState
+from reslab.train.step import StepResult, StepSettings, inverse_frequency_weights, train_step
+from reslab.weights import WeightsMeta, read_meta, save_weights
 
 
 class NonFiniteError(ReslabError):
@@ -82,6 +94,12 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
 
+def watched_part(data: Any) -> str | None:
+    """The part whose top-1 error picks the kept weights, stops a run early and drives the plateau
+    schedule: the data source's `watch_part` ("val" when the run has one, else "test")."""
+    return data.source.watch_part
+
+
 class Trainer:
     def __init__(self, cfg: Config, run: RunDir, dist: Dist, device: torch.device, *, resume: bool) -> None:
         self.cfg, self.run, self.dist, self.device = cfg, run, dist, device
@@ -105,17 +123,26 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train)
         self.total = total_steps_of(cfg, self.steps_per_epoch)
         self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total)
+        # optim.class_weights=auto: from the training images' class counts, the same on every rank
+        self.class_weights = (
+            inverse_frequency_weights(self.data.train.class_counts()) if cfg.optim.class_weights == "auto" else None
+        )
         self.settings = StepSettings(
             precision=cfg.train.precision,
             label_smoothing=cfg.optim.label_smoothing,
             grad_clip=cfg.optim.grad_clip,
             skip_nonfinite=cfg.train.on_nonfinite == "skip",
+            class_weights=self.class_weights.to(device) if self.class_weights is not None else None,
         )
         self.state = TrainState()
-        self.history: list[dict[str, Any]] = []
+        self.watch = watched_part(self.data)
+        self.best = BestSoFar()
+        self.best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best's weights (keep=best)
+        self.history: list[dict[str, Any]] = []  # this process's evaluations, oldest first
         self.last_saved = -1  # step of the newest checkpoint this process took part in
         if resume:
             resume_from_checkpoint(self)
+            on_rank0(dist, self._restore_best_file)
         elif dist.main:
             save_config(cfg, run.config)
         self.train_model = self._wrap(self.model)
@@ -135,6 +162,11 @@ class Trainer:
         """What evaluations (and the final weights) use: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
+    @property
+    def stopping_early(self) -> bool:
+        """train.early_stop=N and the last N evaluations found no lower watched top-1 error."""
+        return 0 < self.cfg.train.early_stop <= self.best.stale
+
     # ---- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
@@ -142,23 +174,35 @@ class Trainer:
         signal stopped the run (a checkpoint was written)."""
         try:
             with self.stopper:
-                while self.state.step < self.total:
+                self._announce()
+                while self.state.step < self.total and not self.stopping_early:
                     self._agree_on_stop()
                     if self.state.stop_requested:
                         break
                     self._train_epoch()
-                if self.state.stop_requested and self.state.step < self.total:
+                if self.state.stop_requested and self.state.step < self.total and not self.stopping_early:
                     return self._stop()
             return self._finish()
         finally:
             self.log.close()
+
+    def _announce(self) -> None:
+        """What the run trains on and how, before its first step."""
+        for line in self.data.summary_lines():
+            self.log.message(line)
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log.message(setup_line(self.cfg, params, self.total, self.steps_per_epoch))
+        if self.class_weights is not None:
+            self.log.message(class_weights_line(self.data.train.class_counts(), self.class_weights, self.data.classes))
+        if self.watch and (self.cfg.train.keep == "best" or self.cfg.train.early_stop):
+            self.log.message(watch_line(self.watch, self.cfg.train.keep, self.cfg.train.early_stop))
 
     def _train_epoch(self) -> None:
         s = self.state
         meter = EpochMeter(self.device)
         self.train_model.train()
         for batch in self.data.train.epoch(s.epoch, start_batch=s.batch_in_epoch):
-            if s.step >= self.total or s.stop_requested:
+            if s.step >= self.total or s.stop_requested or self.stopping_early:
                 break
             if self._step(batch, meter):
                 self._after_step()
@@ -190,7 +234,7 @@ class Trainer:
         s, t = self.state, self.cfg.train
         self._agree_on_stop()
         if t.eval_every > 0 and s.step % t.eval_every == 0 and s.step < self.total:
-            self.log.eval(self.evaluate())
+            self._record_eval(self.evaluate())
             self.train_model.train()
         if (
             t.checkpoint_every
@@ -213,8 +257,7 @@ class Trainer:
                     "train_img_per_s": round(train_metrics["img_per_s"], 1),
                 }
             )
-            self.log.eval(record)
-            self.history.append(record)
+            self._record_eval(record)
         if s.step < self.total:
             self.save()
 
@@ -281,9 +324,47 @@ class Trainer:
             return record
 
         record = on_rank0(self.dist, compute)
-        watch = "val" if "val" in self.data.evals else "test"
-        self.schedule.observe_eval(record[f"{watch}_loss"])
+        if self.watch:
+            self.schedule.observe_eval(record[f"{self.watch}_loss"])
         return record
+
+    def _record_eval(self, record: dict[str, Any]) -> None:
+        """An evaluation of this run: taken in as a possible new best, logged and printed."""
+        self._observe(record)
+        self.log.eval(record)
+        self.log.message(eval_line(record, self.total, self.watch, self.best))
+        self.history.append(record)
+
+    def _observe(self, record: dict[str, Any]) -> None:
+        """Let `BestSoFar` take in an evaluation of the current weights; under train.keep=best a new
+        best's weights are copied (for checkpoints and the end) and written to best.safetensors."""
+        if not self.watch or not self.best.observe(record["step"], record[f"{self.watch}_top1_error"], record):
+            return
+        if self.cfg.train.keep == "best":
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
+            on_rank0(self.dist, lambda: self._save_weights(self.run.best_weights, self.eval_model, self._best_meta()))
+
+    def _best_meta(self) -> WeightsMeta:
+        return weights_meta(self, self.best.record, step=self.best.step)
+
+    def _best_model(self) -> nn.Module:
+        """A copy of the evaluated network holding the best evaluation's weights (train.keep=best)."""
+        model = copy.deepcopy(self.eval_model)
+        model.load_state_dict(self.best_weights)
+        return model
+
+    def _restore_best_file(self) -> None:
+        """On resume (rank 0): best.safetensors must hold the checkpoint's best. A file written after
+        the checkpoint by the process that was stopped holds a later step: write it again."""
+        if self.cfg.train.keep != "best" or self.best_weights is None:
+            return
+        try:
+            if read_meta(self.run.best_weights).metrics.get("step") == self.best.step:
+                return
+        except ReslabError:  # missing or damaged
+            pass
+        self._save_weights(self.run.best_weights, self._best_model(), self._best_meta())
+        print(f"wrote {self.run.best_weights.name} again: the best so far is step {self.best.step}'s", file=sys.stderr)
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
@@ -317,11 +398,16 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         s = self.state
-        if s.batch_in_epoch:  # an iteration budget that ended mid-epoch: evaluate once more
-            record = self.evaluate()
-            self.log.eval(record)
-            self.history.append(record)
+        if s.batch_in_epoch and self.best.seen_step != s.step:  # an iteration budget ended mid-epoch
+            self._record_eval(self.evaluate())
         final = self.history[-1] if self.history else self._logged_final() or self.evaluate()
+        if self.best.seen_step < final["step"]:  # a checkpoint of an older reslab, resumed at the end
+            self._observe(final)
+        if self.stopped_early:
+            self.log.message(
+                f"stopped early at step {s.step}/{self.total}: {self.best.stale} evaluations without a lower "
+                f"{self.watch} top-1 error than step {self.best.step}'s (train.early_stop={self.cfg.train.early_stop})"
+            )
         self.save()
         digests = None
         if self.dist.world_size > 1:
@@ -330,7 +416,7 @@ class Trainer:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
             digests = gather_to_rank0(self.dist, state_digest(self.model))
-        summary = self._summary(final, digests)
+        summary = run_summary(self, final, digests)
         on_rank0(self.dist, lambda: self._write_results(final, summary, digests))
         return summary
 
@@ -347,64 +433,40 @@ class Trainer:
 
         return on_rank0(self.dist, read)
 
-    def _summary(self, final: dict[str, Any], digests: list[str] | None) -> dict[str, Any]:
-        s, dist = self.state, self.dist
-        summary = {
-            "run_dir": str(self.run),
-            "model": self.cfg.model.name,
-            "dataset": self.data.name,
-            "synthetic_data": self.data.synthetic,
-            "steps": s.step,
-            "epochs": round(s.step / self.steps_per_epoch, 3),
-            "wall_time_s": round(time.perf_counter() - self.wall_start, 2),
-            "final": final,
-            "skipped_steps": s.skipped_steps,
-            "environment": environment(),
-        }
-        if dist.world_size > 1:
-            summary["distributed"] = {
-                "world_size": dist.world_size,
-                "backend": dist.backend,
-                "weights_sha256_per_rank": digests,
-            }
-        return summary
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopping_early and self.state.step < self.total
 
-    def weights_meta(self, final: dict[str, Any]) -> WeightsMeta:
-        """What the final weights record: architecture, classes, preprocessing, data, metrics, command."""
-        cfg, data = self.cfg, self.data
-        metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
-        metrics["eval_tta_flip"] = float(cfg.train.tta_flip)  # how the test metrics were measured
-        return WeightsMeta(
-            model=cfg.model.name,
-            num_classes=len(data.classes),
-            in_chans=data.in_chans,
-            options={k: v for k, v in {"shortcut": cfg.model.shortcut}.items() if v},
-            classes=data.classes,
-            input_size=data.image_size,
-            resize=data.preprocess.resize,
-            dataset=data.name,
-            data_dir=cfg.data.data_dir or "",
-            metrics=metrics,
-            evaluation={
-                "tta_flip": cfg.train.tta_flip,
-                "precision": cfg.train.precision,
-                "channels_last": cfg.train.channels_last,
-            },
-            command=environment()["command"],
-            data_sha256=dataset_sha256(cfg.data.dataset, cfg.data.data_dir, listing=not cfg.data.in_memory),
-        )
+    @functools.cached_property
+    def data_sha256(self) -> str:
+        """Of the dataset's files: computed once, as keep=best writes weights at every new best."""
+        return dataset_sha256(self.cfg.data.dataset, self.cfg.data.data_dir, listing=not self.cfg.data.in_memory)
 
     def _write_results(self, final: dict[str, Any], summary: dict[str, Any], digests: list[str] | None) -> None:
         if digests and len(set(digests)) > 1:
             self.log.message(
                 f"warning: the {self.dist.world_size} processes ended with different weights; rank 0's are saved"
             )
-        try:
-            save_weights(self.run.weights, self.eval_model, self.weights_meta(final), self.data.stats)
+        if self.cfg.train.keep == "best" and self.best_weights is not None:
+            model, meta = self._best_model(), self._best_meta()
+        else:
+            model, meta = self.eval_model, weights_meta(self, final)
+        self._save_weights(self.run.weights, model, meta)
+        with self._writing(self.run.summary):
             atomic_write_bytes(self.run.summary, json.dumps(summary, indent=2).encode())
+
+    def _save_weights(self, path: Path, model: nn.Module, meta: WeightsMeta) -> None:
+        with self._writing(path):
+            save_weights(path, model, meta, self.data.stats)
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """A failed write (a full disk) as one line that says the run can be resumed."""
+        try:
+            yield
         except OSError as exc:
             raise CheckpointError(
-                f"could not write the final weights to {self.run} ({exc.strerror or exc}); the last "
+                f"could not write {path.name} to {self.run} ({exc.strerror or exc}); the last "
                 f"checkpoint is intact: free some space, then `reslab train --resume {self.run}`"
             ) from exc
 
