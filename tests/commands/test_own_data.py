@@ -23,9 +23,26 @@ from reslab.weights import read_meta
 
 def train(tmp_path: Path, data: str, data_dir: Path, *settings: str, model: str = "resnet_cifar_8") -> Path:
     run = tmp_path / "run"
-    args = ["train", "--data", data, "--data-dir", str(data_dir), "--model", model, "--iterations", "2",
-            "--no-progress", "--run-dir", str(run), "--set", "train.batch_size=8", "--set", "train.threads=1",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        data,
+        "--data-dir",
+        str(data_dir),
+        "--model",
+        model,
+        "--iterations",
+        "2",
+        "--no-progress",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.threads=1",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     for setting in settings:
         args += ["--set", setting]
     assert main(args) == 0
@@ -108,8 +125,20 @@ def test_a_bad_csv_row_is_one_line(tmp_path: Path, capsys, row, message) -> None
     write_class_tree(tmp_path / "img", {"all": {"cat": 2, "dog": 2}}, size=(12, 12))
     good = [("img/all/cat/000.png", "cat", "train"), ("img/all/dog/000.png", "dog", "train")]
     csv_path = write_label_csv(tmp_path / "labels.csv", [*good, row])
-    args = ["train", "--data", "csv", "--data-dir", str(csv_path), "--iterations", "1", "--no-progress",
-            "--run-dir", str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        "csv",
+        "--data-dir",
+        str(csv_path),
+        "--iterations",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -130,9 +159,24 @@ def test_grey_images_train_as_one_channel(tmp_path: Path, mode: str, channels: i
 def test_images_too_small_for_the_network_is_one_line(tmp_path: Path, capsys) -> None:
     tree = tmp_path / "tree"
     write_class_tree(tree, {"train": {"a": 8, "b": 8}, "val": {"a": 2, "b": 2}}, size=(28, 28))
-    args = ["train", "--data", "imagefolder", "--data-dir", str(tree), "--model", "resnet18", "--iterations", "1",
-            "--no-progress", "--run-dir", str(tmp_path / "run"), "--set", "train.batch_size=8",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(tree),
+        "--model",
+        "resnet18",
+        "--iterations",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
@@ -153,3 +197,39 @@ def test_streamed_tree_carves_val_and_reads_grey_as_one_channel(tmp_path: Path) 
     assert "train 18, val 2 (10% of train, stratified, seed 0), test 4" in data.summary_lines()[0]
     assert "streamed" in data.summary_lines()[0]
     assert data.summary_lines()[2] == "augment: shorter side 18..34, random 16 crop; no flips (data.hflip=false)"
+
+
+def test_mixed_sizes_train_at_the_median_shorter_side(tmp_path, capsys) -> None:
+    """data.image_size=null on a tree of two sizes: one size is chosen from train's headers and said."""
+    import shutil
+
+    from dataset_files import write_image_tree
+
+    from reslab.cli import main
+    from reslab.weights import read_meta
+
+    write_image_tree(tmp_path / "tree", size=(60, 40), per_class=6)
+    write_image_tree(tmp_path / "big", size=(90, 70), per_class=6)
+    for path in (tmp_path / "big").rglob("*.*"):
+        target = tmp_path / "tree" / path.relative_to(tmp_path / "big")
+        shutil.copy(path, target.with_name("b" + target.name))
+    args = [
+        "train",
+        "--recipe",
+        "images",
+        "--data-dir",
+        str(tmp_path / "tree"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "70x70 pixels (the median shorter side of train, data.image_size=null)" in err
+    assert read_meta(tmp_path / "run").input_size == 70

@@ -134,6 +134,27 @@ def images_are_grey(paths: list[Path], limit: int = GREY_SAMPLE) -> bool:
     return False not in verdicts and True in verdicts
 
 
+def _header_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # the decoder names the file when it is read
+
+
+def typical_image_size(paths: list[Path], limit: int = GREY_SAMPLE, largest: int = 128) -> int | None:
+    """None when the images share one size (they train at it); else the median shorter side of at
+    most `limit` of them (evenly spaced over `paths`, read from the headers), at most `largest`
+    pixels: photos of mixed sizes are brought to one size a CPU can train at."""
+    if len(paths) > limit:
+        paths = [paths[i * len(paths) // limit] for i in range(limit)]
+    sizes = [size for size in map(_header_size, paths) if size is not None]
+    if not sizes or len(set(sizes)) == 1:
+        return None
+    shorter = sorted(min(w, h) for w, h in sizes)
+    return max(1, min(largest, shorter[len(shorter) // 2]))
+
+
 def load_image_folder(
     root: Path,
     split: Split,

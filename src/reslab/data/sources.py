@@ -57,6 +57,7 @@ class DataSource:
     cache_dir: str | None = None
     synthetic_size: int = 512
     download: bool = False
+    auto_image_size: bool = False  # image_size was chosen by `resolved` (data.image_size null, mixed sizes)
 
     @classmethod
     def from_config(cls, data: Any, seed: int) -> DataSource:
@@ -142,6 +143,17 @@ class DataSource:
         root = resolve_data_dir(self.data_dir)
         listings = [list_samples(self.dataset, root, split)[0] for split in self.stored]
         return 1 if all(images_are_grey([path for path, _ in samples]) for samples in listings) else 3
+
+    def resolved(self) -> DataSource:
+        """This source with data.image_size chosen when it is null and image files differ in size
+        (`reslab.data.folder.typical_image_size` of train: the median shorter side, up to 128)."""
+        if self.image_size is not None or not self.reads_files or not self.in_memory:
+            return self
+        from reslab.data.folder import list_samples, typical_image_size
+
+        train = list_samples(self.dataset, resolve_data_dir(self.data_dir), "train")[0]
+        size = typical_image_size([path for path, _ in train])
+        return self if size is None else replace(self, image_size=size, auto_image_size=True)
 
     # ---- the images of a part --------------------------------------------------------------------
 

@@ -53,13 +53,14 @@ class Data:
         """What a run prints at its start about its data: the dataset and where, classes and part
         sizes (and how val was made), channels and image size, and the augmentation in words."""
         src = self.source
-        where = f" from {src.data_dir}" if src.data_dir else ""
+        where = f" from {src.data_dir}" if src.data_dir and str(src.data_dir) not in self.name else ""
         how = "in memory" if src.in_memory else "streamed from disk"
         sizes = [f"train {part_size(self.train)}"]
         for part, batches in self.evals.items():
             origin = src.describe_val() if part == "val" else None
             sizes.append(f"{part} {part_size(batches)}" + (f" ({origin})" if origin else ""))
         h, w = self.image_hw if self.image_hw != (0, 0) else (self.image_size, self.image_size)
+        chosen = " (the median shorter side of train, data.image_size=null)" if src.auto_image_size else ""
         if src.in_chans is not None:
             channels = f"data.in_chans={src.in_chans}"
         elif src.reads_files:
@@ -68,7 +69,7 @@ class Data:
             channels = f"{src.dataset}'s own"
         return [
             f"data: {self.name}{where} ({how}); {len(self.classes)} classes; " + ", ".join(sizes),
-            f"input: {self.in_chans} channel{'s' if self.in_chans > 1 else ''} ({channels}), {h}x{w} pixels",
+            f"input: {self.in_chans} channel{'s' if self.in_chans > 1 else ''} ({channels}), {h}x{w} pixels{chosen}",
             f"augment: {self.augmentation}",
         ]
 
@@ -108,7 +109,7 @@ def describe_augmentation(cfg: Config) -> str:
 
 
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
-    source = DataSource.from_config(cfg.data, cfg.train.seed)
+    source = DataSource.from_config(cfg.data, cfg.train.seed).resolved()
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     if source.watch_part is None:
