@@ -49,3 +49,17 @@ def test_recipe_file_with_unknown_key(tmp_path) -> None:
     path.write_text("train:\n  epochs: 2\n  batchsize: 64\n")
     with pytest.raises(ConfigError, match=r"mine\.yaml: unknown setting train\.batchsize"):
         load_config(str(path))
+
+
+def test_auto_precision_follows_the_machine(monkeypatch) -> None:
+    """train.precision=auto: bf16 on CPUs with native bf16, fp32 on the others (read at run time)."""
+    import torch
+
+    import reslab.device as device
+
+    assert load_config("fast", ["train.precision=auto"]).train.precision == "auto"
+    monkeypatch.setattr(device, "native_bf16_supported", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(device, "native_bf16_supported", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"

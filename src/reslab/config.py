@@ -99,7 +99,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast; CPU and CUDA) | fp16 (CUDA AMP)
+    # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler) | auto: per machine, at run time: CUDA bf16
+    # where the GPU has it, else fp16; CPU bf16 where it is native (AVX512-BF16 or AMX), else fp32
+    precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (cold compile costs about a minute on CPU)
     tta_flip: bool = False  # evaluate on the image and its mirror, averaging logits

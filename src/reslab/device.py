@@ -44,6 +44,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision for this machine: "auto" -> bf16 on GPUs that support it, fp16 (with a
+    gradient scaler) on older GPUs, bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on
+    other CPUs (AVX2 only: emulated bf16 trains about 10x slower). Other values pass through."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and native_bf16_supported() else "fp32"
+
+
 def native_bf16_supported() -> bool:
     """True when this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX), read at run time.
 

@@ -203,7 +203,8 @@ def plan_evaluation(
         source = DataSource.from_config(cfg.data, cfg.train.seed)
         recorded = {
             "tta_flip": cfg.train.tta_flip,
-            "precision": cfg.train.precision,
+            # train.precision "auto" became this machine's precision when the run trained: the weights say which
+            "precision": meta.evaluation.get("precision", cfg.train.precision),
             "channels_last": cfg.train.channels_last,
         }
         if dataset is not None and dataset != source.dataset:

@@ -42,6 +42,6 @@ STRIDE_ON = ("1x1", "3x3")
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
-# train.precision; inference adds "auto" (bf16 where the CPU has it natively).
-PRECISIONS = ("fp32", "bf16", "fp16")
+# train.precision: "auto" picks per machine at run time (reslab.device.resolve_precision).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 ON_NONFINITE = ("stop", "skip")

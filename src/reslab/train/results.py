@@ -87,7 +87,7 @@ def weights_meta(trainer: Trainer, final: dict[str, Any], step: int | None = Non
         metrics=metrics,
         evaluation={
             "tta_flip": cfg.train.tta_flip,
-            "precision": cfg.train.precision,
+            "precision": trainer.precision,
             "channels_last": cfg.train.channels_last,
         },
         command=environment()["command"],

@@ -36,6 +36,7 @@ from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import rng_states, save_checkpoint
 from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
+from reslab.device import resolve_precision
 from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.evaluation import evaluate
 from reslab.rundir import RunDir
@@ -119,7 +120,8 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = build_ema(self.model, cfg.optim.ema_decay)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+        self.precision = resolve_precision(cfg.train.precision, device)  # "auto" -> this machine's
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.steps_per_epoch = len(self.data.train)
         self.total = total_steps_of(cfg, self.steps_per_epoch)
         self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total)
@@ -128,7 +130,7 @@ class Trainer:
             inverse_frequency_weights(self.data.train.class_counts()) if cfg.optim.class_weights == "auto" else None
         )
         self.settings = StepSettings(
-            precision=cfg.train.precision,
+            precision=self.precision,
             label_smoothing=cfg.optim.label_smoothing,
             grad_clip=cfg.optim.grad_clip,
             skip_nonfinite=cfg.train.on_nonfinite == "skip",
@@ -311,7 +313,7 @@ class Trainer:
                     batches.epoch(0),
                     len(self.data.classes),
                     device=self.device,
-                    precision=self.cfg.train.precision,
+                    precision=self.precision,
                     tta_flip=self.cfg.train.tta_flip,
                 )
                 record.update(
