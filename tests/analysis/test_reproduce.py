@@ -299,3 +299,28 @@ def test_training_length_from_epochs_on_real_fashion_mnist(tmp_path: Path) -> No
     assert "0.5 epochs of 468 iterations = 234 iterations" in plan.length_note
     assert "data.split=full" in plan.overrides and "train.checkpoint_every=7" in plan.overrides
     assert plan.spec("plain20", 1).overrides[-2:] == ["model.name=plain20", "train.seed=1"]
+
+
+def test_a_stopped_run_stops_the_experiment_from_starting_more(tmp_path: Path, monkeypatch) -> None:
+    """--parallel: when a run stops on a signal (exit 3, checkpoint written), no further run starts."""
+    import subprocess
+
+    import reslab.analysis.experiment as experiment
+
+    started = []
+
+    class StoppedAtOnce:  # a `reslab train` process that was stopped by SIGTERM right away
+        def __init__(self, args, **kwargs):
+            started.append(args)
+            self.pid, self.returncode = 4242, None
+
+        def poll(self):
+            self.returncode = 3
+            return 3
+
+    monkeypatch.setattr(subprocess, "Popen", StoppedAtOnce)
+    specs = [experiment.RunSpec(f"resnet_cifar_8-seed{s}", "resnet_cifar_8", s, "cifar-paper", []) for s in range(3)]
+    states = {spec.name: "new" for spec in specs}
+    with pytest.raises(KeyboardInterrupt):
+        experiment._train_in_subprocesses(specs, tmp_path / "runs", states, parallel=2)
+    assert len(started) == 2  # the third run was never started

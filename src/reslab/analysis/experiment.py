@@ -270,6 +270,7 @@ def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str
                 log.close()
                 if proc.returncode == 3:  # stopped by a signal after writing a checkpoint
                     stopped.append(spec.name)
+                    pending.clear()  # someone is stopping the experiment: start nothing new
                 elif proc.returncode != 0:
                     tail = RunDir(runs_dir / spec.name).train_log.read_text(errors="replace").strip().splitlines()
                     failed.append(f"{spec.name} (exit {proc.returncode}: {tail[-1] if tail else 'no output'})")
