@@ -70,6 +70,8 @@ RUNS: dict[str, list[str]] = {
         "data.synthetic_size=128",
         "--set",
         "train.batch_size=32",
+        "--set",
+        "train.precision=fp32",  # the recipe's auto would pick bf16 on CPUs that have it natively
     ],
     "streamed-imagefolder-resnet20": [
         "train",
