@@ -1,7 +1,7 @@
 """ResNet-20 training throughput, end to end (data + augmentation + step): reslab vs a reference loop.
 
 reslab: `InMemoryBatches` (uint8 tensor in memory, batched pad-crop + flip + normalisation) feeding
-reslab's own `train_one_epoch` with the `fast` recipe's engine settings (fp32, channels_last).
+reslab's own `train_step` with the `fast` recipe's settings (its precision, channels_last).
 Reference, written the way torchvision's reference scripts do it: `torch.utils.data.DataLoader`
 over the same images held as PIL images, `RandomCrop(size, padding=4)`, `RandomHorizontalFlip()`,
 `ToTensor()`, `Normalize(...)`, eager float32 NCHW, SGD with momentum; num_workers 0 or 2,
@@ -12,6 +12,13 @@ Rounds are interleaved A, B, A, B ... after a warm-up; we print the median img/s
 the median, min and max of the per-round ratios (see ../shared/BENCHMARKING.md).
 
     python benchmarks/bench_train_throughput.py [--data fashion-mnist|synthetic-cifar] [--rounds 5]
+
+--policies measures instead the cost of the modern augmentation (`reslab.data.augment`) on the
+in-memory path: img/s of `InMemoryBatches` with crop + flip alone ("off") and with each policy,
+random erasing and MixUp/CutMix on top, the variants interleaved round by round; with --with-step
+each batch also goes through a ResNet-20 `train_step` (end-to-end training img/s).
+
+    python benchmarks/bench_train_throughput.py --policies [--data synthetic-cifar] [--with-step]
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from reslab.config import load_config
 from reslab.data import InMemoryBatches, load_cached, make_synthetic
 from reslab.machine import cpu_model
 from reslab.models import count_macs
-from reslab.train.engine import StepContext, TrainState, train_one_epoch
 from reslab.train.optim import build_optimizer
 
 TARGET = 2.5  # issue 3: reslab >= 2.5x the reference
@@ -83,13 +89,100 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def reslab_round(ctx: StepContext, batches: InMemoryBatches, steps: int, epoch: int) -> float:
-    state = TrainState(step=0)
-    ctx.total_steps = steps
-    start = time.perf_counter()
-    metrics = train_one_epoch(ctx, batches.epoch(epoch), state)
-    assert metrics["images"] == steps * batches.batch_size
-    return metrics["images"] / (time.perf_counter() - start)
+def reslab_round(model, optimizer, settings, batches: InMemoryBatches, steps: int, epoch: int) -> float:
+    """img/s of `steps` training steps: reslab's batches through reslab's `train_step` (what the
+    Trainer runs per step, without its logging and checkpoint bookkeeping)."""
+    from reslab.train.step import train_step
+
+    model.train()
+    start, done = time.perf_counter(), 0
+    for batch in batches.epoch(epoch):
+        train_step(model, optimizer, batch, settings)
+        done += 1
+        if done == steps:
+            break
+    assert done == steps, f"an epoch has only {done} batches; lower --steps or --batch-size"
+    return steps * batches.batch_size / (time.perf_counter() - start)
+
+
+# The --policies variants: name -> `Augmentation` on top of crop + flip.
+POLICY_VARIANTS = {
+    "off": {},
+    "trivialaugment": {"policy": "trivialaugment"},
+    "randaugment": {"policy": "randaugment"},
+    "autoaugment": {"policy": "autoaugment"},
+    "erasing+mixup/cutmix": {"random_erasing": 0.25, "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+    "trivialaugment+erasing+mixup/cutmix": {
+        "policy": "trivialaugment",
+        "random_erasing": 0.25,
+        "mixup_alpha": 0.2,
+        "cutmix_alpha": 1.0,
+    },
+}
+
+
+def policy_round(batches: InMemoryBatches, steps: int, epoch: int, step=None) -> float:
+    """img/s of `steps` batches of `epoch` (each through `step(x, y)` when given)."""
+    start, done = time.perf_counter(), 0
+    for x, y in batches.epoch(epoch):
+        if step is not None:
+            step(x, y)
+        done += 1
+        if done == steps:
+            break
+    assert done == steps, f"an epoch has only {done} batches; lower --steps or --batch-size"
+    return steps * batches.batch_size / (time.perf_counter() - start)
+
+
+def policies_main(args: argparse.Namespace, ds) -> None:
+    """--policies: the in-memory pipeline's img/s with each augmentation variant, side by side."""
+    import torchvision
+
+    from reslab.data.augment import Augmentation
+    from reslab.train.step import StepSettings, train_step
+
+    c, h, _ = ds.image_shape
+    loaders = {
+        name: InMemoryBatches(
+            ds, args.batch_size, train=True, normalize="channel", augmentation=Augmentation(**options)
+        )
+        for name, options in POLICY_VARIANTS.items()
+    }
+    step = None
+    if args.with_step:
+        model = create_model("resnet20", num_classes=len(ds.classes), in_chans=c).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            train_step(model, optimizer, (x, y), StepSettings(lr=0.05))
+
+    for batches in loaders.values():  # warm-up
+        policy_round(batches, max(2, args.steps // 3), 0, step)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for r in range(args.rounds):
+        for name, batches in loaders.items():
+            rates[name].append(policy_round(batches, args.steps, r + 1, step))
+        print(f"round {r + 1}: " + "  ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items()), flush=True)
+    print()
+    print(f"command:   {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
+    print(
+        f"hardware:  {cpu_model()}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+    what = "InMemoryBatches + resnet20 train_step (fp32 NCHW)" if args.with_step else "InMemoryBatches alone"
+    print(
+        f"work:      {what}, {args.data} {c}x{h}x{h}, batch {args.batch_size}, "
+        f"{args.steps} batches x {args.rounds} rounds, pad-4 crop + flip + channel normalisation, then"
+    )
+    off = statistics.median(rates["off"])
+    for name, values in rates.items():
+        ratios = [a / b for a, b in zip(values, rates["off"])]
+        print(
+            f"  {name:38s} median {statistics.median(values):8.0f} img/s   vs off: median "
+            f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
+        )
+    print(f"(off = crop + flip only: {off:.0f} img/s)")
 
 
 def main() -> None:
@@ -107,6 +200,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="override the reslab side's settings, e.g. train.precision=bf16"
     )
+    parser.add_argument("--policies", action="store_true", help="img/s of each augmentation variant (in memory)")
+    parser.add_argument("--with-step", action="store_true", help="--policies: each batch through a train step")
+    parser.add_argument("--images", type=int, default=20_000, help="synthetic-cifar: images generated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -114,7 +210,9 @@ def main() -> None:
     if args.data == "fashion-mnist":
         ds = load_cached("fashion-mnist", "train", None)
     else:
-        ds = make_synthetic("train", 20_000, image_size=32, in_chans=3)
+        ds = make_synthetic("train", args.images, image_size=32, in_chans=3)
+    if args.policies:
+        return policies_main(args, ds)
     c, h, _ = ds.image_shape
     n_images = args.steps * args.batch_size * (args.rounds + 1)
     ds = ds.subset(torch.arange(min(len(ds), n_images)))
@@ -141,7 +239,12 @@ def main() -> None:
     ours = create_model("resnet20", num_classes=10, in_chans=c)
     if cfg.train.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
-    ctx = StepContext(ours, build_optimizer(ours, cfg.optim), cfg, torch.device("cpu"), args.steps)
+    from reslab.device import resolve_precision
+    from reslab.train.step import StepSettings
+
+    optimizer = build_optimizer(ours, cfg.optim)
+    precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    settings = StepSettings(lr=cfg.optim.lr, precision=precision, label_smoothing=cfg.optim.label_smoothing)
 
     mean, std = batches.stats.mean.flatten().tolist(), batches.stats.std.flatten().tolist()
     transform = T.Compose([T.RandomCrop(h, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
@@ -160,11 +263,11 @@ def main() -> None:
     warm = {w: reference_round(ref, ref_opt, loader, max(5, args.steps // 3)) for w, loader in loaders.items()}
     workers = max(warm, key=warm.get)
     loader = loaders[workers]
-    reslab_round(ctx, batches, max(5, args.steps // 3), epoch=0)
+    reslab_round(ours, optimizer, settings, batches, max(5, args.steps // 3), epoch=0)
 
     ours_rates, ref_rates = [], []
     for r in range(args.rounds):
-        ours_rates.append(reslab_round(ctx, batches, args.steps, epoch=r + 1))
+        ours_rates.append(reslab_round(ours, optimizer, settings, batches, args.steps, epoch=r + 1))
         ref_rates.append(reference_round(ref, ref_opt, loader, args.steps))
         print(
             f"round {r + 1}: reslab {ours_rates[-1]:7.1f} img/s   reference {ref_rates[-1]:7.1f} img/s   "
@@ -175,7 +278,8 @@ def main() -> None:
     print()
     print(f"command:   {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     print(
-        f"hardware:  {cpu_model()}, {torch.get_num_threads()} threads; "
+        f"hardware:  {cpu_model()} (ATen {torch.backends.cpu.get_cpu_capability()}), "
+        f"{torch.get_num_threads()} threads; "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
     print(
@@ -187,7 +291,7 @@ def main() -> None:
         f"(warm-up: 0 -> {warm[0]:.0f} img/s, 2 -> {warm[2]:.0f} img/s), eager fp32 NCHW, SGD momentum"
     )
     print(
-        f"reslab:    InMemoryBatches + train_one_epoch, {cfg.train.precision}, "
+        f"reslab:    InMemoryBatches + train_step, {precision} (train.precision {cfg.train.precision}), "
         f"{'channels_last' if cfg.train.channels_last else 'NCHW'}"
     )
     print(f"median img/s: reslab {statistics.median(ours_rates):.1f}, reference {statistics.median(ref_rates):.1f}")
