@@ -34,6 +34,9 @@ class ModelConfig:
     drop_rate: float = 0.0  # Wide ResNet dropout probability between convs, in [0, 1) (0 = the paper's no dropout)
     pretrained: str | None = None  # start from weights: reslab .safetensors/run dir, or a torchvision file
     activation_checkpointing: bool = False  # recompute each stage in backward: less memory, ~30% more compute
+    # stochastic depth (Huang et al. 2016): the last block's probability of skipping its residual branch,
+    # the others' rising linearly with depth from 0 (the linear rule); identity at evaluation. 0 = off
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -55,6 +58,21 @@ class DataConfig:
     in_chans: int | None = None  # 1 (grey) or 3 (RGB); None: 1 when every image is grey, else 3
     in_memory: bool = True  # decode once into a uint8 tensor; False = DataLoader workers (large ImageFolders)
     sampler: str = "random"  # random (a permutation per epoch) | balanced (classes drawn equally often)
+    # repeated augmentation (Hoffer et al. 2020; torchvision's --ra-reps): each epoch shows every image
+    # this many times, differently augmented, spread over the processes; the epoch keeps its length. 1 = off
+    repeats: int = 1
+    # an augmentation policy of torchvision.transforms.v2 applied per training image on uint8 pixels:
+    # none | trivialaugment (TrivialAugmentWide) | randaugment | autoaugment (the ImageNet policy)
+    policy: str = "none"
+    policy_magnitude: int = 9  # RandAugment's magnitude, 0..30 (torchvision's default 9; 2 ops per image)
+    random_erasing: float = 0.0  # probability of erasing a random rectangle of each training image (RandomErasing)
+    mixup_alpha: float = 0.0  # > 0: mix pairs of images and their targets, lambda ~ Beta(alpha, alpha) (MixUp)
+    cutmix_alpha: float = 0.0  # > 0: paste a box of another image, targets by area (CutMix); with mixup, one of
+    # the two per batch at random (torchvision's reference)
+    eval_image_size: int | None = None  # test resolution when it differs from the training crop (image_size):
+    # evaluate at this size (FixRes: train 176, test 224 in torchvision's recipe); None = image_size
+    eval_resize_size: int | None = None  # ImageFolder evaluation: shorter side before the centre crop of
+    # eval_image_size; None = eval_image_size * 256 / 224 (torchvision's V2 recipe: 232 for 224)
     workers: int = 2  # DataLoader workers when in_memory is False
     synthetic_size: int = 512  # images in the synthetic smoke-test set
     cache_dir: str | None = None  # uint8 cache location (default ~/.cache/reslab)
@@ -70,7 +88,8 @@ class OptimConfig:
     no_decay_bn_bias: bool = False  # exclude BN parameters and biases from weight decay
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 = off
-    ema_decay: float = 0.0  # EMA of weights per step (e.g. 0.999); 0 = off
+    ema_decay: float = 0.0  # EMA of weights per update (e.g. 0.999); 0 = off
+    ema_every: int = 1  # update the EMA every N optimizer steps (torchvision's --model-ema-steps 32)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW only
     class_weights: str = "none"  # none | auto (cross-entropy weighted by inverse class frequency)
 
@@ -83,6 +102,7 @@ class ScheduleConfig:
     gamma: float = 0.1  # decay factor (step, multistep, plateau)
     warmup_steps: int = 0  # linear warm-up from warmup_lr to lr over these iterations
     warmup_lr: float = 0.0  # lr at step 0 of a linear warm-up
+    warmup_epochs: float = 0.0  # the warm-up in epochs (in steps once the epoch's are known); or warmup_steps
     warmup_until_error: float = 0.0  # paper ResNet-110: hold warmup_lr until train error < this (0 = off)
     warmup_min_depth: int = 0  # apply warmup_until_error only to models at least this deep (paper: 110)
     final_lr: float = 0.0  # lr at the last step (cosine, linear, onecycle)
@@ -95,6 +115,10 @@ class TrainConfig:
     iterations: int = 0  # total optimizer steps (paper: 64000); 0 = use epochs
     epochs: float = 0.0  # total epochs if iterations is 0
     batch_size: int = 128  # global batch (split across processes under torchrun)
+    # gradient accumulation: each process splits its share of a batch into this many micro-batches
+    # and sums their gradients before one optimizer step; the batch (and so the recipe) is unchanged,
+    # the memory is that of a micro-batch. batch_size must divide evenly. 1 = off
+    accum_steps: int = 1
     eval_every: int = 0  # evaluate every N iterations; 0 = once per epoch; -1 = only after the last step
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
@@ -280,6 +304,7 @@ CHOICES = {
     ("optim", "class_weights"): vocab.CLASS_WEIGHTS,
     ("train", "keep"): vocab.KEEP,
     ("train", "on_nonfinite"): vocab.ON_NONFINITE,
+    ("data", "policy"): vocab.POLICIES,
 }
 
 
@@ -327,6 +352,14 @@ AT_LEAST_ONE = Range(1, INT64_MAX)
 # Every int and float setting (and each item of a list of numbers), checked by `validate`.
 RANGES: dict[tuple[str, str], Range] = {
     ("model", "drop_rate"): UNIT,  # a dropout probability; 1 would drop everything
+    ("model", "drop_path_rate"): UNIT,  # the deepest block's drop probability; 1 would drop its branch always
+    ("data", "repeats"): Range(1, 64),  # torchvision's recipe uses 4; more than 64 copies of an image is a typo
+    ("data", "policy_magnitude"): Range(0, 30),  # torchvision's RandAugment has 31 magnitude bins
+    ("data", "random_erasing"): FRACTION,  # a probability
+    ("data", "mixup_alpha"): Range(0, 100),  # Beta(alpha, alpha); 0 = off (recipes use 0.1 .. 1)
+    ("data", "cutmix_alpha"): Range(0, 100),
+    ("data", "eval_image_size"): Range(1, 4096),  # or None (the training size)
+    ("data", "eval_resize_size"): Range(1, 4096),  # or None (eval_image_size * 256 / 224)
     ("data", "val_size"): AT_LEAST_ONE,  # under split=paper; must also leave training images (checked on load)
     ("data", "val_fraction"): Range(0, 1, low_open=True, high_open=True),  # a share of each class
     ("data", "in_chans"): Range(1, 3),  # or None (auto); 2 is refused by validate
@@ -342,12 +375,14 @@ RANGES: dict[tuple[str, str], Range] = {
     ("optim", "label_smoothing"): UNIT,  # 1 would make every target uniform: nothing left to learn
     ("optim", "grad_clip"): NON_NEGATIVE,  # 0 = off
     ("optim", "ema_decay"): UNIT,  # 0 = off; 1 would never move the average
+    ("optim", "ema_every"): AT_LEAST_ONE,
     ("optim", "betas"): UNIT,  # each of the two (AdamW's beta1, beta2)
     ("schedule", "milestones"): COUNT,  # each
     ("schedule", "step_size"): AT_LEAST_ONE,
     ("schedule", "gamma"): Range(0, 1, low_open=True),  # a decay factor: 1 = no decay; 0 or less is no lr
     ("schedule", "warmup_steps"): COUNT,
     ("schedule", "warmup_lr"): NON_NEGATIVE,
+    ("schedule", "warmup_epochs"): Range(0, 1e6),
     ("schedule", "warmup_until_error"): FRACTION,  # a training error; 0 = off
     ("schedule", "warmup_min_depth"): COUNT,
     ("schedule", "final_lr"): NON_NEGATIVE,
@@ -357,6 +392,7 @@ RANGES: dict[tuple[str, str], Range] = {
     # 1e9 epochs is beyond any run, and keeps epochs x steps per epoch well within int64.
     ("train", "epochs"): Range(0, 1e9),
     ("train", "batch_size"): AT_LEAST_ONE,
+    ("train", "accum_steps"): Range(1, 4096, note="micro-batches per optimizer step; 1 = off"),
     ("train", "eval_every"): Range(
         -1, INT64_MAX, note="N > 0: every N iterations, 0: each epoch end, -1: only after the last step"
     ),
@@ -408,6 +444,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "set exactly one of train.iterations and train.epochs (the other 0); "
             f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}"
+        )
+    if cfg.optim.ema_every > 1 and cfg.optim.ema_decay == 0:
+        raise ConfigError(f"optim.ema_every={cfg.optim.ema_every} needs an EMA: set optim.ema_decay (e.g. 0.999)")
+    if cfg.schedule.warmup_steps > 0 and cfg.schedule.warmup_epochs > 0:
+        raise ConfigError(
+            f"schedule.warmup_steps={cfg.schedule.warmup_steps} and schedule.warmup_epochs="
+            f"{cfg.schedule.warmup_epochs:g} both set the warm-up; set one of them (the other 0)"
+        )
+    if cfg.schedule.name == "onecycle" and (cfg.schedule.warmup_steps > 0 or cfg.schedule.warmup_epochs > 0):
+        raise ConfigError(
+            "schedule onecycle rises from warmup_lr over pct_start of the steps itself: leave "
+            "schedule.warmup_steps and schedule.warmup_epochs at 0 (set schedule.pct_start)"
         )
     if cfg.train.eval_every == -1 and cfg.schedule.name == "plateau":
         raise ConfigError("schedule plateau decays on evaluations: it needs train.eval_every >= 0, not -1")

@@ -30,6 +30,9 @@ NORMALIZE_KINDS = ("pixel-mean", "channel", "none")
 # data.augment on the in-memory path (batched tensor ops) and on the streaming path (PIL in workers).
 AUGMENT_KINDS = ("none", "flip", "crop", "crop-flip")
 FOLDER_AUGMENT_KINDS = ("scale", "rrc", "none")
+# data.policy: an augmentation policy of torchvision.transforms.v2 on each training image (uint8), on
+# either path: TrivialAugmentWide, RandAugment, AutoAugment (ImageNet policy), or none.
+POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
 # How an image of another size is brought to the network's input size (`reslab.data.preprocess`).
 RESIZE_MODES = ("shorter-center-crop", "shorter-N-center-crop", "stretch", "none")
 # Evaluation of full-size images: one centre crop, the paper's 10 crops, or whole images at scales.
@@ -45,3 +48,6 @@ SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "p
 # train.precision: "auto" picks per machine at run time (reslab.device.resolve_precision).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 ON_NONFINITE = ("stop", "skip")
+# `reslab predict` / `serve --backend`: "auto" runs PyTorch weights through their cached, verified
+# ONNX export under onnxruntime when it is installed (reslab.infer.onnx_cache), else PyTorch.
+INFER_BACKENDS = ("auto", "torch", "onnxruntime")

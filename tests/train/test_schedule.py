@@ -7,6 +7,7 @@ import math
 import pytest
 
 from reslab.config import ScheduleConfig, load_config
+from reslab.errors import ConfigError
 from reslab.train.build import apply_depth_rules
 from reslab.train.schedule import (
     Schedule,
@@ -19,6 +20,7 @@ from reslab.train.schedule import (
     multistep,
     onecycle,
     step_decay,
+    warmup_steps_of,
 )
 
 # ---- Schedule functions against hand-computed values --------------------------------------------
@@ -54,6 +56,29 @@ def test_warmup_steps_then_schedule() -> None:
     assert lr_at(0, 100, cfg, 0.1) == pytest.approx(0.01)
     assert lr_at(5, 100, cfg, 0.1) == pytest.approx(0.01 + (cosine(5, 100, 0.1, 0.0) - 0.01) * 0.5)
     assert lr_at(10, 100, cfg, 0.1) == pytest.approx(cosine(10, 100, 0.1, 0.0))
+
+
+def test_warmup_epochs_become_steps_when_the_schedule_is_bound() -> None:
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=2.5, warmup_lr=0.01)
+    schedule = Schedule(cfg, 0.1, 1000, steps_per_epoch=40)  # 2.5 epochs of 40 steps = 100 steps
+    by_steps = ScheduleConfig(name="cosine", warmup_steps=100, warmup_lr=0.01)
+    steps = (0, 50, 99, 100, 500)
+    assert [schedule.lr(s) for s in steps] == [lr_at(s, 1000, by_steps, 0.1) for s in steps]
+    assert schedule.lr(50) == pytest.approx(0.01 + (cosine(50, 1000, 0.1, 0.0) - 0.01) * 0.5)
+    assert warmup_steps_of(ScheduleConfig(warmup_epochs=0.001), 40) == 1  # a warm-up asked for is never 0 steps
+    assert warmup_steps_of(ScheduleConfig(warmup_steps=7), 40) == 7
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        lr_at(0, 1000, cfg, 0.1)  # unbound: the epoch's length is unknown
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        Schedule(cfg, 0.1, 1000)
+
+
+def test_warmup_set_twice_or_under_onecycle_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"warmup_steps=10 and schedule\.warmup_epochs=2 both set the warm-up"):
+        load_config("fast", ["schedule.name=cosine", "schedule.warmup_steps=10", "schedule.warmup_epochs=2"])
+    with pytest.raises(ConfigError, match="onecycle rises from warmup_lr"):
+        load_config("fast", ["schedule.warmup_epochs=1"])  # fast.yaml's schedule is onecycle
+    assert load_config("fast", ["schedule.name=cosine", "schedule.warmup_epochs=1"]).schedule.warmup_epochs == 1
 
 
 def test_plateau_decays_after_patience() -> None:

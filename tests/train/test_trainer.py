@@ -10,7 +10,7 @@ import torch
 
 from reslab.checkpoint import load_checkpoint, save_checkpoint
 from reslab.config import load_config
-from reslab.errors import CheckpointError
+from reslab.errors import CheckpointError, ConfigError
 from reslab.rundir import RunDir
 from reslab.train.distributed import Dist
 from reslab.train.trainer import Trainer
@@ -81,3 +81,19 @@ def test_resume_with_no_usable_checkpoint_names_the_problem(tmp_path: Path) -> N
         save_checkpoint(trainer.run, RunDir.step_of(path), payload, keep=0)
     with pytest.raises(CheckpointError, match="no usable checkpoint.*lacks the optimizer state"):
         make_trainer(tmp_path / "run", resume=True)
+
+
+def test_the_ema_is_updated_every_nth_step(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "run", "optim.ema_every=3", "train.checkpoint_every=0")
+    trainer.fit()
+    assert trainer.state.step == 8 and int(trainer.ema.n_averaged) == 3  # after steps 0, 3 and 6 (not all 8)
+    with pytest.raises(ConfigError, match=r"optim\.ema_every=3 needs an EMA"):
+        load_config(None, ["optim.ema_every=3", "train.epochs=1"])
+
+
+def test_accumulation_that_does_not_divide_the_batch_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train\.accum_steps=3 does not divide the 8 images"):
+        make_trainer(tmp_path / "run", "train.accum_steps=3")
+    trainer = make_trainer(tmp_path / "ok", "train.accum_steps=4", "train.epochs=1", "train.checkpoint_every=0")
+    assert trainer.settings.accum_steps == 4
+    assert trainer.fit()["steps"] == 4  # step counting is per batch, not per micro-batch

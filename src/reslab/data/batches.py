@@ -28,12 +28,24 @@ its images in a seeded permutation, a fresh permutation each time they run out (
 repeats, a common one shows a subset each epoch); and the classes are interleaved by a seeded
 shuffle of the N slots. It is a pure function of (labels, seed, epoch), sharded like the
 random order, so resume and torchrun behave the same.
+
+Repeated augmentation (repeats=r > 1, Hoffer et al. 2020; timm's and torchvision's RASampler):
+`repeated_order` keeps the first ceil(N / r) images of the epoch's order (random or balanced) and
+shows each r times in a row, N samples in all, so the epoch keeps its length. Sharded as above
+(rank k takes every world_size-th sample), the r copies of an image land on r different ranks when
+r <= world_size (with one process they share a batch), each augmented differently.
+
+Modern augmentation (`reslab.data.augment`, `augmentation=`): a policy per image on the uint8 batch
+before normalise + crop + flip, then random erasing and MixUp / CutMix on the normalised batch,
+whose labels become soft targets (B, num_classes) float32. All drawn from seeds derived from the
+batch's seed (`augment.stream_seed`), so resume stays bit-exact. With none of them on, a batch
+takes exactly the path it took before they existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -41,6 +53,9 @@ from reslab.data.array_dataset import ArrayDataset
 from reslab.data.norm import Normalize, NormStats, compute_norm_stats
 from reslab.errors import ConfigError
 from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS, SAMPLERS
+
+if TYPE_CHECKING:
+    from reslab.data.augment import Augmentation
 
 Augment = Literal["none", "flip", "crop", "crop-flip"]
 
@@ -140,6 +155,15 @@ def balanced_order(labels: torch.Tensor, num_classes: int, seed: int, epoch: int
     return order
 
 
+def repeated_order(order: torch.Tensor, repeats: int) -> torch.Tensor:
+    """Repeated augmentation: the first ceil(N / repeats) indices of `order`, each `repeats` times in
+    a row, cut to N: (N,) -> (N,). Sharded rank::world_size, consecutive copies go to different ranks."""
+    if repeats == 1:
+        return order
+    n = len(order)
+    return order[: -(-n // repeats)].repeat_interleave(repeats)[:n]
+
+
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     """Seed of the augmentation of one batch; ranks differ so shards are not augmented alike."""
     return ((epoch_seed(seed, epoch) * _SEED_STRIDE + rank) * _SEED_STRIDE + batch) % _SEED_MODULUS
@@ -173,6 +197,8 @@ class InMemoryBatches:
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         sampler: str = "random",  # train=True: "random" | "balanced" (ignored when train=False)
+        repeats: int = 1,  # train=True: repeated augmentation, each image this many times an epoch (1 = off)
+        augmentation: Augmentation | None = None,  # train=True: policy, erasing, mixing (`reslab.data.augment`)
     ) -> None:
         if augment not in AUGMENT_KINDS:
             raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENT_KINDS)}")
@@ -184,6 +210,8 @@ class InMemoryBatches:
             raise ConfigError(f"need batch_size >= 1 and pad >= 0, got {batch_size} and {pad}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside world_size {world_size}")
+        if repeats < 1:
+            raise ConfigError(f"data.repeats must be at least 1, got {repeats}")
         if stats is None and not train and normalize != "none":
             raise ConfigError(
                 "a test loader needs the training set's normalisation: pass "
@@ -194,6 +222,7 @@ class InMemoryBatches:
         self.train = train
         self.augment: Augment = augment if train else "none"
         self.sampler = sampler if train else "random"
+        self.repeats = repeats if train else 1
         self.pad = pad
         self.drop_last = train if drop_last is None else drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -208,6 +237,15 @@ class InMemoryBatches:
             stats = compute_norm_stats(self.images, normalize)
         _check_stats(stats, ds.image_shape)
         self.stats = stats.to(self.device)
+        # Modern augmentation, training only; None when off, so the batch loop is today's exactly.
+        self.policy, self.per_batch = None, None
+        if train and augmentation is not None and augmentation.active:
+            from reslab.data.augment import BatchAugment, BatchPolicy
+
+            augmentation.check(len(self.classes))
+            if augmentation.policy != "none":
+                self.policy = BatchPolicy(augmentation.policy, augmentation.policy_magnitude)
+            self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
         if len(self) == 0:
             raise ConfigError(
                 f"{ds.name}: {len(ds)} images make no whole batch of {batch_size} on each of "
@@ -241,12 +279,14 @@ class InMemoryBatches:
             perm = torch.randperm(n, generator=generator)
         else:
             perm = torch.arange(n)
+        perm = repeated_order(perm, self.repeats)
         if self.drop_last:  # trim so every rank gets the same whole number of batches
             perm = perm[: len(self) * self.world_size * self.batch_size]
         return perm[self.rank :: self.world_size]
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
+        """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based); with MixUp / CutMix
+        the labels are soft targets (B, num_classes) float32."""
         order = self.order(epoch).to(self.device)
         crop = self.augment in ("crop", "crop-flip")
         flip = self.augment in ("flip", "crop-flip")
@@ -254,6 +294,8 @@ class InMemoryBatches:
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = self.images.index_select(0, index)  # (B, C, H, W) uint8; faster than [index]
             labels = self.labels.index_select(0, index)
+            if self.policy is not None:  # per image, uint8 in, uint8 out
+                images = self.policy(images, batch_seed(self.seed, epoch, self.rank, batch))
             if crop or flip:
                 generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, self.rank, batch))
                 pad = self.pad if crop else 0
@@ -261,6 +303,8 @@ class InMemoryBatches:
                 x = normalize_crop_flip(images, self.stats, offsets, flips, pad, self.dtype)
             else:
                 x = self.stats.apply(images, self.dtype)
+            if self.per_batch is not None:  # erasing, MixUp / CutMix (soft labels)
+                x, labels = self.per_batch(x, labels, batch_seed(self.seed, epoch, self.rank, batch))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
@@ -268,7 +312,8 @@ class InMemoryBatches:
     def __repr__(self) -> str:
         return (
             f"InMemoryBatches({self.name}, n={len(self.labels)}, batch_size={self.batch_size}, "
-            f"train={self.train}, augment={self.augment!r}, sampler={self.sampler!r}, batches={len(self)}, "
+            f"train={self.train}, augment={self.augment!r}, sampler={self.sampler!r}, repeats={self.repeats}, "
+            f"policy={self.policy!r}, per_batch={self.per_batch!r}, batches={len(self)}, "
             f"rank={self.rank}/{self.world_size}, device={self.device})"
         )
 

@@ -21,6 +21,12 @@ had not seen yet, without decoding the skipped ones. The workers' random crops a
 pick up other batches), so such a resume continues the same schedule and data order but is not
 bit-exact. The PCA lighting of a batch is drawn in the main process from (seed, epoch, rank, batch).
 
+Modern augmentation (`reslab.data.augment`): a policy per image in the workers after the crop and
+flip; random erasing and MixUp / CutMix (soft targets (B, num_classes) float32) per batch in the
+main process after normalisation and lighting, from (seed, epoch, rank, batch) like the lighting.
+Repeated augmentation (repeats > 1) takes the order of `reslab.data.batches.repeated_order` (of a
+permutation drawn from (seed, epoch), or of the balanced order), sharded as the balanced order.
+
 A file that cannot be decoded stops the epoch with one line naming it, from any worker.
 """
 
@@ -33,7 +39,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from reslab.data.batches import balanced_order, batch_seed, epoch_seed
+from reslab.data.augment import Augmentation, BatchAugment
+from reslab.data.batches import balanced_order, batch_seed, epoch_seed, repeated_order
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from reslab.data.folder import Split, list_samples
 from reslab.data.folder_transforms import Lighting, eval_transform, train_transform
@@ -123,6 +130,8 @@ class FolderBatches:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        repeats: int = 1,  # training: repeated augmentation, each image this many times an epoch (1 = off)
+        augmentation: Augmentation | None = None,  # training: policy, erasing, mixing
     ) -> None:
         if eval_mode == "multi-scale" and stats.mean.shape[1:] != (1, 1):
             raise ConfigError(
@@ -131,8 +140,10 @@ class FolderBatches:
             )
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        augmentation = augmentation if train and augmentation is not None else Augmentation()
         if train:
-            transform = train_transform(augment, image_size, hflip=hflip)
+            policy = {"policy": augmentation.policy, "policy_magnitude": augmentation.policy_magnitude}
+            transform = train_transform(augment, image_size, hflip=hflip, **policy)
         else:
             extra = {"scales": scales} if scales else {}
             transform = eval_transform(image_size, resize, mode=eval_mode, **extra)
@@ -141,15 +152,17 @@ class FolderBatches:
         )
         self.labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.int64)  # (N,)
         self.sampler = sampler if train else "random"
+        self.repeats = repeats if train else 1
         self.world_size = world_size
         self.shuffler: DistributedSampler | None = None
-        if (train and self.sampler == "random") or (not train and world_size > 1):
+        if (train and self.sampler == "random" and self.repeats == 1) or (not train and world_size > 1):
             self.shuffler = DistributedSampler(
                 self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
             )
         self.stats = stats
         self._stats_on_device = stats.to(device)
         self.lighting = Lighting(lighting if train and augment != "none" and in_chans == 3 else 0.0)
+        self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
         self.batch_size, self.train, self.workers = batch_size, train, workers
         self.seed, self.rank, self.eval_mode = seed, rank, eval_mode
         self.device, self.channels_last = torch.device(device), channels_last
@@ -165,15 +178,20 @@ class FolderBatches:
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
-        if self.sampler == "balanced":  # every rank the same share of whole batches, as DistributedSampler
+        if self.sampler == "balanced" or self.repeats > 1:  # every rank the same whole batches, as DistributedSampler
             return len(self.dataset) // self.world_size // self.batch_size
         n = len(self.shuffler) if self.shuffler is not None else len(self.dataset)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's image indices for `epoch` in visiting order (the sampler's, as int64)."""
-        if self.sampler == "balanced":
-            order = balanced_order(self.labels, len(self.classes), self.seed, epoch)
+        if self.sampler == "balanced" or self.repeats > 1:
+            if self.sampler == "balanced":
+                order = balanced_order(self.labels, len(self.classes), self.seed, epoch)
+            else:
+                generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+                order = torch.randperm(len(self.labels), generator=generator)
+            order = repeated_order(order, self.repeats)
             return order[: len(self) * self.batch_size * self.world_size][self.rank :: self.world_size]
         if self.shuffler is not None:
             self.shuffler.set_epoch(epoch)
@@ -203,7 +221,12 @@ class FolderBatches:
         for batch, (x, y) in enumerate(loader, start=start_batch):
             if isinstance(x, str):
                 raise DataError(f"{x}; replace or delete the file")
-            yield self._prepare(x, epoch, batch), y.to(self.device, non_blocking=True)
+            x, y = self._prepare(x, epoch, batch), y.to(self.device, non_blocking=True)
+            if self.per_batch is not None:  # erasing, MixUp / CutMix (soft targets)
+                x, y = self.per_batch(x, y, batch_seed(self.seed, epoch, self.rank, batch))
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
 
     def _prepare(self, x: Any, epoch: int, batch: int) -> Any:
         """uint8 from the workers -> normalised float on the device (+ lighting when training)."""

@@ -12,6 +12,10 @@ consumer, `reslab.data.preprocess`). The PCA colour shift is drawn per batch in 
 too (`Lighting`), from a generator seeded by (seed, epoch, rank, batch) like the in-memory path.
 The centre crop is `fit_image`, the one resize rule of `reslab.data.preprocess`.
 
+A `data.policy` (TrivialAugmentWide, RandAugment, AutoAugment: `reslab.data.augment`) runs in the
+workers on the PIL crop after the flip, torchvision's recipe order; it draws from the workers'
+torch seeds, like the crops.
+
 Departure: the paper subtracts the per-pixel mean; we normalise per channel with the usual
 ImageNet mean/std (torchvision's pretrained convention), which needs no pass over the data.
 """
@@ -25,6 +29,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from reslab.data.augment import policy_transform
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import fit_image, image_to_tensor, shorter_side_size
 from reslab.errors import ConfigError
@@ -152,12 +157,16 @@ def train_transform(
     *,
     scale_range: tuple[int, int] | None = None,  # None: [256, 480] scaled by image_size / 224
     hflip: bool = True,  # False (data.hflip=false): mirrored images are other classes, never flip
+    policy: str = "none",  # a data.policy applied after the crop and flip (`reslab.data.augment`)
+    policy_magnitude: int = 9,  # RandAugment's magnitude
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> (C, S, S) uint8, randomly cropped and (with `hflip`) flipped.
+    """PIL image -> (C, S, S) uint8, randomly cropped and (with `hflip`) flipped, then `policy`.
 
     "scale": the paper's shorter side in [256, 480], random crop, flip; "rrc": random-resized
     crop and flip; "none": the centre crop of evaluation.
     """
+    transform = policy_transform(policy, policy_magnitude)
+    after: list[Callable] = [transform] if transform is not None else []
     flip: list[Callable] = [T.RandomHorizontalFlip()] if hflip else []
     if augment == "scale":
         low, high = scale_range or (round(image_size * EVAL_RESIZE_RATIO), round(image_size * 480 / 224))
@@ -165,10 +174,11 @@ def train_transform(
     elif augment == "rrc":  # the Inception-style crop most modern ImageNet recipes use
         geometry = [T.RandomResizedCrop(image_size, antialias=True), *flip]
     elif augment == "none":
-        return CenterFit(image_size, f"shorter-{round(image_size * EVAL_RESIZE_RATIO)}-center-crop")
+        center = CenterFit(image_size, f"shorter-{round(image_size * EVAL_RESIZE_RATIO)}-center-crop")
+        return T.Compose([center, *after]) if after else center  # the policy on the uint8 crop
     else:
         raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(FOLDER_AUGMENT_KINDS)}")
-    return T.Compose([*geometry, ToUint8()])
+    return T.Compose([*geometry, *after, ToUint8()])
 
 
 def eval_transform(

@@ -4,7 +4,9 @@ The paper's blocks (He et al. 2015, "Deep Residual Learning"): conv -> BN -> ReL
 branch, the addition, then a ReLU after the addition. The pre-activation blocks (He et al. 2016,
 "Identity Mappings in Deep Residual Networks") put BN -> ReLU before each conv and nothing after
 the addition. Every block takes `residual=False` to become its "plain" twin: the same layers,
-no shortcut.
+no shortcut. Every residual block takes `drop_path`, its stochastic-depth probability (Huang et al.
+2016, "Deep Networks with Stochastic Depth"): in training, each sample's branch is dropped with that
+probability and the kept ones scaled by 1 / (1 - p); at evaluation the block is unchanged.
 
 As in torchvision's `ResNet._make_layer`, a block does not build its shortcut: the network's stage
 builder makes it with `make_shortcut` and hands it in as `downsample`, so the shortcut option
@@ -74,6 +76,30 @@ def make_shortcut(kind: Shortcut, in_ch: int, out_ch: int, stride: int, *, norm:
     return nn.Sequential(conv, nn.BatchNorm2d(out_ch)) if norm else nn.Sequential(conv)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: zero the residual branch of each sample with probability p in training and
+    scale the kept ones by 1 / (1 - p), so the expected branch is unchanged; the identity in eval.
+
+    The same draws and arithmetic as `torchvision.ops.stochastic_depth(x, p, mode="row")` (one
+    Bernoulli per sample), kept here so that models/ does not import torchvision.
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        noise = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        return x * noise.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
 class ExtraOption(NamedTuple):
     """An option outside the paper's block, which only some blocks implement."""
 
@@ -109,7 +135,9 @@ class ResidualBlock(nn.Module):
     of the stage-built shortcut, and `zero_init_last`.
 
     Every block takes the same arguments, so the network builds any of them the same way:
-    (in_ch, planes, stride, *, downsample, residual, groups, base_width, stride_on, drop_rate).
+    (in_ch, planes, stride, *, downsample, residual, groups, base_width, stride_on, drop_rate,
+    drop_path). `drop_path` (stochastic depth, `DropPath`) works on every residual block, so it is
+    not an `EXTRA_OPTION`; a plain block has no branch to drop and refuses it.
     A subclass builds its branch layers and then assigns `self.downsample` last: module order is
     the order `ResNet._init_weights` draws the initial weights in, and torchvision's state-dict order.
     """
@@ -121,13 +149,29 @@ class ResidualBlock(nn.Module):
     residual: bool  # False: the plain twin, no addition
     downsample: nn.Module | None  # the shortcut the stage built; None = identity (or none, if plain)
 
-    def __init__(self, *, residual: bool, groups: int, base_width: int, stride_on: StrideOn, drop_rate: float) -> None:
+    def __init__(
+        self,
+        *,
+        residual: bool,
+        groups: int,
+        base_width: int,
+        stride_on: StrideOn,
+        drop_rate: float,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         # The network checks first, naming the model; this catches a block built on its own.
         self.check_options(
             type(self).__name__, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
         )
+        if not isinstance(drop_path, int | float) or not 0 <= drop_path < 1:
+            raise ConfigError(f"{type(self).__name__}: drop_path is a probability in [0, 1), got {drop_path!r}")
+        if drop_path and not residual:
+            raise ConfigError(f"{type(self).__name__}: a plain block has no residual branch to drop (drop_path)")
         self.residual = residual
+        # Applied to the branch before the addition; a module without parameters or buffers, so the
+        # state dict is the same with or without it.
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     @classmethod
     def check_options(cls, owner: str, *, groups: int, base_width: int, stride_on: str, drop_rate: float) -> None:
@@ -179,9 +223,15 @@ class BasicBlock(ResidualBlock):
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__(
-            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+            residual=residual,
+            groups=groups,
+            base_width=base_width,
+            stride_on=stride_on,
+            drop_rate=drop_rate,
+            drop_path=drop_path,
         )
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -197,6 +247,7 @@ class BasicBlock(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
+            out = self.drop_path(out)
             out += self.shortcut(x)
         return self.relu(out)
 
@@ -224,9 +275,15 @@ class Bottleneck(ResidualBlock):
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__(
-            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+            residual=residual,
+            groups=groups,
+            base_width=base_width,
+            stride_on=stride_on,
+            drop_rate=drop_rate,
+            drop_path=drop_path,
         )
         width = int(planes * (base_width / 64.0)) * groups
         out_ch = planes * self.expansion
@@ -248,6 +305,7 @@ class Bottleneck(ResidualBlock):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
+            out = self.drop_path(out)
             out += self.shortcut(x)
         return self.relu(out)
 
@@ -276,9 +334,15 @@ class PreActBasicBlock(ResidualBlock):
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__(
-            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+            residual=residual,
+            groups=groups,
+            base_width=base_width,
+            stride_on=stride_on,
+            drop_rate=drop_rate,
+            drop_path=drop_path,
         )
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv3x3(in_ch, planes, stride)
@@ -297,7 +361,7 @@ class PreActBasicBlock(ResidualBlock):
         out = self.conv1(pre)
         out = self.conv2(self.drop(self.relu(self.bn2(out))))
         if self.residual:
-            out = out + self.shortcut(x, pre)
+            out = self.drop_path(out) + self.shortcut(x, pre)
         return out
 
 
@@ -320,9 +384,15 @@ class PreActBottleneck(ResidualBlock):
         base_width: int = 64,
         stride_on: StrideOn = "3x3",
         drop_rate: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__(
-            residual=residual, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+            residual=residual,
+            groups=groups,
+            base_width=base_width,
+            stride_on=stride_on,
+            drop_rate=drop_rate,
+            drop_path=drop_path,
         )
         width = int(planes * (base_width / 64.0)) * groups
         out_ch = planes * self.expansion
@@ -346,5 +416,5 @@ class PreActBottleneck(ResidualBlock):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         if self.residual:
-            out = out + self.shortcut(x, pre)
+            out = self.drop_path(out) + self.shortcut(x, pre)
         return out

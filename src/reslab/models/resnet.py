@@ -41,6 +41,19 @@ def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(tracked)
 
 
+def drop_path_rates(num_blocks: int, rate: float) -> list[float]:
+    """Stochastic depth's linear rule over the whole network: block i (0-based, of L) drops its
+    branch with probability rate * i / (L - 1), from 0 at the first block to `rate` at the last.
+
+    This is timm's convention (`timm.models.resnet`, "stochastic depth linear decay rule");
+    Huang et al. 2016 count blocks from 1 (rate * l / L, the first block already dropping) and
+    torchvision's ConvNeXt/EfficientNet use rate * i / L (the last block below `rate`).
+    """
+    if num_blocks == 1:
+        return [rate]
+    return [rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
 def make_stage(
     block: type[ResidualBlock],
     in_ch: int,
@@ -54,8 +67,10 @@ def make_stage(
     base_width: int,
     stride_on: StrideOn,
     drop_rate: float,
+    drop_path: Sequence[float] = (),
 ) -> nn.Sequential:
-    """One stage: `n_blocks` blocks of width `planes`, the first with `stride`.
+    """One stage: `n_blocks` blocks of width `planes`, the first with `stride`; `drop_path` holds
+    each block's stochastic-depth probability (empty: none).
 
     As torchvision's `_make_layer`, the stage builds each block's shortcut and hands it in, so the
     A/B/C choice lives here alone: with A or B only a block that changes shape gets a module, with
@@ -63,6 +78,7 @@ def make_stage(
     (B, in_ch, H, W) -> (B, planes * block.expansion, H / stride, W / stride).
     """
     blocks = []
+    drop_path = list(drop_path) or [0.0] * n_blocks
     for j in range(n_blocks):
         block_stride = stride if j == 0 else 1
         out_ch = planes * block.expansion
@@ -79,6 +95,7 @@ def make_stage(
                 base_width=base_width,
                 stride_on=stride_on,
                 drop_rate=drop_rate,
+                drop_path=drop_path[j],
             )
         )
         in_ch = out_ch
@@ -104,6 +121,9 @@ class ResNet(nn.Module):
         zero_init_last: zero the last BN of each branch (last conv for pre-activation blocks), so
             each block starts as identity (Goyal et al. 2017). Off by default: not in the paper.
         drop_rate: dropout between the convs of pre-activation basic blocks (Wide ResNet option).
+        drop_path_rate: stochastic depth (Huang et al. 2016): the last block's probability of dropping
+            its residual branch per sample in training, the others' by the linear rule
+            (`drop_path_rates`). Any residual net; a plain net refuses it.
         name: the registry name, used in error messages (`create_model` passes it).
 
     An option the block does not implement raises `ConfigError` naming the model and the option.
@@ -126,6 +146,7 @@ class ResNet(nn.Module):
         base_width: int = 64,
         zero_init_last: bool = False,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         name: str = "resnet",
     ) -> None:
         super().__init__()
@@ -135,6 +156,13 @@ class ResNet(nn.Module):
         block.check_options(
             f"model {name}", groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
         )
+        if not isinstance(drop_path_rate, int | float) or not 0 <= drop_path_rate < 1:
+            raise ConfigError(f"model {name}: drop_path_rate is a probability in [0, 1), got {drop_path_rate!r}")
+        if drop_path_rate and not residual:
+            raise ConfigError(
+                f"model {name} is a plain net: stochastic depth drops residual branches, and a plain block "
+                "has only its branch; leave model.drop_path_rate at 0"
+            )
         if zero_init_last and not residual:
             raise ConfigError(
                 f"model {name} is a plain net: zero_init_last would zero the only path through each block "
@@ -157,6 +185,7 @@ class ResNet(nn.Module):
         # Stages: the first keeps the resolution, each later one halves it in its first block.
         in_ch = stem_width
         stages = []
+        rates = drop_path_rates(sum(layers), drop_path_rate) if drop_path_rate else [0.0] * sum(layers)
         for i, (n_blocks, width) in enumerate(zip(layers, planes, strict=True)):
             stages.append(
                 make_stage(
@@ -171,6 +200,7 @@ class ResNet(nn.Module):
                     base_width=base_width,
                     stride_on=stride_on,
                     drop_rate=drop_rate,
+                    drop_path=rates[sum(layers[:i]) : sum(layers[: i + 1])],
                 )
             )
             in_ch = width * block.expansion

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from reslab.config import Config
+from reslab.data.augment import Augmentation
 from reslab.data.batches import InMemoryBatches
 from reslab.data.folder_transforms import EVAL_RESIZE_RATIO
 from reslab.data.norm import NormStats
@@ -67,9 +68,11 @@ class Data:
             channels = "every image grey" if self.in_chans == 1 else "colour images"
         else:
             channels = f"{src.dataset}'s own"
+        evaluated = f", evaluated at {self.image_size}x{self.image_size}" if (h, w) != (self.image_size,) * 2 else ""
         return [
             f"data: {self.name}{where} ({how}); {len(self.classes)} classes; " + ", ".join(sizes),
-            f"input: {self.in_chans} channel{'s' if self.in_chans > 1 else ''} ({channels}), {h}x{w} pixels{chosen}",
+            f"input: {self.in_chans} channel{'s' if self.in_chans > 1 else ''} ({channels}), {h}x{w} pixels{chosen}"
+            + evaluated,
             f"augment: {self.augmentation}",
         ]
 
@@ -98,7 +101,9 @@ def describe_augmentation(cfg: Config) -> str:
             "rrc": f"random-resized {size} crop" + flip,
             "none": f"none (centre {size} crop)",
         }.get(d.augment, d.augment)
-    parts = [words]
+    parts = [words, *Augmentation.from_config(d).describe()]
+    if d.repeats > 1:
+        parts.append(f"repeated augmentation: each image {d.repeats} times an epoch")
     if not d.hflip:
         parts.append("no flips (data.hflip=false)")
     if d.sampler == "balanced":
@@ -112,6 +117,7 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     source = DataSource.from_config(cfg.data, cfg.train.seed).resolved()
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
+    check_accumulation(cfg.train.batch_size, dist.world_size, cfg.train.accum_steps)
     if source.watch_part is None:
         raise ConfigError(
             f"nothing to evaluate on: {source.dataset} {source.data_dir or ''} has no val or test part of its "
@@ -134,10 +140,20 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         rank=dist.rank,
         world_size=dist.world_size,
         sampler=d.sampler,
+        repeats=d.repeats,
+        augmentation=Augmentation.from_config(d),
         **common,
     )
     c, h, w = train.image_shape
-    preprocess = Preprocess(c, h, "shorter-center-crop", train_batches.stats)
+    # Evaluation at data.eval_image_size: the val/test images resized to it (bilinear, antialiased:
+    # `fit_image`, from the files themselves for image files), training stays at the stored size.
+    eval_size, resize = eval_geometry(cfg, h, None)
+    if (eval_size, resize) != (h, "shorter-center-crop") and train_batches.stats.mean.shape[1:] != (1, 1):
+        raise ConfigError(
+            f"data.eval_image_size / data.eval_resize_size: a per-pixel mean (data.normalize={d.normalize}) "
+            f"holds {h}x{w} images; use data.normalize=channel to evaluate at another size"
+        )
+    preprocess = Preprocess(c, eval_size, resize, train_batches.stats)
     evals = {part: source.eval_batches(part, preprocess, batch_size=EVAL_BATCH_SIZE, **common) for part in source.parts}
     return Data(
         train_batches,
@@ -150,6 +166,17 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         image_hw=(h, w),
         augmentation=describe_augmentation(cfg),
     )
+
+
+def check_accumulation(batch_size: int, world_size: int, accum_steps: int) -> None:
+    """train.accum_steps must cut each process's share of a batch into equal micro-batches."""
+    per_process = batch_size // world_size
+    if per_process % accum_steps:
+        shared = f" ({batch_size} over {world_size} processes)" if world_size > 1 else ""
+        raise ConfigError(
+            f"train.accum_steps={accum_steps} does not divide the {per_process} images each process takes of a "
+            f"batch{shared}: use a train.batch_size divisible by {world_size * accum_steps}, or another accum_steps"
+        )
 
 
 def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dist: Dist) -> Data:
@@ -171,9 +198,10 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
         )
     if problems:
         raise ConfigError("data.in_memory=false does not fit " + "; ".join(problems))
-    size = d.image_size or 224
+    size = d.image_size or 224  # the training crop
     in_chans = source.input_channels or 3
-    preprocess = Preprocess(in_chans, size, eval_resize(size, EVAL_RESIZE_RATIO), imagenet_norm_stats(in_chans))
+    eval_size, resize = eval_geometry(cfg, size, EVAL_RESIZE_RATIO)
+    preprocess = Preprocess(in_chans, eval_size, resize, imagenet_norm_stats(in_chans))
     train = source.folder_batches(
         "train",
         train=True,
@@ -188,6 +216,8 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
         world_size=dist.world_size,
         device=device,
         channels_last=cfg.train.channels_last,
+        repeats=d.repeats,
+        augmentation=Augmentation.from_config(d),
     )
     if len(train) == 0:
         raise ConfigError(
@@ -209,6 +239,23 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
     )
 
 
+def eval_geometry(cfg: Config, train_size: int, resize_ratio: float | None) -> tuple[int, str]:
+    """(input size, `fit_image` rule) of evaluation, and so of the weights' preprocessing: the size
+    data.eval_image_size (None: the training size); the shorter side to data.eval_resize_size first
+    when set, else `eval_resize(size, resize_ratio)` (streamed: 256/224 of it; in memory: None,
+    straight to the size)."""
+    d = cfg.data
+    size = d.eval_image_size or train_size
+    if d.eval_resize_size is None:
+        return size, eval_resize(size, resize_ratio)
+    if d.eval_resize_size < size:
+        raise ConfigError(
+            f"data.eval_resize_size={d.eval_resize_size} is below the evaluation crop of {size} pixels "
+            "(data.eval_image_size, else data.image_size): use a shorter side at least the crop, or null"
+        )
+    return size, f"shorter-{d.eval_resize_size}-center-crop"
+
+
 def build_model(cfg: Config, data: Data) -> ResNet:
     m = cfg.model
     options: dict[str, Any] = {"zero_init_last": m.zero_init_last}
@@ -216,6 +263,8 @@ def build_model(cfg: Config, data: Data) -> ResNet:
         options["shortcut"] = m.shortcut
     if m.drop_rate:
         options["drop_rate"] = m.drop_rate
+    if m.drop_path_rate:
+        options["drop_path_rate"] = m.drop_path_rate
     model = create_model(m.name, num_classes=len(data.classes), in_chans=data.in_chans, **options)
     check_input_size(model, data)
     if m.pretrained:

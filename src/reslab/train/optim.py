@@ -30,7 +30,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
-    """Exponential moving average of weights and BN buffers, updated after every step."""
+    """Exponential moving average of weights and BN buffers: avg = decay * avg + (1 - decay) * w at
+    each update, the first update a copy. The trainer updates it after optimizer steps 0, N, 2N, ...
+    (N = optim.ema_every, torchvision's --model-ema-steps; torchvision counts batches of an epoch).
+
+    The decay is used as given, per update. torchvision's reference script instead rescales its
+    --model-ema-decay by the run's length: 1 - decay' = min(1, (1 - decay) * world_size *
+    batch_per_gpu * ema_steps / epochs); a recipe taking its EMA from there states the result as
+    optim.ema_decay (recipes/imagenet-tv2.yaml). Nor is the EMA reset during the warm-up epochs,
+    as torchvision's script does."""
     if decay <= 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -19,6 +19,7 @@ import torch
 
 from reslab.config import Config
 from reslab.rundir import RunDir
+from reslab.train.schedule import warmup_steps_of
 from reslab.train.state import BestSoFar, TrainState
 
 # ---- the lines ---------------------------------------------------------------------------------
@@ -41,8 +42,10 @@ def eval_line(record: dict[str, Any], total: int, watch: str | None, best: BestS
 def setup_line(cfg: Config, parameters: int, total: int, steps_per_epoch: int) -> str:
     """The model, the optimizer and the schedule, on one line."""
     o, sc = cfg.optim, cfg.schedule
-    ema = f", EMA {o.ema_decay:g}" if o.ema_decay else ""
-    model = f"model {cfg.model.name} ({parameters / 1e6:.2f}M parameters{ema})"
+    extras = f", EMA {o.ema_decay:g}" if o.ema_decay else ""
+    extras += f" every {o.ema_every} steps" if o.ema_decay and o.ema_every > 1 else ""
+    extras += f", stochastic depth {cfg.model.drop_path_rate:g}" if cfg.model.drop_path_rate else ""
+    model = f"model {cfg.model.name} ({parameters / 1e6:.2f}M parameters{extras})"
     if o.name == "sgd":
         optimizer = f"optimizer sgd lr {o.lr:g}, momentum {o.momentum:g}{' (Nesterov)' if o.nesterov else ''}"
     else:
@@ -59,9 +62,12 @@ def setup_line(cfg: Config, parameters: int, total: int, steps_per_epoch: int) -
         "plateau": f"x{sc.gamma:g} after {sc.patience} evaluations without a lower loss",
     }
     schedule = f"schedule {sc.name}" + (f" ({details[sc.name]})" if sc.name in details else "")
-    schedule += f", warm-up {sc.warmup_steps} steps from {sc.warmup_lr:g}" if sc.warmup_steps else ""
+    warmup = warmup_steps_of(sc, steps_per_epoch)
+    in_epochs = f" ({sc.warmup_epochs:g} epochs)" if sc.warmup_epochs else ""
+    schedule += f", warm-up {warmup} steps{in_epochs} from {sc.warmup_lr:g}" if warmup else ""
     schedule += f", lr {sc.warmup_lr:g} until train error < {sc.warmup_until_error:g}" if sc.warmup_until_error else ""
-    length = f"{total} steps ({total / steps_per_epoch:.2f} epochs of {steps_per_epoch}, batch {cfg.train.batch_size})"
+    length = f"{total} steps ({total / steps_per_epoch:.2f} epochs of {steps_per_epoch}, batch {cfg.train.batch_size}"
+    length += f" in {cfg.train.accum_steps} micro-batches)" if cfg.train.accum_steps > 1 else ")"
     return f"{model}; {optimizer}; {schedule}; {length}"
 
 

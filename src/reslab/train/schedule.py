@@ -1,7 +1,8 @@
 """Learning-rate schedules as pure functions of the optimizer step.
 
-`Schedule` binds one run's settings once (`ScheduleConfig`, peak lr, total steps); the trainer
-asks it `lr(step)` before every step. Two schedules depend on what training observed, and keep it
+`Schedule` binds one run's settings once (`ScheduleConfig`, peak lr, total steps, and the steps
+of an epoch, which turn schedule.warmup_epochs into steps); the trainer asks it `lr(step)` before
+every step. Two schedules depend on what training observed, and keep it
 in a small `ScheduleState` saved in checkpoints:
 plateau (how many decays happened) and the paper's ResNet-110 warm-up (lr 0.01 "until the
 training error is below 80%", sec. 4.2), whose end is recorded as a step.
@@ -10,7 +11,7 @@ training error is below 80%", sec. 4.2), whose end is recorded as a step.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from reslab.config import ScheduleConfig
 
@@ -51,6 +52,14 @@ def linear_warmup(step: int, warmup_steps: int, warmup_lr: float, target: float)
     return warmup_lr + (target - warmup_lr) * step / warmup_steps
 
 
+def warmup_steps_of(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
+    """The linear warm-up's length in steps: schedule.warmup_steps, or schedule.warmup_epochs times
+    the steps of an epoch, rounded (at least 1 when set). `validate` refuses both set at once."""
+    if cfg.warmup_epochs > 0:
+        return max(1, round(cfg.warmup_epochs * steps_per_epoch))
+    return cfg.warmup_steps
+
+
 @dataclass
 class ScheduleState:
     plateau_decays: int = 0  # times the plateau schedule has decayed
@@ -74,7 +83,10 @@ class ScheduleState:
 
 
 def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: ScheduleState | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based) of `total`."""
+    """Learning rate for optimizer step `step` (0-based) of `total`. A warm-up in epochs needs the
+    steps of an epoch: bind it with `Schedule` first."""
+    if cfg.warmup_epochs > 0:
+        raise ValueError("schedule.warmup_epochs is converted to steps by Schedule(..., steps_per_epoch=N)")
     state = state or ScheduleState()
     if cfg.warmup_until_error > 0 and state.warmup_done_step < 0:
         return cfg.warmup_lr  # paper: hold the small lr until training error < threshold
@@ -101,9 +113,22 @@ def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: Sch
 
 
 class Schedule:
-    """The learning rate of a run: `lr_at` bound to its settings, plus what it has observed."""
+    """The learning rate of a run: `lr_at` bound to its settings, plus what it has observed.
+    `steps_per_epoch` turns schedule.warmup_epochs into warmup_steps (`warmup_steps_of`)."""
 
-    def __init__(self, cfg: ScheduleConfig, base_lr: float, total_steps: int, state: ScheduleState | None = None):
+    def __init__(
+        self,
+        cfg: ScheduleConfig,
+        base_lr: float,
+        total_steps: int,
+        state: ScheduleState | None = None,
+        *,
+        steps_per_epoch: int = 0,
+    ):
+        if cfg.warmup_epochs > 0:
+            if steps_per_epoch < 1:
+                raise ValueError("schedule.warmup_epochs needs the steps of an epoch (steps_per_epoch)")
+            cfg = replace(cfg, warmup_steps=warmup_steps_of(cfg, steps_per_epoch), warmup_epochs=0.0)
         self.cfg, self.base_lr, self.total_steps = cfg, base_lr, total_steps
         self.state = state or ScheduleState()
 

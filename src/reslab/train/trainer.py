@@ -124,7 +124,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.steps_per_epoch = len(self.data.train)
         self.total = total_steps_of(cfg, self.steps_per_epoch)
-        self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total)
+        self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total, steps_per_epoch=self.steps_per_epoch)
         # optim.class_weights=auto: from the training images' class counts, the same on every rank
         self.class_weights = (
             inverse_frequency_weights(self.data.train.class_counts()) if cfg.optim.class_weights == "auto" else None
@@ -134,6 +134,7 @@ class Trainer:
             label_smoothing=cfg.optim.label_smoothing,
             grad_clip=cfg.optim.grad_clip,
             skip_nonfinite=cfg.train.on_nonfinite == "skip",
+            accum_steps=cfg.train.accum_steps,
             class_weights=self.class_weights.to(device) if self.class_weights is not None else None,
         )
         self.state = TrainState()
@@ -219,7 +220,7 @@ class Trainer:
         if result.nonfinite:
             self._skip(result)
             return False
-        if self.ema is not None:
+        if self.ema is not None and s.step % self.cfg.optim.ema_every == 0:  # steps 0, N, 2N, ...
             self.ema.update_parameters(self.train_model)
         meter.add(result)
         s.step += 1
