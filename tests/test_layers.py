@@ -2,7 +2,7 @@
 
     errors, atomic, machine, vocab                  (0) no reslab imports but each other
     config, models, data, rundir, device            (1) the building blocks
-    weights, checkpoint                             (2) what a trained network and a run's state are
+    weights, checkpoint, hub                        (2) what a trained network and a run's state are
     evaluation                                      (3) one evaluation for everyone above
     train, infer                                    (4) training; prediction, export, serving
     analysis                                        (5) experiments and reports
@@ -25,7 +25,7 @@ SRC = Path(__file__).parents[1] / "src" / "reslab"
 LAYERS: dict[str, int] = {
     "errors": 0, "atomic": 0, "machine": 0, "vocab": 0,
     "config": 1, "models": 1, "data": 1, "rundir": 1, "device": 1,
-    "weights": 2, "checkpoint": 2,
+    "weights": 2, "checkpoint": 2, "hub": 2,
     "evaluation": 3,
     "train": 4, "infer": 4,
     "analysis": 5,

@@ -5,6 +5,12 @@ The predictors map a batch to logits: the model's own, averaged with the mirrore
 test-time augmentation), the paper's 10-crop score averaging, or fully convolutional scoring of
 whole images at several scales (Tables 2-4).
 
+Calibration: how well the softmax confidence matches the accuracy (Guo et al. 2017, "On
+Calibration of Modern Neural Networks"). `evaluate` reports the expected calibration error, the
+negative log-likelihood and the Brier score beside the error rates, and the same of the logits
+divided by the weights' temperature when `reslab calibrate` stored one; `fit_temperature` finds
+that temperature on held-out logits.
+
 `EvalPlan` is what one evaluation of weights decides: the data (a `DataSource` and a part), the
 test-time augmentation, the precision and memory layout, the batch size. `plan_evaluation` reads
 it from a run's config.yaml (or the weights' metadata) with the user's flags on top, so that
@@ -13,6 +19,7 @@ it from a run's config.yaml (or the weights' metadata) with the user's flags on 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,9 +33,10 @@ from reslab.data.sources import DataSource
 from reslab.device import autocast
 from reslab.errors import ConfigError
 from reslab.rundir import RunDir
-from reslab.weights import Weights
+from reslab.weights import TEMPERATURE_RANGE, Weights
 
 EVAL_BATCH_SIZE = 256  # images per evaluation batch, in training and in `reslab eval` alike
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al. 2017)
 
 Predict = Callable[[Any], torch.Tensor]
 
@@ -100,6 +108,98 @@ def class_metrics(confusion: torch.Tensor) -> dict[str, Any]:
     }
 
 
+# ---- Calibration -----------------------------------------------------------------------------------
+
+
+class CalibrationTally:
+    """Running sums over batches of (logits, labels) for three calibration metrics of the softmax p:
+
+    ece    expected calibration error, top-1: images binned by confidence max_c p_c into ECE_BINS
+           equal-width bins (lo, hi] (the first [0, 1/15]); sum over bins of (images in bin / all)
+           x |accuracy in bin - mean confidence in bin|. 0 = confidence equals accuracy.
+    nll    mean cross-entropy -log p_y (equal to `evaluate`'s "loss" for the raw logits).
+    brier  mean over images of sum over classes of (p_c - [c == y])^2: Brier's original multi-class
+           score, in [0, 2] (some libraries divide by the number of classes, or score only the
+           top-1 class; sklearn's brier_score_loss is binary).
+    """
+
+    def __init__(self, bins: int = ECE_BINS, device: torch.device | str = "cpu") -> None:
+        self.bins = bins
+        self.edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=device)[1:-1]  # inner edges
+        self.count = torch.zeros(bins, dtype=torch.float64, device=device)
+        self.confidence = torch.zeros(bins, dtype=torch.float64, device=device)  # summed per bin
+        self.correct = torch.zeros(bins, dtype=torch.float64, device=device)
+        self.nll = torch.zeros((), dtype=torch.float64, device=device)
+        self.brier = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """logits (B, C) float, labels (B,) int64."""
+        logits = logits.float()
+        probs = logits.softmax(1)
+        confidence, predicted = probs.max(1)
+        # bucketize with right=False: bin i holds edges[i-1] < confidence <= edges[i]
+        which = torch.bucketize(confidence.double(), self.edges)
+        self.count += torch.bincount(which, minlength=self.bins).double()
+        self.confidence += torch.bincount(which, weights=confidence.double(), minlength=self.bins)
+        self.correct += torch.bincount(which, weights=(predicted == labels).double(), minlength=self.bins)
+        self.nll += F.cross_entropy(logits, labels, reduction="sum").double()
+        onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+        self.brier += (probs - onehot).square().sum(1).double().sum()
+
+    def result(self) -> dict[str, Any]:
+        """{"ece", "nll", "brier", "reliability": per bin its images, mean confidence and accuracy}."""
+        count, n = self.count.cpu(), max(self.count.sum().item(), 1.0)
+        filled = count.clamp(min=1)
+        confidence, accuracy = self.confidence.cpu() / filled, self.correct.cpu() / filled
+        return {
+            "ece": ((count / n) * (accuracy - confidence).abs()).sum().item(),
+            "nll": self.nll.item() / n,
+            "brier": self.brier.item() / n,
+            "reliability": {
+                "bins": self.bins,
+                "images": [int(c) for c in count.tolist()],
+                "confidence": confidence.tolist(),  # mean confidence of the bin's images (0: empty bin)
+                "accuracy": accuracy.tolist(),  # their top-1 accuracy (0: empty bin)
+            },
+        }
+
+
+def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, Any]:
+    """ECE, NLL, Brier score and the reliability bins of one set of logits (`CalibrationTally`)."""
+    tally = CalibrationTally(bins, logits.device)
+    tally.add(logits, labels)
+    return tally.result()
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tolerance: float = 1e-5) -> float:
+    """The temperature T in TEMPERATURE_RANGE minimising the NLL of softmax(logits / T) (Guo et al.'s
+    temperature scaling), by golden-section search on log T.
+
+    A bounded 1-D search rather than LBFGS: the NLL is convex in 1/T, so it has one minimum along
+    log T and the search cannot miss it, needs no step size, and never leaves the range that
+    `WeightsMeta` accepts (a set the network classifies perfectly pushes T to the lower bound)."""
+    logits, labels = logits.detach().double().cpu(), labels.detach().cpu()
+    lo, hi = (math.log(v) for v in TEMPERATURE_RANGE)
+
+    def nll(log_t: float) -> float:
+        return F.cross_entropy(logits / math.exp(log_t), labels).item()
+
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    while hi - lo > tolerance:
+        if fa <= fb:  # the minimum lies in [lo, b]
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = nll(a)
+        else:  # in [a, hi]
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    low, high = TEMPERATURE_RANGE
+    return min(max(math.exp((lo + hi) / 2), low), high)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -110,14 +210,22 @@ def evaluate(
     precision: str = "fp32",
     tta_flip: bool = False,
     predict: Predict | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Top-1/top-5 error, mean loss, per-class accuracy (= recall) and the confusion matrix (rows =
     truth), with the `class_metrics` of that matrix: balanced accuracy, macro-F1, per-class recall,
-    precision, F1 and support.
+    precision, F1 and support; and the `CalibrationTally` metrics of the softmax: ece, nll, brier,
+    reliability. All of these are of the logits `predict` returns.
+
+    With a `temperature` other than 1 (stored by `reslab calibrate`), "calibrated" holds the
+    temperature and the calibration metrics of softmax(logits / temperature); the rest are
+    unchanged (a temperature does not change the top-k classes).
 
     `predict` maps a batch to logits (10-crop, multi-scale); by default `model_logits`."""
     model.eval()
     predict = predict or model_logits(model, tta_flip)
+    calibration = CalibrationTally(device=device)
+    calibrated = CalibrationTally(device=device) if temperature != 1.0 else None
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5_hits = torch.zeros((), dtype=torch.int64, device=device)
@@ -132,6 +240,9 @@ def evaluate(
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes).view(
             num_classes, num_classes
         )
+        calibration.add(logits, y)
+        if calibrated is not None:
+            calibrated.add(logits / temperature, y)
         n += y.numel()
     confusion = confusion.cpu()
     correct = confusion.diag().sum().item()
@@ -147,6 +258,8 @@ def evaluate(
         "per_class_accuracy": by_class["per_class_recall"],  # the same list, under its older name
         **by_class,
         "confusion": confusion.tolist(),
+        **calibration.result(),
+        **({"calibrated": {"temperature": temperature, **calibrated.result()}} if calibrated is not None else {}),
     }
 
 
@@ -231,8 +344,8 @@ def plan_evaluation(
     )
 
 
-def evaluate_weights(weights: Weights, plan: EvalPlan, device: torch.device) -> dict[str, Any]:
-    """`evaluate` the weights as `plan` says; the metrics dict of `evaluate`."""
+def _prepared(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[nn.Module, Any, Predict]:
+    """(model on `device`, the part's batches, batch -> logits) as `plan` says."""
     model = weights.model.to(device)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -250,11 +363,20 @@ def evaluate_weights(weights: Weights, plan: EvalPlan, device: torch.device) -> 
         raise ConfigError(
             f"{plan.source.dataset} has {len(classes)} classes but the weights predict {weights.meta.num_classes}"
         )
-    predict = None
     if plan.eval_mode == "ten-crop":
         predict = ten_crop_logits(model)
     elif plan.eval_mode == "multi-scale":
         predict = multi_scale_logits(model, plan.tta_flip)
+    else:
+        predict = model_logits(model, plan.tta_flip)
+    return model, batches, predict
+
+
+def evaluate_weights(weights: Weights, plan: EvalPlan, device: torch.device) -> dict[str, Any]:
+    """`evaluate` the weights as `plan` says; the metrics dict of `evaluate`, with the calibrated
+    metrics when the weights hold a temperature. Under 10-crop and multi-scale testing the
+    temperature divides the log of the averaged probabilities (what those predictors return)."""
+    model, batches, predict = _prepared(weights, plan, device)
     return evaluate(
         model,
         batches.epoch(0),
@@ -263,4 +385,28 @@ def evaluate_weights(weights: Weights, plan: EvalPlan, device: torch.device) -> 
         precision=plan.precision,
         tta_flip=plan.tta_flip,
         predict=predict,
+        temperature=weights.meta.temperature,
     )
+
+
+@torch.no_grad()
+def collect_logits(
+    weights: Weights, plan: EvalPlan, device: torch.device, max_images: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, classes) float32, labels (N,)) on the CPU, of the part `plan` names (with
+    `max_images`, only its first batches, until they hold that many images: for quick checks),
+    computed as `evaluate_weights` computes them (flip TTA, precision) but without the temperature:
+    what `reslab calibrate` fits one on."""
+    model, batches, predict = _prepared(weights, plan, device)
+    model.eval()
+    logits, labels = [], []
+    for x, y in batches.epoch(0):
+        if max_images is not None and sum(len(b) for b in labels) >= max_images:
+            break
+        with autocast(device, plan.precision):
+            out = predict(x)
+        logits.append(out.float().cpu())
+        labels.append(y.cpu())
+    if not logits:
+        raise ConfigError(f"the {plan.part} part of {plan.source.dataset} holds no images")
+    return torch.cat(logits), torch.cat(labels)

@@ -29,6 +29,7 @@ from reslab.atomic import atomic_write_bytes
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess, check_resize
 from reslab.errors import CheckpointError, ReslabError
+from reslab.hub import HF_HUB, fetch_hub_weights, is_hub_spec
 from reslab.models import ResNet, create_model
 from reslab.models.registry import OPTIONS, model_info
 from reslab.rundir import RunDir
@@ -44,6 +45,9 @@ MAX_CLASSES = 100_000
 MAX_INPUT_SIZE = 1024
 MAX_IN_CHANS = 16
 MAX_META_BYTES = 16 * 1024 * 1024  # of the JSON metadata (class names of 100k classes fit)
+# What `reslab calibrate` may store as the temperature: outside it the softmax would be nearly
+# one-hot (T -> 0) or nearly uniform (T -> inf), which no useful fit produces.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 @dataclass
@@ -65,11 +69,21 @@ class WeightsMeta:
     evaluation: dict[str, Any] = field(default_factory=dict)
     command: str = ""  # the command that produced them
     reslab_version: str = ""
+    # `reslab calibrate`: eval, predict, serve and exported files' users divide the logits by this
+    # before the softmax (1.0: uncalibrated). It rescales confidence only: the top-1 class is unchanged.
+    temperature: float = 1.0
+    # how it was fitted: {"part": "val", "dataset": ..., "images": n, "nll_before": ..., "nll_after": ...}
+    temperature_fit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tta_flip(self) -> bool:
         """Whether the recorded metrics were measured with flip test-time augmentation."""
         return bool(self.evaluation.get("tta_flip", self.metrics.get("eval_tta_flip", 0.0)))
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether `reslab calibrate` stored a temperature with these weights."""
+        return bool(self.temperature_fit) or self.temperature != 1.0
 
     @property
     def dataset_name(self) -> str:
@@ -131,7 +145,7 @@ class WeightsMeta:
             raise bad(
                 "options",
                 f"a mapping of {', '.join(OPTIONS)} (shortcut one of {', '.join(SHORTCUTS)}, "
-                "zero_init_last true/false, drop_rate a number in [0, 1))",
+                "zero_init_last true/false, drop_rate and drop_path_rate numbers in [0, 1))",
             )
         if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
             raise bad("classes", "a list of names")
@@ -147,6 +161,14 @@ class WeightsMeta:
                 "evaluation",
                 f"a mapping of tta_flip and channels_last (true/false) and precision ({', '.join(PRECISIONS)})",
             )
+        low, high = TEMPERATURE_RANGE
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not low <= t <= high:  # NaN fails too
+            raise bad("temperature", f"a number in [{low:g}, {high:g}] (fit it again with `reslab calibrate`)")
+        if not isinstance(self.temperature_fit, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in self.temperature_fit.items()
+        ):
+            raise bad("temperature_fit", "a mapping of names to strings or numbers")
         for name in ("resize", "dataset", "data_dir", "data_sha256", "command", "reslab_version"):
             if not isinstance(getattr(self, name), str):
                 raise bad(name, "a string")
@@ -158,13 +180,11 @@ class WeightsMeta:
 
 def _valid_options(options: dict[str, Any]) -> bool:
     """create_model options of the right types (the names are checked by the caller)."""
-    drop = options.get("drop_rate", 0.0)
+    drops = [options.get(name, 0.0) for name in ("drop_rate", "drop_path_rate")]
     return (
         options.get("shortcut", "A") in SHORTCUTS
         and isinstance(options.get("zero_init_last", False), bool)
-        and isinstance(drop, (int, float))
-        and not isinstance(drop, bool)
-        and 0 <= drop < 1
+        and all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1 for p in drops)
     )
 
 
@@ -210,12 +230,33 @@ def save_weights(path: str | Path, model: ResNet, meta: WeightsMeta, stats: Norm
     return path
 
 
+def write_meta(source: str | Path, meta: WeightsMeta, out: str | Path | None = None) -> Path:
+    """The weights file `source` with its reslab metadata replaced by `meta` (checked first) and its
+    tensors as they are, written atomically over `source`, or to `out` when given (`reslab calibrate`)."""
+    source = Path(source)
+    target = Path(out) if out is not None else source
+    meta.check(str(target))
+    metadata, _ = _open(source)
+    try:
+        tensors = load_file(str(source), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{source} is damaged ({exc})") from None
+    payload = save(tensors, metadata={**metadata, "reslab": json.dumps(asdict(meta))})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, payload)
+    return target
+
+
 def shipped_names() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
 
 
 def resolve_weights(source: str | Path) -> Path:
-    """A weights path from a file, a run directory (its weights.safetensors) or a shipped name."""
+    """A weights path from a file, a run directory (its weights.safetensors), a shipped name, or a
+    Hugging Face Hub repository `hf-hub:USER/NAME[@REVISION]` (through the Hub's cache, see
+    reslab.hub). Every consumer (eval, predict, export, serve, embed, model.pretrained) comes here."""
+    if is_hub_spec(source):
+        return fetch_hub_weights(str(source))
     path = Path(source)
     if path.is_dir():
         run = RunDir(path)
@@ -228,8 +269,8 @@ def resolve_weights(source: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     raise CheckpointError(
-        f"no weights at {source!r}: not a file, a run directory, or a shipped name "
-        f"(shipped: {', '.join(shipped_names()) or 'none'})"
+        f"no weights at {source!r}: not a file, a run directory, a shipped name "
+        f"(shipped: {', '.join(shipped_names()) or 'none'}) or {HF_HUB}USER/NAME"
     )
 
 

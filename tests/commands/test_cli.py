@@ -9,7 +9,8 @@ import pytest
 
 from reslab import cli
 
-COMMANDS = ["models", "train", "demo", "eval", "predict", "export", "serve", "reproduce", "report"]
+COMMANDS = ["models", "train", "demo", "eval", "calibrate", "predict", "export", "serve", "embed", "push",
+            "reproduce", "report"]  # fmt: skip
 
 
 def test_help_lists_every_command(capsys) -> None:

@@ -120,7 +120,8 @@ def test_every_consumer_feeds_the_same_tensor(tree: Path, run: Path, tmp_path: P
     by_eval = capture.hashes()
     capture.rows.clear()
 
-    assert main(["predict", str(run), *files, "--json", "--precision", "fp32"]) == 0
+    # --backend torch: the input is captured at ResNet.forward (onnxruntime shares the normalisation)
+    assert main(["predict", str(run), *files, "--json", "--precision", "fp32", "--backend", "torch"]) == 0
     by_predict = capture.hashes()
     capture.rows.clear()
 
@@ -129,7 +130,7 @@ def test_every_consumer_feeds_the_same_tensor(tree: Path, run: Path, tmp_path: P
     from reslab.infer.backends import load_predictor
     from reslab.infer.serve import create_app
 
-    predictor, meta, _ = load_predictor(run, precision="fp32")
+    predictor, meta, _ = load_predictor(run, backend="torch", precision="fp32")
     with TestClient(create_app(predictor, meta)) as client:
         capture.rows.clear()  # the warm-up's zeros
         for f in files:

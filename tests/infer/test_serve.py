@@ -109,6 +109,15 @@ def test_health_and_metadata(server: tuple[str, Path]) -> None:
     assert meta["params"] == 269_722 and meta["limits"]["max_upload_bytes"] == MAX_UPLOAD
 
 
+def test_serve_runs_the_default_backend_of_predict(server: tuple[str, Path]) -> None:
+    url, log = server
+    predictor = httpx.get(f"{url}/metadata").json()["predictor"]
+    assert predictor["backend"] == "onnxruntime"  # the cached, verified export (reslab.infer.onnx_cache)
+    check = predictor["onnx_cache"]
+    assert check["max_abs_logit_diff"] <= check["tolerance"] * max(1.0, check["logit_scale"])
+    assert re.search(r"^reslab serve: backend onnxruntime \(auto: ", log.read_text(), re.MULTILINE)
+
+
 def test_valid_images_get_top_k(server: tuple[str, Path], corpus: Path) -> None:
     url, _ = server
     for name in ("exif_rotated.jpg", "palette.png", "grey16.png", "lossless.webp", "animated.gif"):

@@ -10,6 +10,9 @@ COMMAND_MODULES = (
     "reslab.commands.models",  # models
     "reslab.commands.train",  # train, demo
     "reslab.commands.eval",  # eval
+    "reslab.commands.calibrate",  # calibrate
     "reslab.commands.infer",  # predict, export, serve
+    "reslab.commands.embed",  # embed
+    "reslab.commands.push",  # push
     "reslab.commands.reproduce",  # reproduce, report
 )

@@ -1,5 +1,7 @@
 """`reslab eval`: evaluate weights: top-1/top-5 error, loss, balanced accuracy and macro-F1 (for
-imbalanced classes), per-class recall / precision / F1 / support, a confusion-matrix PNG.
+imbalanced classes), per-class recall / precision / F1 / support, a confusion-matrix PNG, and the
+calibration of the softmax (ECE, NLL, Brier score; reslab.evaluation.CalibrationTally) with a
+reliability diagram PNG; also of the logits divided by the temperature `reslab calibrate` stored.
 
 By default a run is evaluated exactly as it evaluated itself at its end: its own data settings
 (config.yaml: dataset, data dir, split, image size, memory layout, precision, flip TTA) and the
@@ -49,6 +51,67 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: Pat
     plt.close(fig)
 
 
+def save_reliability_png(m: dict, path: Path, title: str) -> None:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence (the diagonal is
+    perfect calibration); the calibrated curve too when `m` has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [("softmax of the logits", m, "tab:blue")]
+    if "calibrated" in m:
+        curves.append((f"logits / T (T = {m['calibrated']['temperature']:.3g})", m["calibrated"], "tab:orange"))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    for i, (label, metrics, color) in enumerate(curves):
+        r = metrics["reliability"]
+        filled = [b for b, n in enumerate(r["images"]) if n]
+        if i == 0:  # bars of the first curve's bins: accuracy per equal-width bin
+            ax.bar(
+                [(b + 0.5) / r["bins"] for b in filled],
+                [r["accuracy"][b] for b in filled],
+                width=1 / r["bins"],
+                color=color,
+                alpha=0.25,
+                edgecolor=color,
+            )
+        ax.plot(
+            [r["confidence"][b] for b in filled],
+            [r["accuracy"][b] for b in filled],
+            "o-",
+            color=color,
+            markersize=4,
+            label=f"{label}: ECE {100 * metrics['ece']:.2f}%",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"confidence (top-1 probability; {m['reliability']['bins']} bins)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibration_lines(m: dict, meta) -> list[str]:
+    """What `reslab eval` prints about calibration: the logits' metrics, then the calibrated ones."""
+    lines = [
+        f"  calibration ECE {100 * m['ece']:.2f}%   NLL {m['nll']:.4f}   Brier {m['brier']:.4f}   "
+        f"(softmax of the logits; ECE over {m['reliability']['bins']} confidence bins, Brier summed over classes)"
+    ]
+    if "calibrated" in m:
+        c = m["calibrated"]
+        fit = meta.temperature_fit
+        source = f" on {fit['images']} {fit.get('part', '')} images of {fit.get('dataset', '?')}" if fit else ""
+        lines.append(
+            f"  calibrated  ECE {100 * c['ece']:.2f}%   NLL {c['nll']:.4f}   Brier {c['brier']:.4f}   "
+            f"(logits / T, T = {c['temperature']:.4g} stored by `reslab calibrate`{source})"
+        )
+    return lines
+
+
 PER_CLASS = (  # evaluate()'s per-class lists, keyed by class name in metrics.json and --json
     "per_class_accuracy",
     "per_class_recall",
@@ -71,9 +134,11 @@ def per_class_table(classes: list[str], m: dict) -> str:
 
 def default_out_dir(source: str, weights_path: Path, run_dir, dataset: str) -> Path:
     """RUN/eval-DATASET for a run; ./eval-STEM-DATASET for a weights file or a shipped name (never
-    beside a file that may sit in the installed package)."""
+    beside a file that may sit in the installed package); ./eval-NAME-DATASET for hf-hub:USER/NAME."""
     if run_dir is not None:
         return run_dir.eval_dir(dataset)
+    if source.startswith("hf-hub:"):  # the cached file is always weights.safetensors: name the repository
+        return Path(f"eval-{source.partition('@')[0].rsplit('/', 1)[-1]}-{dataset}")
     return Path(f"eval-{weights_path.stem}-{dataset}")
 
 
@@ -112,6 +177,7 @@ def eval_command(args: argparse.Namespace) -> int:
     classes = meta.class_names
     title = f"{meta.model} on {dataset}: top-1 error {100 * m['top1_error']:.2f}%"
     save_confusion_png(m["confusion"], classes, out_dir / "confusion.png", title)
+    save_reliability_png(m, out_dir / "reliability.png", f"{meta.model} on {dataset} ({plan.part} part)")
     report = {
         "weights": str(weights_path),
         "model": meta.model,
@@ -135,10 +201,12 @@ def eval_command(args: argparse.Namespace) -> int:
     )
     print(f"  top-5 error {100 * m['top5_error']:6.2f}%")
     print(f"  loss        {m['loss']:.4f}")
+    print("\n".join(calibration_lines(m, meta)))
     if len(classes) <= MAX_TABLE_CLASSES:
         print(per_class_table(classes, m))
     print(
-        f"  confusion matrix: {out_dir / 'confusion.png'}; all metrics: {out_dir / 'metrics.json'}",
+        f"  confusion matrix: {out_dir / 'confusion.png'}; reliability diagram: {out_dir / 'reliability.png'}; "
+        f"all metrics: {out_dir / 'metrics.json'}",
         file=sys.stderr,
     )
     return 0
@@ -160,9 +228,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate weights: top-1/top-5 error, balanced accuracy, macro-F1, per-class table, confusion matrix",
         description="Evaluate a run directory, weights file or shipped weights name. A run is evaluated as it "
         "evaluated itself at its end (its dataset, data dir, split, preprocessing, precision and TTA); each flag "
-        "overrides one of those. Writes confusion.png and metrics.json.",
+        "overrides one of those. Writes confusion.png, reliability.png (calibration) and metrics.json; with a "
+        "temperature stored by `reslab calibrate`, also reports the calibrated ECE / NLL / Brier score.",
     )
-    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="run directory, .safetensors file or shipped name")
+    p.add_argument(
+        "weights",
+        metavar="RUN_OR_WEIGHTS",
+        help="run directory, .safetensors file, shipped name, or hf-hub:USER/NAME[@REVISION]",
+    )
     p.add_argument("--data", help="dataset (default: the one the weights were trained on)")
     p.add_argument("--data-dir", help="where the dataset files are (default: the run's)")
     p.add_argument(

@@ -10,18 +10,29 @@ import argparse
 import sys
 
 from reslab.data.decode import DEFAULT_MAX_PIXELS
+from reslab.vocab import INFER_BACKENDS
 
-WEIGHTS_HELP = "weights: a .safetensors file, a run directory, or a shipped name"
+WEIGHTS_HELP = "weights: a .safetensors file, a run directory, a shipped name, or hf-hub:USER/NAME[@REVISION]"
 MODEL_HELP = WEIGHTS_HELP + "; or a .onnx file written by `reslab export` (fp32 or int8), run by onnxruntime"
 
 
 def _add_fast_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--backend",
+        choices=INFER_BACKENDS,
+        default="auto",
+        help="what runs PyTorch weights. auto (default): onnxruntime on their ONNX export, made on first "
+        "use, verified against PyTorch and cached beside the weights (or in ~/.cache/reslab/onnx), "
+        "rebuilt when its checksums no longer match; PyTorch when onnxruntime is missing or a "
+        "PyTorch-only option (--compile, --no-fold, --precision bf16) is given. One line on stderr "
+        "says which runs",
+    )
+    p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="auto: bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 (default); "
-        "PyTorch weights only, an .onnx file runs at the precision it was exported in",
+        help="PyTorch backend: auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 "
+        "(default); onnxruntime runs the float32 export (an .onnx file: the precision it was exported in)",
     )
     p.add_argument(
         "--compile",
@@ -48,13 +59,37 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor(args: argparse.Namespace):
-    """(predictor, meta, parameter count): the fast path for weights, onnxruntime for an .onnx file."""
+    """(predictor, meta, parameter count) for --backend (see load_predictor); which one runs and why
+    goes to stderr in one line."""
     from reslab.data.decode import quiet_pillow_bomb_warning
     from reslab.infer.backends import load_predictor
 
     quiet_pillow_bomb_warning()  # --max-pixels is the limit; Pillow's would only add noise
     tta = None if args.tta is None else args.tta == "flip"
-    return load_predictor(args.weights, fold=args.fold, precision=args.precision, compile=args.compile, tta_flip=tta)
+    return load_predictor(
+        args.weights,
+        backend=args.backend,
+        fold=args.fold,
+        precision=args.precision,
+        compile=args.compile,
+        tta_flip=tta,
+        log=lambda line: print(f"reslab {args.command}: {line}", file=sys.stderr, flush=True),
+    )
+
+
+def _explainer(source: str):
+    """Grad-CAM of the weights' PyTorch network: it needs gradients, so never the onnxruntime backend."""
+    from reslab.errors import ConfigError
+    from reslab.infer.backends import is_onnx_file
+    from reslab.infer.explain import GradCam
+    from reslab.weights import load_weights
+
+    if is_onnx_file(source):
+        raise ConfigError(
+            f"Grad-CAM needs gradients, hence PyTorch weights, and {source} is an ONNX file; give the "
+            ".safetensors file, run directory or shipped name it was exported from"
+        )
+    return GradCam.from_weights(load_weights(source))
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -63,6 +98,14 @@ def predict_command(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.top_k < 1:
         raise ConfigError("--batch-size and --top-k must be >= 1")
+    if args.explain_class is not None and args.explain is None:
+        raise ConfigError("--class chooses the class Grad-CAM explains; add --explain OUTDIR")
+    cam = _explainer(args.weights) if args.explain is not None else None  # an ONNX file fails before any work
+    target = None  # the class Grad-CAM explains; None: each image's top-1
+    if cam is not None and args.explain_class is not None:
+        from reslab.infer.explain import resolve_class
+
+        target = resolve_class(args.explain_class, cam.meta)
     predictor, meta, _ = _predictor(args)
     files = collect_images(args.images)
     predictions, failed = [], 0
@@ -75,6 +118,21 @@ def predict_command(args: argparse.Namespace) -> int:
         predictions.append(prediction)
     formatter = format_json if args.json else format_csv if args.csv else format_table
     print(formatter(predictions))
+    if cam is not None:
+        from reslab.infer.explain import SUFFIX, explain_files
+
+        which = [(p.file, p.top[0][0] if target is None else target) for p in predictions if p.error is None]
+        written = explain_files(cam, which, args.explain, batch_size=args.batch_size, max_pixels=args.max_pixels)
+        for _, _, error in written:
+            if error is not None:  # the file changed since it was classified
+                failed += 1
+                print(f"reslab predict: error: {error}", file=sys.stderr, flush=True)
+        what = "the top-1 class" if target is None else f"class {meta.class_names[target]}"
+        print(
+            f"reslab predict: Grad-CAM of {what}: {sum(path is not None for _, path, _ in written)} overlay(s) "
+            f"in {args.explain} (IMAGE{SUFFIX})",
+            file=sys.stderr,
+        )
     if failed:
         print(f"reslab predict: {failed} of {len(predictions)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
@@ -145,6 +203,9 @@ def serve_command(args: argparse.Namespace) -> int:
         ) from None
     try:
         predictor, meta, num_params = _predictor(args)
+        from reslab.infer.backends import is_onnx_file
+
+        explainer = None if is_onnx_file(args.weights) else _explainer(args.weights)  # POST /explain
     except BaseException:
         sock.close()  # a bad model file: free the port now, not when the process ends
         raise
@@ -156,7 +217,7 @@ def serve_command(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         decode_workers=args.decode_workers,
     )
-    app = create_app(predictor, meta, config, num_params=num_params)
+    app = create_app(predictor, meta, config, num_params=num_params, explainer=explainer)
     host, port = sock.getsockname()[:2]
     print(f"reslab serve: {meta.model} listening on http://{host}:{port}", flush=True)
     run_server(app, sock, access_log=args.access_log)
@@ -184,6 +245,18 @@ def register_predict(subparsers: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON array (errors included)")
     fmt.add_argument("--csv", action="store_true", help="print CSV rows file,rank,class_id,class,probability")
+    p.add_argument(
+        "--explain",
+        metavar="OUTDIR",
+        help="also write a Grad-CAM heatmap over each image into OUTDIR (IMAGE.gradcam.png): where the "
+        "network saw its evidence. Runs the PyTorch network (gradients), whatever --backend",
+    )
+    p.add_argument(
+        "--class",
+        dest="explain_class",
+        metavar="K",
+        help="with --explain: the class to explain, an id or a name (default: each image's top-1 class)",
+    )
     _add_fast_options(p)
     p.set_defaults(func=predict_command)
 
@@ -253,7 +326,8 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="HTTP prediction service (FastAPI + uvicorn, micro-batching)",
-        description="POST /predict (multipart field 'file', query top_k), GET /health, GET /metadata. "
+        description="POST /predict (multipart field 'file', query top_k), GET /health, GET /metadata, "
+        "POST /explain (field 'file', query class: a Grad-CAM heatmap PNG; PyTorch weights only). "
         "Binds 127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument("weights", metavar="MODEL", help=MODEL_HELP)

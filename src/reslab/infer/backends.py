@@ -6,7 +6,14 @@ float32 logits (B, num_classes); they normalise the pixels themselves with the w
   FastPredictor  (reslab.infer.fast)  a .safetensors file, a run directory or a shipped name
   OnnxPredictor                       a .onnx file written by `reslab export` (fp32 or int8),
                                       run by onnxruntime's CPUExecutionProvider
-`load_predictor` picks one from what the user named. An ONNX file carries its preprocessing
+`load_predictor` picks one from what the user named and `--backend` (`choose_backend`): for
+PyTorch weights, "auto" (the default) means onnxruntime on their ONNX export, made once and cached
+beside the weights, verified against PyTorch when made and trusted afterwards only while its
+checksums match (reslab.infer.onnx_cache); PyTorch when onnxruntime is not installed, when a
+PyTorch-only option is asked for (--compile, --no-fold, --precision bf16) or when the export fails
+its verification (with a one-line warning). predict and serve run on the CPU (the PyTorch path
+has no device option), where onnxruntime is the faster of the two on the same folded float32
+network. An ONNX file carries its preprocessing
 (input size, resize rule, mean/std, classes) in metadata_props "reslab.*", written by
 `reslab.infer.export`; a file without them was not written by reslab and is refused, and so is
 one whose metadata disagrees with its graph (channels, input size, number of logits).
@@ -14,8 +21,11 @@ one whose metadata disagrees with its graph (channels, input size, number of log
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import reprlib
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +35,7 @@ import torch
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
 from reslab.errors import CheckpointError, ConfigError, InputShapeError
+from reslab.vocab import INFER_BACKENDS
 from reslab.weights import WeightsMeta
 
 ONNX_SUFFIX = ".onnx"
@@ -45,6 +56,34 @@ class Predictor(Protocol):
     def describe(self) -> dict[str, object]: ...
 
 
+class TemperatureScaled:
+    """A predictor whose logits are divided by the temperature `reslab calibrate` stored with the
+    weights: the one place where predict and serve apply it, whatever the backend. Backends return
+    the network's own logits (an exported graph too: `reslab export` records T in the metadata,
+    reslab.temperature, rather than in the graph), and `load_predictor` wraps them in this.
+    Everything but the call is the backend's."""
+
+    def __init__(self, backend: Predictor, temperature: float) -> None:
+        self.backend = backend
+        self.temperature = temperature
+
+    def __getattr__(self, name: str):  # in_chans, preprocess, compiled, meta, ...: the backend's
+        if name == "backend":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backend(images) / self.temperature
+
+    def describe(self) -> dict[str, object]:
+        return {**self.backend.describe(), "temperature": self.temperature}
+
+
+def with_temperature(predictor: Predictor, meta: WeightsMeta) -> Predictor:
+    """`predictor`, its logits divided by the weights' temperature when they hold one."""
+    return TemperatureScaled(predictor, meta.temperature) if meta.temperature != 1.0 else predictor
+
+
 def is_onnx_file(source: str | Path) -> bool:
     return Path(source).suffix.lower() == ONNX_SUFFIX
 
@@ -56,6 +95,7 @@ def onnx_session(path: str | Path, threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions, layout changes
     options.log_severity_level = 3  # errors only: no warnings about unused initializers and such
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -128,6 +168,7 @@ class OnnxPredictor:
     """
 
     compiled = False
+    cache = None  # the CachedOnnx record when this file is the cached export of weights (onnx_cache)
 
     def __init__(self, path: str | Path, *, threads: int | None = None, tta_flip: bool | None = None) -> None:
         path = Path(path)
@@ -140,6 +181,7 @@ class OnnxPredictor:
             raise CheckpointError(f"{path} is not a readable ONNX file ({first})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta, self.stats, self.info = read_onnx_meta(props, path)
+        self._affine = tuple(t.numpy() for t in self.stats.affine())  # (scale, shift), float32 (C, 1|S, 1|S)
         self.path = path
         self.in_chans = self.meta.in_chans
         self.tta_flip = self.meta.tta_flip if tta_flip is None else tta_flip
@@ -181,7 +223,14 @@ class OnnxPredictor:
             raise InputShapeError(
                 f"expected a uint8 batch (B, {self.in_chans}, H, W); got {images.dtype} {tuple(images.shape)}"
             )
-        return self.stats.apply(images.contiguous()).numpy()
+        # NormStats.apply's affine, executed by numpy: the same float32 multiply and add, bit for bit,
+        # but off torch's OpenMP pool, whose threads spin after an op and slow onnxruntime's own pool
+        # (measured, 2 cores: resnet20 batch 16 took 141 ms per call with torch's op, 56 ms without).
+        scale, shift = self._affine
+        x = images.contiguous().numpy().astype(np.float32)
+        np.multiply(x, scale, out=x)
+        np.add(x, shift, out=x)
+        return x
 
     def run(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 NCHW -> logits (B, num_classes). The input is checked by `normalise`, so a
@@ -213,31 +262,109 @@ class OnnxPredictor:
             "precision": self.precision,
             "tta_flip": self.tta_flip,
             "threads": self.threads,
+            **({} if self.cache is None else {"onnx_cache": self.cache.describe()}),
         }
+
+
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime (to run) and onnx (to export) are installed. Only looked up, not
+    imported: a broken installation still fails loudly where it is imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def choose_backend(requested: str, torch_only: list[str]) -> tuple[str, str]:
+    """(backend, why) for PyTorch weights; `torch_only` names the PyTorch-only options asked for.
+
+    auto -> onnxruntime when it is installed and no PyTorch-only option was asked for, else torch;
+    an explicit choice is honoured, or refused in one line when it cannot be."""
+    if requested not in INFER_BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(INFER_BACKENDS)}, got {requested!r}")
+    if requested == "torch":
+        return "torch", "--backend torch"
+    if requested == "onnxruntime":
+        if torch_only:
+            raise ConfigError(f"{', '.join(torch_only)} apply to the PyTorch backend; drop them or use --backend torch")
+        if not onnxruntime_available():
+            raise ConfigError("--backend onnxruntime needs onnx and onnxruntime: pip install 'reslab[export]'")
+        return "onnxruntime", "--backend onnxruntime"
+    if torch_only:
+        return "torch", f"auto: {', '.join(torch_only)} asked for"
+    if not onnxruntime_available():
+        return "torch", "auto: onnxruntime is not installed, pip install 'reslab[export]' for it"
+    return "onnxruntime", "auto: faster than PyTorch on CPU"
 
 
 def load_predictor(
     source: str | Path,
     *,
+    backend: str = "auto",
     fold: bool = True,
     precision: str = "auto",
     compile: bool = False,
     tta_flip: bool | None = None,
+    log: Callable[[str], object] | None = None,
 ) -> tuple[Predictor, WeightsMeta, int]:
     """(predictor, meta, parameter count) for weights or an ONNX file named by the user.
 
-    fold / precision / compile shape the PyTorch fast path; an ONNX file runs as it was
-    exported, so asking for them with one is an error rather than silently ignored. tta_flip
-    (None: as the weights' metrics were measured) averages each image's and its mirror's logits.
+    backend: see `choose_backend`. fold / precision / compile shape the PyTorch fast path
+    (precision "auto" and "fp32" both mean the float32 file under onnxruntime); an ONNX file runs
+    as it was exported, so asking for them with one is an error rather than silently ignored.
+    tta_flip (None: as the weights' metrics were measured) averages each image's and its mirror's
+    logits. `log` receives one line saying which backend runs and why (and a line before a first
+    export, and a warning line before falling back to PyTorch); without it a fallback is a warning.
     """
+
+    def say(line: str) -> None:
+        if log is not None:
+            log(line)
+        elif line.startswith("warning: "):
+            warnings.warn(line.removeprefix("warning: "), stacklevel=3)
+
     if is_onnx_file(source):
         if compile or not fold or precision != "auto":
             raise ConfigError(
                 "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
                 "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
             )
+        if backend == "torch":
+            raise ConfigError(f"--backend torch needs PyTorch weights; {source} is an ONNX file, run by onnxruntime")
         predictor = OnnxPredictor(source, tta_flip=tta_flip)
-        return predictor, predictor.meta, predictor.num_params
+        say(f"backend onnxruntime: {predictor.path} ({predictor.precision})")
+        return with_temperature(predictor, predictor.meta), predictor.meta, predictor.num_params
+
+    from reslab.weights import read_meta, resolve_weights
+
+    torch_only = [flag for flag, on in (("--compile", compile), ("--no-fold", not fold)) if on]
+    torch_only += ["--precision bf16"] if precision == "bf16" else []
+    chosen, why = choose_backend(backend, torch_only)
+    if chosen == "onnxruntime":
+        from reslab.infer.export import ExportError
+        from reslab.infer.onnx_cache import cached_onnx
+
+        path = resolve_weights(source)
+        meta = read_meta(path)  # the weights' own record (metrics, temperature), not the export's copy
+        try:
+            cache = cached_onnx(path, log=say)
+        except (ExportError, OSError) as exc:
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if backend == "onnxruntime":
+                if isinstance(exc, OSError):
+                    raise ConfigError(
+                        f"cannot write the ONNX export of {path} ({problem}); set RESLAB_CACHE_DIR to a "
+                        "writable folder or use --backend torch"
+                    ) from None
+                raise
+            say(f"warning: the ONNX export of {path} is not usable ({problem}); running PyTorch instead")
+            why = "auto: fallback, the ONNX export was not usable"
+        else:
+            predictor = OnnxPredictor(cache.path, tta_flip=meta.tta_flip if tta_flip is None else tta_flip)
+            predictor.cache = cache
+            done = f"exported and verified in {cache.seconds:.1f} s" if cache.built else "reused, checksums match"
+            say(
+                f"backend onnxruntime ({why}): {cache.path} ({done}; max |logit diff| vs PyTorch "
+                f"{cache.max_abs_diff:.2g}, tolerance {cache.tolerance:g} x max(1, {cache.logit_scale:.3g}))"
+            )
+            return with_temperature(predictor, meta), meta, predictor.num_params
 
     from reslab.infer.fast import FastPredictor
     from reslab.models import count_params
@@ -248,4 +375,8 @@ def load_predictor(
     fast = FastPredictor(
         weights.model, weights.preprocess, fold=fold, precision=precision, compile=compile, tta_flip=flip
     )
-    return fast, weights.meta, count_params(weights.model)
+    say(
+        f"backend torch ({why}): {fast.precision}, "
+        f"{'BatchNorm folded' if fold else 'BatchNorm kept'}{', compiled' if compile else ''}"
+    )
+    return with_temperature(fast, weights.meta), weights.meta, count_params(weights.model)

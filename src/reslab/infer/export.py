@@ -3,6 +3,11 @@
 What is exported is the BN-folded float32 network on *normalised* input:
   input  "input"  float32 (B, C, S, S), x = (pixel / 255 - mean) / std, batch dimension dynamic
   output "logits" float32 (B, num_classes)
+The graph's logits are the network's own. A temperature stored by `reslab calibrate` travels as
+metadata (reslab.temperature, and "output" in the sidecar): probabilities = softmax(logits / T).
+It is not folded into the graph, so that `reslab predict` / `serve` apply it in one place after
+any backend (reslab.infer.backends.TemperatureScaled) and the int8 file is checked against the
+fp32 one on the same logits.
 The preprocessing (mean, std, input size, resize rule, class names) travels with the file: in
 the ONNX metadata_props (keys "reslab.*"), in the TorchScript / .pt2 extra file "reslab.json",
 and always in a sidecar JSON next to the output (`<out>.json`). `reslab predict` and `reslab serve`
@@ -69,6 +74,8 @@ def preprocessing_info(weights: Weights, num_params: int = 0) -> dict[str, objec
         "data_dir": meta.data_dir,
         "metrics": dict(meta.metrics),
         "evaluation": dict(meta.evaluation),
+        "temperature": meta.temperature,  # divide the logits by it before the softmax (1.0: uncalibrated)
+        "temperature_fit": dict(meta.temperature_fit),
         "num_classes": meta.num_classes,
         "classes": list(meta.classes),
         "in_chans": meta.in_chans,
@@ -84,7 +91,12 @@ def preprocessing_info(weights: Weights, num_params: int = 0) -> dict[str, objec
             "shape": ["batch", meta.in_chans, meta.input_size, meta.input_size],
             "normalisation": "x = (pixel / 255 - mean) / std",
         },
-        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", meta.num_classes]},
+        "output": {
+            "name": "logits",
+            "dtype": "float32",
+            "shape": ["batch", meta.num_classes],
+            "probabilities": f"softmax(logits / temperature), temperature = {meta.temperature:g}",
+        },
         "torch_version": torch.__version__,
         "reslab_version": meta.reslab_version,
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from reslab.data.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError
+from reslab.data.preprocess import Preprocess
 from reslab.infer.backends import Predictor
 from reslab.weights import WeightsMeta
 
@@ -73,23 +74,21 @@ def top_k(logits: torch.Tensor, names: Sequence[str], k: int) -> list[list[tuple
     ]
 
 
-def predict_files(
-    predictor: Predictor,
-    meta: WeightsMeta,
+def decode_batches(
+    preprocess: Preprocess,
     files: Sequence[tuple[str, str | None]],
     *,
     batch_size: int = 32,
-    k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
-) -> Iterator[Prediction]:
-    """Predictions in the order of `files` ([(path, error)] as from `collect_images`).
+) -> Iterator[tuple[list[tuple[str, str | None]], torch.Tensor | None]]:
+    """`files` ([(path, error)] as from `collect_images`) a batch at a time: ([(path, error)] with
+    decoding errors filled in, the uint8 (n, C, S, S) stack of the n files without an error, in
+    order; None when there are none). What `predict` and `embed` feed their networks.
 
     Each batch is decoded by `workers` threads (Pillow releases the GIL while decoding; default
-    min(4, CPUs)), then classified in one call.
+    min(4, CPUs)).
     """
-    names = meta.class_names
-    preprocess = predictor.preprocess
 
     def load(path: str) -> torch.Tensor | str:
         try:
@@ -101,20 +100,39 @@ def predict_files(
 
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            results = [Prediction(path, error=error) for path, error in chunk]
-            todo = [r for r in results if r.error is None]
-            good, tensors = [], []
-            for result, loaded in zip(todo, pool.map(load, [r.file for r in todo])):
+            chunk = list(files[start : start + batch_size])
+            todo = [i for i, (_, error) in enumerate(chunk) if error is None]
+            tensors = []
+            for i, loaded in zip(todo, pool.map(load, [chunk[i][0] for i in todo])):
                 if isinstance(loaded, str):
-                    result.error = loaded
+                    chunk[i] = (chunk[i][0], loaded)
                 else:
-                    good.append(result)
                     tensors.append(loaded)
-            if tensors:
-                for result, top in zip(good, top_k(predictor(torch.stack(tensors)), names, k)):
-                    result.top = top
-            yield from results
+            yield chunk, (torch.stack(tensors) if tensors else None)
+
+
+def predict_files(
+    predictor: Predictor,
+    meta: WeightsMeta,
+    files: Sequence[tuple[str, str | None]],
+    *,
+    batch_size: int = 32,
+    k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> Iterator[Prediction]:
+    """Predictions in the order of `files` ([(path, error)] as from `collect_images`), each batch
+    decoded by `decode_batches`, then classified in one call."""
+    names = meta.class_names
+    for chunk, images in decode_batches(
+        predictor.preprocess, files, batch_size=batch_size, max_pixels=max_pixels, workers=workers
+    ):
+        results = [Prediction(path, error=error) for path, error in chunk]
+        if images is not None:
+            good = [r for r in results if r.error is None]
+            for result, top in zip(good, top_k(predictor(images), names, k)):
+                result.top = top
+        yield from results
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:

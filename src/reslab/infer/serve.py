@@ -6,6 +6,11 @@ Endpoints:
   POST /predict   multipart upload, field "file"; query top_k (default 5) -> top-k JSON
   GET  /health    {"status": "ok", ...} once the model is loaded and warmed up
   GET  /metadata  model name, classes, input size, parameter count, serving settings
+  POST /explain   multipart upload, field "file"; query class (id or name, default the top-1) ->
+                  a PNG of the Grad-CAM heatmap over the network's input (reslab.infer.explain),
+                  header X-Class-Id. Same upload and pixel limits and decode slots as /predict;
+                  one explanation runs at a time (a forward and a backward pass of the PyTorch
+                  network), at most --queue-size wait (503 beyond); 501 when serving an ONNX file.
 
 Flow of one request: the body is capped (413 beyond --max-upload-bytes, checked from the
 Content-Length header before reading and again while reading); the image is decoded in a worker
@@ -29,12 +34,14 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError
 from reslab.data.preprocess import Preprocess
+from reslab.errors import ConfigError
 from reslab.infer.backends import Predictor
+from reslab.infer.explain import GradCam, resolve_class
 from reslab.infer.predict import top_k
 from reslab.weights import WeightsMeta
 
@@ -258,9 +265,15 @@ def metadata_of(predictor: Predictor, meta: WeightsMeta, config: ServeConfig, nu
 
 
 def create_app(
-    predictor: Predictor, meta: WeightsMeta, config: ServeConfig | None = None, *, num_params: int = 0
+    predictor: Predictor,
+    meta: WeightsMeta,
+    config: ServeConfig | None = None,
+    *,
+    num_params: int = 0,
+    explainer: GradCam | None = None,
 ) -> Any:
-    """The FastAPI application serving `predictor` (see the module docstring)."""
+    """The FastAPI application serving `predictor` (see the module docstring); `explainer` answers
+    POST /explain (None: 501, e.g. for an ONNX file)."""
     config = config or ServeConfig()
     preprocess = predictor.preprocess
     shape = (preprocess.in_chans, preprocess.input_size, preprocess.input_size)
@@ -278,6 +291,7 @@ def create_app(
         batcher.start()
         app.state.batcher = batcher
         app.state.decode_slots = asyncio.Semaphore(config.decode_workers)
+        app.state.explaining = 0  # /explain requests decoded and running or waiting for the network
         app.state.started = time.time()
         try:
             yield
@@ -327,6 +341,31 @@ def create_app(
                 "predictions": predictions,
             }
         )
+
+    @app.post("/explain")
+    async def explain(
+        file: UploadFile = File(..., description="an image file"),
+        class_: str | None = Query(None, alias="class", description="class id or name (default: the top-1)"),
+    ) -> Response:
+        if explainer is None:
+            raise HTTPException(501, "Grad-CAM needs gradients, hence PyTorch weights: this server runs an ONNX file")
+        try:
+            target = None if class_ is None else resolve_class(class_, meta)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        image = await decode_upload(file, preprocess, config, app.state.decode_slots)
+        if app.state.explaining >= config.queue_size:
+            return JSONResponse(
+                {"detail": "server busy: too many explanations waiting, retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        app.state.explaining += 1
+        try:  # GradCam serialises its calls: one forward + backward pass at a time
+            png, explained = await run_in_threadpool(explainer.overlay_png, image, target)
+        finally:
+            app.state.explaining -= 1
+        return Response(png, media_type="image/png", headers={"X-Class-Id": str(explained)})
 
     return app
 

@@ -12,16 +12,17 @@ import difflib
 import fnmatch
 import re
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from reslab.errors import ConfigError, UnknownModelError
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from reslab.models.features import FeatureNet
 from reslab.models.resnet import ResNet
 
 # Options a user may pass to create_model(..., **options); everything else is fixed by the name.
-OPTIONS = ("shortcut", "zero_init_last", "drop_rate")
+OPTIONS = ("shortcut", "zero_init_last", "drop_rate", "drop_path_rate")
 
 
 @dataclass(frozen=True)
@@ -372,11 +373,43 @@ def list_models(pattern: str = "*") -> list[str]:
     return [name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern)]
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **options: Any) -> ResNet:
+@overload
+def create_model(
+    name: str,
+    num_classes: int | None = ...,
+    in_chans: int = ...,
+    *,
+    features_only: Literal[False] = ...,
+    **options: Any,
+) -> ResNet: ...
+@overload
+def create_model(
+    name: str,
+    num_classes: int | None = ...,
+    in_chans: int = ...,
+    *,
+    features_only: Literal[True],
+    out_indices: Sequence[int] | None = ...,
+    **options: Any,
+) -> FeatureNet: ...
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **options: Any,
+) -> ResNet | FeatureNet:
     """Build a registered network with fresh (paper) initialisation.
 
+    features_only=True returns its feature pyramid instead: a `FeatureNet` whose forward gives the
+    feature maps of `out_indices` (0 the stem, 1.. the stages; default all) and whose `feature_info`
+    lists their channels and reductions (reslab.models.features, timm's interface).
+
     Options: shortcut ("A"/"B"/"C"), zero_init_last (bool), drop_rate (float in [0, 1); only nets
-    of pre-activation basic blocks: Wide ResNets, preact_resnet110/18/34, preact_resnet_cifar_D).
+    of pre-activation basic blocks: Wide ResNets, preact_resnet110/18/34, preact_resnet_cifar_D),
+    drop_path_rate (stochastic depth, float in [0, 1); every residual net, not the plain ones).
     Extra keyword `bottleneck=True` is accepted by preact_resnet_cifar_D. An option the network's
     blocks do not implement raises `ConfigError` naming the model and the option.
     """
@@ -390,7 +423,10 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, *
         options.pop("shortcut")  # plain nets have no shortcuts to choose
     if in_chans < 1:
         raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
+    if out_indices is not None and not features_only:
+        raise ConfigError(f"out_indices chooses feature maps: pass features_only=True with it ({name})")
     # The name goes into the network so that its errors (an unsupported option) say which model.
-    return info.build(
+    net = info.build(
         num_classes=info.num_classes if num_classes is None else num_classes, in_chans=in_chans, name=name, **options
     )
+    return FeatureNet(net, out_indices) if features_only else net
