@@ -1,17 +1,25 @@
-"""Inference speed on this CPU: reslab's fast path and int8 file vs torchvision eager fp32 vs onnxruntime.
+"""Inference speed on this CPU: `reslab predict`'s default path, reslab's PyTorch fast path and int8
+file vs torchvision eager fp32 vs plain onnxruntime.
 
 What is timed (BENCHMARKING.md, "count what a user waits for"): from a batch of decoded images
 in memory, a uint8 tensor (B, C, H, W), to float32 logits, normalisation included on every side.
 
-Sides, all with the same weights (random init; no pretrained weights on this machine):
+Sides, all with the same weights (random init; no pretrained weights on this machine), saved as a
+weights file the way a run writes them:
+  reslab predict  what `reslab predict WEIGHTS` / `reslab serve WEIGHTS` run by default:
+                  `load_predictor(WEIGHTS)`, i.e. (onnxruntime installed, CPU) OnnxPredictor on the
+                  weights' cached ONNX export (reslab.infer.onnx_cache). Its first use (export +
+                  verification against PyTorch) and a later use (checksums, session) are timed
+                  separately, once per model, not as speed.
   reference     torchvision.models.resnet50() in eval mode under torch.inference_mode(), eager
                 float32, NCHW (for ResNet-20, which torchvision lacks: the same reslab network,
                 unfused, eager float32)
   reslab fast   FastPredictor(compile=True): BN folded, channels_last, torch.compile with Inductor
                 weight freezing, bf16 only where the CPU has native bf16 ("auto")
   reslab eager  FastPredictor(compile=False): folded + channels_last, no compilation
-  onnxruntime   the file written by `reslab export --format onnx` (folded float32), default CPU
-                provider, intra_op_num_threads = torch.get_num_threads()
+  onnxruntime   the same .onnx file as `reslab predict` runs (folded float32, written by the
+                exporter of `reslab export`), a plain InferenceSession: default CPU provider and
+                options, intra_op_num_threads = torch.get_num_threads(), normalisation in numpy
   reslab int8   that file quantised as `reslab export --int8` does (reslab.infer.quantize: static
                 QDQ, per-channel int8 weights, uint8 activations, stem conv float32), run through
                 `OnnxPredictor` as `reslab predict model.int8.onnx` runs it. Calibrated on random
@@ -21,16 +29,19 @@ Sides, all with the same weights (random init; no pretrained weights on this mac
 
 Protocol: one warm-up round (it also pays torch.compile's cold start, reported separately),
 then interleaved rounds A, B, C, D, E, A, B, ...; per side the median time per batch; per round
-the ratio reference / side, reported as min / median / max, and for reslab fast and reslab int8
-also onnxruntime fp32 / side. Numerical difference of each side from the float32 reference is
-printed with the speed.
+the ratio reference / side, reported as min / median / max, and for reslab predict, reslab fast
+and reslab int8 also onnxruntime fp32 / side (target for reslab predict: >= 1.0x). Numerical
+difference of each side from the float32 reference is printed with the speed.
 
 Usage:  python benchmarks/bench_inference.py [--quick] [--rounds N] [--case NAME ...] [--threads N]
+        python benchmarks/bench_inference.py --sides predict                # reslab predict vs onnxruntime
+        python benchmarks/bench_inference.py --model resnet20 --repeats 2   # a model at batch 1 and 16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
@@ -45,13 +56,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reslab.infer.backends import OnnxPredictor
-from reslab.infer.export import export_model
+from reslab.data.norm import NormStats
+from reslab.infer.backends import OnnxPredictor, load_predictor
 from reslab.infer.fast import FastPredictor, native_bf16_supported, resolve_precision
 from reslab.infer.quantize import write_int8
 from reslab.machine import cpu_model
-from reslab.models import count_macs, create_model, to_torchvision
-from reslab.weights import WeightsMeta
+from reslab.models import count_macs, create_model, model_info, to_torchvision
+from reslab.weights import WeightsMeta, load_weights, save_weights
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -73,6 +84,7 @@ CASES = {
 }
 ONNX_LABEL = "onnxruntime (exported, fp32)"
 INT8_LABEL = "reslab int8 (onnxruntime)"
+BATCHES = (1, 16)  # with --model
 
 
 def cpu_flags() -> str:
@@ -132,26 +144,45 @@ def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Callable[[t
     return label, run
 
 
-def onnx_sides(
-    model: torch.nn.Module, case: Case, workdir: Path
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
-    """(onnxruntime on the fp32 export, reslab's int8 file through OnnxPredictor)."""
+def weights_file(model: torch.nn.Module, case: Case, workdir: Path) -> Path:
+    """The network as a reslab weights file (ImageNet normalisation), one per model: the cases of a
+    model share it, and so its cached ONNX export."""
+    path = workdir / case.name / "weights.safetensors"
+    if not path.is_file():
+        meta = WeightsMeta(model=case.name, num_classes=model.num_classes, in_chans=3, input_size=case.input_size)
+        save_weights(path, model, meta, NormStats(IMAGENET_MEAN, IMAGENET_STD))
+    return path
+
+
+def predict_side(path: Path) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """`reslab predict`'s default predictor for the weights file; its first use and a later use timed."""
+    first_use = not path.with_name(path.name + ".onnx").exists()
+    lines: list[str] = []
+    start = time.perf_counter()
+    load_predictor(path, log=lines.append)
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    predictor, _, _ = load_predictor(path)
+    again = time.perf_counter() - start
+    backend = predictor.describe()["backend"]
+    print(f"   reslab predict default: {lines[-1] if lines else backend}")
+    if first_use and getattr(predictor, "cache", None) is not None:
+        print(
+            f"   first use (ONNX export + verification against PyTorch, once per weights file): {loaded:.1f} s; "
+            f"a later start (checksums + session): {again:.2f} s"
+        )
+    else:
+        print(f"   load (export made earlier): {loaded:.2f} s; again: {again:.2f} s")
+    return f"reslab predict default ({backend})", predictor
+
+
+def onnx_side(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Plain onnxruntime on `path`: default session options, torch's thread count, numpy normalisation."""
     import onnxruntime as ort
 
-    meta = WeightsMeta(model=case.name, num_classes=model.num_classes, in_chans=3, input_size=case.input_size)
-    result = export_model(model, meta, IMAGENET_MEAN, IMAGENET_STD, "onnx", workdir / f"{case.name}.onnx")
-    calibration = torch.randint(
-        0,
-        256,
-        (case.calibration, 3, case.input_size, case.input_size),
-        dtype=torch.uint8,
-        generator=torch.Generator().manual_seed(2),
-    )  # not the timed images (seed 1)
-    int8_path = workdir / f"{case.name}.int8.onnx"
-    write_int8(result.path, int8_path, calibration, IMAGENET_MEAN, IMAGENET_STD)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     scale = (1.0 / (255.0 * IMAGENET_STD)).numpy()[None].astype(np.float32)
     shift = (-IMAGENET_MEAN / IMAGENET_STD).numpy()[None].astype(np.float32)
 
@@ -159,7 +190,22 @@ def onnx_sides(
         x = u8.numpy().astype(np.float32) * scale + shift
         return torch.from_numpy(session.run(["logits"], {"input": x})[0])
 
-    return run, OnnxPredictor(int8_path)
+    return run
+
+
+def int8_side(fp32_path: Path, case: Case, workdir: Path) -> OnnxPredictor:
+    """reslab's int8 file of the fp32 export, through OnnxPredictor as `reslab predict model.int8.onnx`."""
+    calibration = torch.randint(
+        0,
+        256,
+        (case.calibration, 3, case.input_size, case.input_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(2),
+    )  # not the timed images (seed 1)
+    int8_path = workdir / case.name / f"{case.name}.int8.onnx"
+    if not int8_path.is_file():
+        write_int8(fp32_path, int8_path, calibration, NormStats(IMAGENET_MEAN, IMAGENET_STD))
+    return OnnxPredictor(int8_path)
 
 
 def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
@@ -203,18 +249,27 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
         generator=torch.Generator().manual_seed(1),
     )
 
-    ref_label, ref_fn = reference_side(case, model)
-    sides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {ref_label: ref_fn}
+    path = weights_file(model, case, workdir)
+    predict_label, predict_fn = predict_side(path)
     start = time.perf_counter()
-    fast = FastPredictor(
-        model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision, compile=not args.no_compile, dynamic=False
-    )
-    fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
-    sides[fast_label] = fast
-    sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(
-        model, IMAGENET_MEAN, IMAGENET_STD, precision=args.precision
-    )
-    sides[ONNX_LABEL], sides[INT8_LABEL] = onnx_sides(model, case, workdir)
+    fp32_file = predict_fn.path if predict_fn.describe()["backend"] == "onnxruntime" else None
+    sides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if args.sides == "all":
+        ref_label, ref_fn = reference_side(case, model)
+        sides[ref_label] = ref_fn
+    sides[predict_label] = predict_fn
+    if fp32_file is not None:
+        sides[ONNX_LABEL] = onnx_side(fp32_file)
+    fast_label = ""
+    if args.sides == "all":
+        preprocess = load_weights(path).preprocess
+        fast = FastPredictor(model, preprocess, precision=args.precision, compile=not args.no_compile, dynamic=False)
+        fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
+        sides[fast_label] = fast
+        sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, preprocess, precision=args.precision)
+        if fp32_file is not None:
+            sides[INT8_LABEL] = int8_side(fp32_file, case, workdir)
+    ref_label = next(iter(sides))
 
     # Warm-up round: first calls build oneDNN primitives, compile, allocate; not timed as speed.
     with torch.inference_mode():
@@ -224,10 +279,9 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
         out = fn(u8)
         warm = time.perf_counter() - t0
         print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
-    print(
-        f"   (setup incl. ONNX export, int8 calibration on {case.calibration} images and warm-up: "
-        f"{time.perf_counter() - start:.1f} s)"
-    )
+    setup = time.perf_counter() - start
+    what = f"int8 calibration on {case.calibration} images, " if INT8_LABEL in sides else ""
+    print(f"   (setup incl. {what}warm-up: {setup:.1f} s)")
 
     times: dict[str, list[float]] = {label: [] for label in sides}
     for _ in range(args.rounds):
@@ -245,8 +299,9 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
             f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
             f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x"
         )
-    print(ratio_line(fast_label, times))
-    print(ratio_line(INT8_LABEL, times))
+    for label in (predict_label, fast_label, INT8_LABEL):
+        if label in times and ONNX_LABEL in times:
+            print(ratio_line(label, times))
     print(f"   load average after the case: {load()}")
     print()
 
@@ -256,6 +311,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 timed rounds instead of 5")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, --quick 3)")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="cases to run (default: all)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"instead of the cases: this registry model at its native input size, batches {BATCHES}",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="model calls per side per round (default: per case)")
+    parser.add_argument(
+        "--sides",
+        choices=("all", "predict"),
+        default="all",
+        help="predict: only `reslab predict`'s default path and plain onnxruntime on the same file",
+    )
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
     parser.add_argument(
@@ -269,9 +336,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.rounds = args.rounds or (3 if args.quick else 5)
     print_header(args)
+    if args.model:
+        info = model_info(args.model)
+        cases = {f"{args.model}-b{b}": Case(args.model, info.input_size, b, 8 if b == 1 else 1, 32) for b in BATCHES}
+    else:
+        cases = {key: CASES[key] for key in args.case or list(CASES)}
+    if args.repeats:
+        cases = {key: dataclasses.replace(case, repeats=args.repeats) for key, case in cases.items()}
     with tempfile.TemporaryDirectory(prefix="reslab-bench-") as tmp:
-        for key in args.case or list(CASES):
-            run_case(key, CASES[key], args, Path(tmp))
+        for key, case in cases.items():
+            run_case(key, case, args, Path(tmp))
 
 
 if __name__ == "__main__":
