@@ -318,54 +318,69 @@ def load_predictor(
         if log is not None:
             log(line)
         elif line.startswith("warning: "):
-            warnings.warn(line.removeprefix("warning: "), stacklevel=3)
+            warnings.warn(line.removeprefix("warning: "), stacklevel=4)
 
     if is_onnx_file(source):
-        if compile or not fold or precision != "auto":
-            raise ConfigError(
-                "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
-                "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
-            )
-        if backend == "torch":
-            raise ConfigError(f"--backend torch needs PyTorch weights; {source} is an ONNX file, run by onnxruntime")
-        predictor = OnnxPredictor(source, tta_flip=tta_flip)
-        say(f"backend onnxruntime: {predictor.path} ({predictor.precision})")
-        return with_temperature(predictor, predictor.meta), predictor.meta, predictor.num_params
-
-    from reslab.weights import read_meta, resolve_weights
-
+        return _onnx_file_predictor(source, backend, fold, precision, compile, tta_flip, say)
     torch_only = [flag for flag, on in (("--compile", compile), ("--no-fold", not fold)) if on]
     torch_only += ["--precision bf16"] if precision == "bf16" else []
     chosen, why = choose_backend(backend, torch_only)
     if chosen == "onnxruntime":
-        from reslab.infer.export import ExportError
-        from reslab.infer.onnx_cache import cached_onnx
+        loaded = _cached_onnx_predictor(source, backend, why, tta_flip, say)
+        if loaded is not None:
+            return loaded
+        why = "auto: fallback, the ONNX export was not usable"
+    return _torch_predictor(source, fold, precision, compile, tta_flip, why, say)
 
-        path = resolve_weights(source)
-        meta = read_meta(path)  # the weights' own record (metrics, temperature), not the export's copy
-        try:
-            cache = cached_onnx(path, log=say)
-        except (ExportError, OSError) as exc:
-            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if backend == "onnxruntime":
-                if isinstance(exc, OSError):
-                    raise ConfigError(
-                        f"cannot write the ONNX export of {path} ({problem}); set RESLAB_CACHE_DIR to a "
-                        "writable folder or use --backend torch"
-                    ) from None
-                raise
-            say(f"warning: the ONNX export of {path} is not usable ({problem}); running PyTorch instead")
-            why = "auto: fallback, the ONNX export was not usable"
-        else:
-            predictor = OnnxPredictor(cache.path, tta_flip=meta.tta_flip if tta_flip is None else tta_flip)
-            predictor.cache = cache
-            done = f"exported and verified in {cache.seconds:.1f} s" if cache.built else "reused, checksums match"
-            say(
-                f"backend onnxruntime ({why}): {cache.path} ({done}; max |logit diff| vs PyTorch "
-                f"{cache.max_abs_diff:.2g}, tolerance {cache.tolerance:g} x max(1, {cache.logit_scale:.3g}))"
-            )
-            return with_temperature(predictor, meta), meta, predictor.num_params
 
+def _onnx_file_predictor(source, backend, fold, precision, compile, tta_flip, say):
+    """A user's .onnx file, run as it was exported (`load_predictor`)."""
+    if compile or not fold or precision != "auto":
+        raise ConfigError(
+            "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
+            "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
+        )
+    if backend == "torch":
+        raise ConfigError(f"--backend torch needs PyTorch weights; {source} is an ONNX file, run by onnxruntime")
+    predictor = OnnxPredictor(source, tta_flip=tta_flip)
+    say(f"backend onnxruntime: {predictor.path} ({predictor.precision})")
+    return with_temperature(predictor, predictor.meta), predictor.meta, predictor.num_params
+
+
+def _cached_onnx_predictor(source, backend, why, tta_flip, say):
+    """Weights under onnxruntime on their cached, verified export (`load_predictor`); None when the
+    export is not usable and auto falls back to PyTorch (under --backend onnxruntime: an error)."""
+    from reslab.infer.export import ExportError
+    from reslab.infer.onnx_cache import cached_onnx
+    from reslab.weights import read_meta, resolve_weights
+
+    path = resolve_weights(source)
+    meta = read_meta(path)  # the weights' own record (metrics, temperature), not the export's copy
+    try:
+        cache = cached_onnx(path, log=say)
+    except (ExportError, OSError) as exc:
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if backend == "onnxruntime":
+            if isinstance(exc, OSError):
+                raise ConfigError(
+                    f"cannot write the ONNX export of {path} ({problem}); set RESLAB_CACHE_DIR to a "
+                    "writable folder or use --backend torch"
+                ) from None
+            raise
+        say(f"warning: the ONNX export of {path} is not usable ({problem}); running PyTorch instead")
+        return None
+    predictor = OnnxPredictor(cache.path, tta_flip=meta.tta_flip if tta_flip is None else tta_flip)
+    predictor.cache = cache
+    done = f"exported and verified in {cache.seconds:.1f} s" if cache.built else "reused, checksums match"
+    say(
+        f"backend onnxruntime ({why}): {cache.path} ({done}; max |logit diff| vs PyTorch "
+        f"{cache.max_abs_diff:.2g}, tolerance {cache.tolerance:g} x max(1, {cache.logit_scale:.3g}))"
+    )
+    return with_temperature(predictor, meta), meta, predictor.num_params
+
+
+def _torch_predictor(source, fold, precision, compile, tta_flip, why, say):
+    """Weights on the PyTorch fast path (`load_predictor`)."""
     from reslab.infer.fast import FastPredictor
     from reslab.models import count_params
     from reslab.weights import load_weights

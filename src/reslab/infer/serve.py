@@ -326,11 +326,7 @@ def create_app(
         try:
             logits, batch_size = await app.state.batcher.submit(image)
         except QueueFullError:
-            return JSONResponse(
-                {"detail": "server busy: request queue full, retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return busy("request queue full")
         top = top_k(logits.unsqueeze(0), meta.class_names, min(top_k_, meta.num_classes))[0]
         predictions = [{"class_id": i, "class": n, "probability": round(p, 6)} for i, n, p in top]
         return JSONResponse(
@@ -341,6 +337,22 @@ def create_app(
                 "predictions": predictions,
             }
         )
+
+    add_explain_route(app, explainer, meta, preprocess, config)
+    return app
+
+
+def busy(detail: str) -> JSONResponse:
+    """503 with Retry-After: the request queue, or the explanations waiting, are full."""
+    return JSONResponse(
+        {"detail": f"server busy: {detail}, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
+    )
+
+
+def add_explain_route(
+    app: Any, explainer: GradCam | None, meta: WeightsMeta, preprocess: Preprocess, config: ServeConfig
+) -> None:
+    """POST /explain on `app`: a Grad-CAM overlay PNG of one upload (501 without PyTorch weights)."""
 
     @app.post("/explain")
     async def explain(
@@ -355,19 +367,13 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         image = await decode_upload(file, preprocess, config, app.state.decode_slots)
         if app.state.explaining >= config.queue_size:
-            return JSONResponse(
-                {"detail": "server busy: too many explanations waiting, retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return busy("too many explanations waiting")
         app.state.explaining += 1
         try:  # GradCam serialises its calls: one forward + backward pass at a time
             png, explained = await run_in_threadpool(explainer.overlay_png, image, target)
         finally:
             app.state.explaining -= 1
         return Response(png, media_type="image/png", headers={"X-Class-Id": str(explained)})
-
-    return app
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

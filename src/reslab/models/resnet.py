@@ -102,6 +102,33 @@ def make_stage(
     return nn.Sequential(*blocks)
 
 
+def check_net_options(
+    name: str,
+    block: type[ResidualBlock],
+    residual: bool,
+    groups: int,
+    base_width: int,
+    stride_on: StrideOn,
+    drop_rate: float,
+    drop_path_rate: float,
+    zero_init_last: bool,
+) -> None:
+    """ConfigError for options the net `name` cannot honour (before any layer is built)."""
+    block.check_options(f"model {name}", groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate)
+    if not isinstance(drop_path_rate, int | float) or not 0 <= drop_path_rate < 1:
+        raise ConfigError(f"model {name}: drop_path_rate is a probability in [0, 1), got {drop_path_rate!r}")
+    if drop_path_rate and not residual:
+        raise ConfigError(
+            f"model {name} is a plain net: stochastic depth drops residual branches, and a plain block "
+            "has only its branch; leave model.drop_path_rate at 0"
+        )
+    if zero_init_last and not residual:
+        raise ConfigError(
+            f"model {name} is a plain net: zero_init_last would zero the only path through each block "
+            "(it makes residual blocks start as identity); leave model.zero_init_last off"
+        )
+
+
 class ResNet(nn.Module):
     """A residual (or plain) network.
 
@@ -153,21 +180,9 @@ class ResNet(nn.Module):
         if len(layers) != len(planes):
             raise ValueError(f"layers {tuple(layers)} and planes {tuple(planes)} differ in length")
         # Before any layer is built: the error names the model as the user typed it.
-        block.check_options(
-            f"model {name}", groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
+        check_net_options(
+            name, block, residual, groups, base_width, stride_on, drop_rate, drop_path_rate, zero_init_last
         )
-        if not isinstance(drop_path_rate, int | float) or not 0 <= drop_path_rate < 1:
-            raise ConfigError(f"model {name}: drop_path_rate is a probability in [0, 1), got {drop_path_rate!r}")
-        if drop_path_rate and not residual:
-            raise ConfigError(
-                f"model {name} is a plain net: stochastic depth drops residual branches, and a plain block "
-                "has only its branch; leave model.drop_path_rate at 0"
-            )
-        if zero_init_last and not residual:
-            raise ConfigError(
-                f"model {name} is a plain net: zero_init_last would zero the only path through each block "
-                "(it makes residual blocks start as identity); leave model.zero_init_last off"
-            )
         self.name = name
         self.in_chans = in_chans
         self.preact = block.preact
