@@ -174,3 +174,11 @@ def test_link_checker_finds_broken_links(tmp_path: Path) -> None:
         f"'missing.md': no such file {tmp_path / 'missing.md'}",
         "'fig x.png': not a Markdown link (a space in the target; write it as %20)",
     ]
+
+
+def test_committed_results_pages_link_only_what_is_committed() -> None:
+    """docs/results/ holds copies of report.md pages: each link and figure they name is committed too."""
+    pages = sorted((Path(__file__).resolve().parents[2] / "docs" / "results").rglob("*.md"))
+    assert pages
+    problems = {str(p): broken_links(p) for p in pages}
+    assert {page: found for page, found in problems.items() if found} == {}

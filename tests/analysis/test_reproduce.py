@@ -62,7 +62,7 @@ def test_degradation_report(degradation: Path) -> None:
     results = read_json(degradation / "results.json")
     assert results["synthetic_data"] is True and results["iterations"] == 3
     assert [row["model"] for row in results["table"]] == ["plain-8", "plain-14", "ResNet-8", "ResNet-14"]
-    assert len(results["claims"]) == 3 and all(isinstance(c["reproduced"], bool) for c in results["claims"])
+    assert len(results["claims"]) == 4 and all(isinstance(c["reproduced"], bool) for c in results["claims"])
     if not all(c["reproduced"] for c in results["claims"]):  # an honest verdict with reasons
         assert "did NOT reproduce" in html and any("synthetic" in r for r in results["not_reproduced_reasons"])
     for curves in results["curves"].values():
@@ -259,6 +259,66 @@ def test_directory_of_another_experiment_is_refused(degradation: Path, capsys) -
     assert reproduce("degradation", "--iterations", 5, "--out", degradation) == 2  # other settings
     assert "iterations=3" in capsys.readouterr().err
     assert (degradation / "experiment.json").read_text() == before
+
+
+def test_two_schedules_side_by_side(degradation: Path, tmp_path: Path) -> None:
+    """--compare draws a finished experiment's curves (faded) beside this one's and tabulates both."""
+    docs = tmp_path / "docs"  # as committed: report.md, figures and results.json only
+    docs.mkdir()
+    shutil.copy(degradation / "results.json", docs)
+    out = tmp_path / "longer"
+    args = ("degradation", *TINY, "--iterations", 4, "--depths", "8,14", "--compare", docs, "--out", out)
+    assert reproduce(*args) == 0
+    results = read_json(out / "results.json")
+    other = results["compared_with"]
+    assert other["iterations"] == 3 and other["label"] == "3 iterations" and other["source"] == str(docs)
+    theirs = {row["model"]: row["test_error_mean"] for row in read_json(docs / "results.json")["table"]}
+    assert {k: v["test"] for k, v in other["final"].items()} == theirs
+    assert (out / "fig_schedules.png").stat().st_size > 10_000
+    md = (out / "report.md").read_text()
+    assert "## Two schedules" in md and "](fig_schedules.png)" in md
+    assert "| training error % (3 iterations) | training error % (4 iterations) |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ResNet-14 |") and line.count("|") == 6)
+    assert f"| {100 * theirs['ResNet-14']:.2f} |" in row
+    assert "--compare" in read_json(out / "experiment.json")["invocations"][0]["command"]
+    # The test-error claim for ResNets is checked beside the training-error one.
+    claims = [c["claim"] for c in results["claims"]]
+    assert any("lower test error than shallower" in c for c in claims) and len(claims) == 4
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no results.json there"),
+        ("{not json", "is not valid JSON"),
+        ('{"experiment": "layer-responses"}', "experiment is 'layer-responses', not 'degradation'"),
+        ('{"experiment": "degradation", "data": "cifar10"}', "ran on 'cifar10', this one on 'synthetic'"),
+        ('{"experiment": "degradation", "data": "synthetic", "iterations": -3}', "iterations is not a positive"),
+        (
+            '{"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [4], "curves":'
+            ' {"plain-8": {"train": {"steps": [1, 2], "values": [0.5]}, "test": {"steps": [], "values": []}}}}',
+            "curves.plain-8.train has 2 steps but 1 values",
+        ),
+        (
+            '{"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [4], "curves":'
+            ' {"plain-8": {"train": {"steps": [1], "values": [7]}, "test": {"steps": [], "values": []}}}}',
+            "curves.plain-8.train.values are not error fractions",
+        ),
+    ],
+)
+def test_a_bad_compare_file_is_refused_before_training(
+    content: str | None, message: str, tmp_path: Path, capsys
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    if content is not None:
+        (other / "results.json").write_text(content)
+    out = tmp_path / "x"
+    assert reproduce("degradation", *TINY, "--iterations", 2, "--depths", 8, "--compare", other, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message in errors[0] and f"--compare {other}" in errors[0] and "Traceback" not in err
+    assert not out.exists()  # refused before anything was trained or written
 
 
 @pytest.mark.parametrize(

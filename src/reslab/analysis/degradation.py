@@ -14,10 +14,11 @@ from pathlib import Path
 
 from reslab.analysis import paper
 from reslab.analysis.experiment import Execution, ExperimentDir
-from reslab.analysis.figures import Panel, Series, curves_figure, palette
+from reslab.analysis.figures import Panel, Schedules, Series, curves_figure, palette
 from reslab.analysis.plan import check_data, check_depths, cifar_model, training_plan
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, mean_curve, mean_std, pct
+from reslab.analysis.schedules import OtherSchedule, load_other_schedule, schedule_label
 from reslab.analysis.train_error import training_error_curve
 from reslab.analysis.training_experiment import (
     claims_results,
@@ -35,7 +36,7 @@ from reslab.analysis.training_experiment import (
 NAME = "degradation"
 DEFAULT_DATA = "cifar10"
 DEFAULT_DEPTHS = [20, 56]
-TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides", "train_images"}
+TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides", "train_images", "compare"}
 SUMMARY = "plain-D versus ResNet-D training/test error curves (Fig. 1, Fig. 6)"
 
 
@@ -48,6 +49,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     check_depths(s.depths)
     check_data(s)
     plan = training_plan(s, checkpoint_each_eval=True)
+    other = load_other_schedule(s.compare, s.data, NAME) if s.compare else None  # checked before any training
     exp.start()
     depths = sorted(set(s.depths))
     nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in depths]
@@ -63,6 +65,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     claims = _claims(stats, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
     fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic, plan.milestones)
+    this_schedule = schedule_label(plan.iterations, s.epochs)
     what_train = runs[0].train_error_curve()[1]
 
     results = {
@@ -73,6 +76,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         "table": table,
         **claims_results(claims, reasons),
         "curves": _curves_results(stats),
+        **({"compared_with": other.to_dict()} if other else {}),
         "runs": runs_results(runs),
         "environment": environment(),
     }
@@ -82,6 +86,9 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
     claims_section(page, claims, reasons)
     _summary_section(page, table, fig6, fig1, what_train)
+    if other:
+        fig = _schedules_figure(exp.path, stats, depths, s.data, synthetic, plan.milestones, this_schedule, other)
+        _schedules_section(page, table, this_schedule, plan.milestones, other, fig)
     method_section(page, plan, runs[0], s.seeds, [_training_error_note(plan.eval_every, train_images)])
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
@@ -187,6 +194,81 @@ def _figures(
     return fig6, fig1
 
 
+def _schedules_figure(
+    out: Path,
+    stats: dict,
+    depths: list[int],
+    data: str,
+    synthetic: bool,
+    lr_drops: list[int],
+    this_schedule: str,
+    other: OtherSchedule,
+) -> Path:
+    """Both schedules in one figure (plain nets left, ResNets right): this one at full strength,
+    the other (--compare) faded, each with its own lr drops."""
+    colors = palette(depths)
+    panels = []
+    for residual in (False, True):
+        series = []
+        for d in depths:
+            name = label(residual, d)
+            for kind in ("train", "test"):
+                theirs = other.curves.get(name, {}).get(kind)
+                if theirs:
+                    series.append(Series(name, *_xy(theirs), colors[d], kind, faded=True))
+                series.append(Series(name, *_xy(stats[(residual, d)][kind]), colors[d], kind))
+        panels.append(Panel(f"{'ResNets' if residual else 'plain networks'} ({data})", series))
+    return curves_figure(
+        panels,
+        out / "fig_schedules.png",
+        title="SYNTHETIC DATA" if synthetic else None,
+        note=f"bold: test error, thin dashed: training error; full colour: {this_schedule}, "
+        f"faded: {other.label}; dotted: lr / 10 of each",
+        lr_drops=lr_drops,
+        schedules=Schedules(this_schedule, other.label, other.milestones),
+    )
+
+
+def _schedules_section(
+    page: Page, table: list[dict], this_schedule: str, milestones: list[int], other: OtherSchedule, fig: Path
+) -> None:
+    """This experiment's final errors beside those of the --compare experiment, and both curves."""
+
+    def at(steps: list[int]) -> str:
+        return ", ".join(f"{m:,}" for m in steps)
+
+    page.heading("Two schedules")
+    page.paragraph(
+        f"This experiment ({this_schedule}, lr / 10 at {at(milestones)}) beside {other.source} "
+        f"({other.label}, lr / 10 at {at(other.milestones)}), same recipe and data."
+    )
+    rows = []
+    for row in table:
+        theirs = other.finals.get(row["model"], {})
+        rows.append(
+            [
+                row["model"],
+                pct(theirs.get("train")),
+                pct(row["train_error_mean"]),
+                pct(theirs.get("test")),
+                pct(row["test_error_mean"]),
+            ]
+        )
+    page.table(
+        [
+            "model",
+            f"training error % ({other.label})",
+            f"training error % ({this_schedule})",
+            f"test error % ({other.label})",
+            f"test error % ({this_schedule})",
+        ],
+        rows,
+        caption="Final errors under both schedules (mean over seeds)",
+        id="schedules",
+    )
+    page.figure(fig, f"both schedules against iterations: full colour {this_schedule}, faded {other.label}")
+
+
 def _net_stats(group: list[Run]) -> dict:
     """Means over seeds of one network's final errors and curves."""
     train_curves = [r.train_error_curve()[0] for r in group]
@@ -252,6 +334,14 @@ def _claims(stats: dict, depths: list[int]) -> list[dict]:
                 "claim": paper.CLAIM_RESNET,
                 "reproduced": bool(r_d < r_s),
                 "detail": f"training error ResNet-{deep} {pct(r_d)}% vs ResNet-{shallow} {pct(r_s)}%",
+            }
+        )
+        t_s, t_d = test(True, shallow), test(True, deep)
+        claims.append(
+            {
+                "claim": paper.CLAIM_RESNET_TEST,
+                "reproduced": bool(t_d < t_s),
+                "detail": f"test error ResNet-{deep} {pct(t_d)}% vs ResNet-{shallow} {pct(t_s)}%",
             }
         )
     ok = train(True, deep) < train(False, deep) and test(True, deep) < test(False, deep)

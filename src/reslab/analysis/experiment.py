@@ -58,6 +58,7 @@ class Settings:
     runs: list[str] = field(default_factory=list)  # layer-responses: run directories
     weights: list[str] = field(default_factory=list)  # imagenet-table: [NAME=]PATH
     batch_size: int = 32  # imagenet-table: images per evaluation batch
+    compare: str | None = None  # degradation: another schedule's experiment (or its results.json) drawn beside
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,6 +28,7 @@ class Series:
     values: list[float]  # fractions; plotted in %
     color: str
     kind: str = "test"  # "train" (thin dashed) | "test" (bold) | "plain" (a normal line)
+    faded: bool = False  # drawn light: the other schedule in a figure that compares two
 
 
 @dataclass
@@ -45,6 +46,17 @@ def palette(keys: list) -> dict:
 
 
 LR_DROP_STYLE = {"color": "0.55", "linewidth": 0.9, "linestyle": ":"}
+FADED_ALPHA = 0.35
+
+
+@dataclass
+class Schedules:
+    """Two training schedules in one figure: `label` names the full-strength series and `lr_drops`,
+    `faded_label` the faded ones and `faded_lr_drops` (their lr drops, drawn faded)."""
+
+    label: str
+    faded_label: str
+    faded_lr_drops: list[int]
 
 
 def curves_figure(
@@ -53,9 +65,11 @@ def curves_figure(
     title: str | None = None,
     note: str | None = None,
     lr_drops: list[int] | tuple[int, ...] = (),
+    schedules: Schedules | None = None,
 ) -> Path:
     """Side-by-side panels of error curves sharing the y-axis range; `lr_drops` (iterations where
-    the learning rate falls) are marked with a dotted vertical line in every panel."""
+    the learning rate falls) are marked with a dotted vertical line in every panel. With
+    `schedules`, series marked `faded` belong to a second schedule and are drawn light."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     top = max([max(s.values) for p in panels for s in p.series if s.values] or [0.01])
     for ax, panel in zip(axes[0], panels):
@@ -66,11 +80,16 @@ def curves_figure(
                 continue
             style = TRAIN_STYLE if s.kind == "train" else TEST_STYLE if s.kind == "test" else {"linewidth": 1.6}
             marker = "o" if len(s.steps) <= 12 else None
-            ax.plot(s.steps, [100 * v for v in s.values], color=s.color, marker=marker, markersize=3, **style)
+            alpha = FADED_ALPHA if s.faded else 1.0
+            ax.plot(
+                s.steps, [100 * v for v in s.values], color=s.color, marker=marker, markersize=3, alpha=alpha, **style
+            )
             labels_seen.setdefault(s.label, s.color)
             kinds.add(s.kind)
         for step in lr_drops:
             ax.axvline(step, **LR_DROP_STYLE)
+        for step in schedules.faded_lr_drops if schedules else ():
+            ax.axvline(step, alpha=FADED_ALPHA, **LR_DROP_STYLE)
         handles = [Line2D([], [], color=c, linewidth=2.4, label=lbl) for lbl, c in labels_seen.items()]
         if {"train", "test"} <= kinds:
             handles += [
@@ -79,6 +98,11 @@ def curves_figure(
             ]
         if lr_drops and handles:
             handles.append(Line2D([], [], label="lr / 10", **LR_DROP_STYLE))
+        if schedules and handles:
+            handles += [
+                Line2D([], [], color="0.3", linewidth=2.4, label=schedules.label),
+                Line2D([], [], color="0.3", linewidth=2.4, alpha=FADED_ALPHA, label=schedules.faded_label),
+            ]
         if handles:
             ax.legend(handles=handles, fontsize=8, loc="upper right")
         ax.set_title(panel.title)

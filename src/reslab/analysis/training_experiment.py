@@ -99,8 +99,9 @@ def runs_section(page: Page, exp: ExperimentDir, runs: list[Run], states: dict[s
             ]
         )
     page.table(["run", "model", "seed", "this time", "steps", "wall time", "test top-1 %"], rows)
-    # Relative to the experiment's page, which `Page.write` puts in exp.path. The per-run reports stay
-    # there: a copy of report.md committed elsewhere (docs/results/) does not carry them.
+    # Relative to the experiment's page, which `Page.write` puts in exp.path. A copy of report.md
+    # committed elsewhere (docs/results/) needs runs/*/report.md and their figures copied beside it;
+    # tests/analysis/test_report_links.py checks that every link under docs/results/ resolves.
     page.link_list([(Path(os.path.relpath(r.dir.report, exp.path)), f"{r.name}: report") for r in runs])
 
 

@@ -38,6 +38,7 @@ FLAGS = {
     "images": "--images",
     "weights": "--weights",
     "batch_size": "--batch-size",
+    "compare": "--compare",
 }
 POSITIVE = ("seeds", "epochs", "iterations", "train_images", "images", "batch_size")
 
@@ -76,6 +77,7 @@ def explicit_settings(args: argparse.Namespace, module: Any) -> dict[str, Any]:
         "images": args.images,
         "weights": args.weights,
         "batch_size": args.batch_size,
+        "compare": args.compare,
     }
     given = {k: v for k, v in given.items() if v is not None}
     takes = module.TAKES
@@ -176,6 +178,7 @@ To spread ONE run over several processes or GPUs use torchrun, e.g.
 
 examples:
   reslab reproduce degradation --data fashion-mnist --epochs 10 --parallel 2
+  reslab reproduce degradation --data fashion-mnist --epochs 16 --compare docs/results/degradation-fashion-mnist
   reslab reproduce layer-responses --data fashion-mnist
   reslab reproduce cifar10-table6 --data-dir ~/data --seeds 3
   reslab reproduce imagenet-table --data-dir ~/imagenet --weights ResNet-50=r50.safetensors
@@ -210,6 +213,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--train-images", type=int, help="degradation: training images for the training-error curve (default 5000)"
+    )
+    p.add_argument(
+        "--compare",
+        metavar="EXPERIMENT_DIR",
+        help="degradation: another schedule's finished experiment (its directory, or a folder holding its "
+        "results.json, e.g. docs/results/degradation-fashion-mnist) to draw and tabulate beside this one",
     )
     p.add_argument(
         "--from",
