@@ -32,6 +32,7 @@ from reslab.analysis.training_experiment import (
     train_experiment,
     write_run_reports,
 )
+from reslab.atomic import atomic_write_bytes
 
 NAME = "degradation"
 DEFAULT_DATA = "cifar10"
@@ -80,7 +81,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         "runs": runs_results(runs),
         "environment": environment(),
     }
-    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
 
     page = Page(f"Degradation: plain vs residual networks on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")

@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError, DataError, ReslabError
 from reslab.models import model_info
 from reslab.rundir import RunDir
@@ -146,9 +147,7 @@ class ExperimentDir:
 
         self.path.mkdir(parents=True, exist_ok=True)
         self.record["reslab_version"] = __version__
-        tmp = self.path / (EXPERIMENT_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.record, indent=2))
-        os.replace(tmp, self.path / EXPERIMENT_FILE)
+        atomic_write_bytes(self.path / EXPERIMENT_FILE, json.dumps(self.record, indent=2).encode())
 
 
 def _now() -> str:

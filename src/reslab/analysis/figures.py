@@ -12,6 +12,8 @@ from pathlib import Path
 
 import matplotlib
 
+from reslab.atomic import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.lines import Line2D  # noqa: E402
@@ -185,6 +187,6 @@ def error_vs_depth_figure(
 def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     """Lay out, write the PNG and free the figure."""
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     plt.close(fig)
     return path

@@ -19,6 +19,7 @@ from reslab.analysis import paper
 from reslab.analysis.experiment import Execution, ExperimentDir
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import pct
+from reslab.atomic import atomic_write_bytes
 from reslab.device import resolve_device
 from reslab.errors import ConfigError, DataError
 from reslab.models import model_info
@@ -109,9 +110,8 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         cache = evals_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".json")
         saved = _saved_evaluation(label, path, root, cache, s.batch_size, execution.workers, dev)
         table.append(_results_row(label, meta_model, path, saved, _paper_row(meta_model, options)))
-    (exp.path / "results.json").write_text(
-        json.dumps({"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}, indent=1)
-    )
+    results = {"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}
+    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
 
     page = Page("ImageNet Tables 2-3: 1-crop and 10-crop errors")
     page.paragraph(f"Compares with {paper.PAPER}, Tables 2-3: {SUMMARY}.")
@@ -168,7 +168,7 @@ def _saved_evaluation(
             "key": key,
             **{mode: evaluate_weights_file(path, root, mode, batch_size, workers, device) for mode in MODES},
         }
-        cache.write_text(json.dumps(saved, indent=1))
+        atomic_write_bytes(cache, json.dumps(saved, indent=1).encode())
     return saved
 
 

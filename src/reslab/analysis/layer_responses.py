@@ -23,6 +23,7 @@ from reslab.analysis.report_page import Page, environment
 from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
 from reslab.analysis.training_experiment import claims_results, claims_section, not_reproduced_reasons
+from reslab.atomic import atomic_write_bytes
 from reslab.data.batches import InMemoryBatches
 from reslab.data.sources import DataSource, fit_arrays
 from reslab.errors import ConfigError
@@ -154,7 +155,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         "eval mode, averaged over channels",
         "environment": environment(),
     }
-    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
 
     page = Page("Layer responses: plain nets vs ResNets", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 7: {SUMMARY}.")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from reslab.atomic import atomic_write_bytes
 from reslab.machine import cpu_model
 
 CSS = """
@@ -156,9 +157,7 @@ class Page:
             raise ValueError(f"{path} would link files that are not where it links them: {', '.join(missing)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, text in ((path, self.render()), (path.with_suffix(".md"), self.render_markdown())):
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
+            atomic_write_bytes(target, text.encode("utf-8"))
         return path
 
 

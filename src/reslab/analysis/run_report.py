@@ -13,6 +13,7 @@ from pathlib import Path
 from reslab.analysis.figures import Panel, Series, curves_figure, palette
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, load_run, pct
+from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError, DataError
 
 
@@ -81,9 +82,8 @@ def runs_report(
     _commands_section(page, labels, runs)
     page.environment(next(((r.summary or {}).get("environment") for r in runs if r.summary), None))
     results = [_run_results(label, run) for label, run in zip(labels, runs)]
-    (out_dir / results_name).write_text(
-        json.dumps({"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}, indent=1)
-    )
+    summary = {"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}
+    atomic_write_bytes(out_dir / results_name, json.dumps(summary, indent=1).encode())
     return page.write(html_path)
 
 

@@ -28,6 +28,7 @@ from reslab.analysis.training_experiment import (
     train_experiment,
     write_run_reports,
 )
+from reslab.atomic import atomic_write_bytes
 from reslab.weights import load_weights
 
 NAME = "cifar10-table6"
@@ -70,7 +71,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
         "runs": runs_results(runs),
         "environment": environment(),
     }
-    (exp.path / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
 
     page = Page(f"CIFAR-10 Table 6: ResNets on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Table 6: {SUMMARY}.")

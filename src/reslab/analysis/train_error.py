@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import read_checkpoint
 from reslab.data.array_dataset import ArrayDataset
 from reslab.data.batches import InMemoryBatches
@@ -65,7 +66,7 @@ def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str 
         "what": "top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
         "evaluated from the checkpoint written at each step",
     }
-    run.train_error.write_text(json.dumps(result, indent=1))
+    atomic_write_bytes(run.train_error, json.dumps(result, indent=1).encode())
     for old in paths[:-keep] if keep > 0 else []:
         run.remove_checkpoint(old)
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from reslab.atomic import atomic_write, atomic_write_bytes
 from reslab.errors import ConfigError
 
 
@@ -47,7 +48,7 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: Pat
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -91,7 +92,7 @@ def save_reliability_png(m: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -190,7 +191,7 @@ def eval_command(args: argparse.Namespace) -> int:
         **m,
         **{k: dict(zip(classes, m[k])) for k in PER_CLASS},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    atomic_write_bytes(out_dir / "metrics.json", json.dumps(report, indent=2).encode())
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "confusion"}, indent=2))
         return 0

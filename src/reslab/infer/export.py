@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reslab.atomic import atomic_write_bytes
 from reslab.errors import ReslabError
 from reslab.infer.fast import fold_batchnorm
 from reslab.models import count_params
@@ -264,5 +265,5 @@ def export_model(
             "reference": "unfolded float32 PyTorch network",
         },
     )
-    result.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+    atomic_write_bytes(result.sidecar, (json.dumps(sidecar, indent=2) + "\n").encode())
     return result

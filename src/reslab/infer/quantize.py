@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reslab.atomic import atomic_write_bytes
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
@@ -468,6 +469,6 @@ def export_int8(
             "min_agreement": min_agreement,
         },
     )
-    result.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+    atomic_write_bytes(result.sidecar, (json.dumps(sidecar, indent=2) + "\n").encode())
     result.seconds = time.perf_counter() - start
     return result

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from reslab.atomic import atomic_write_bytes
 from reslab.models.registry import create_model, list_models, model_info
 
 
@@ -95,4 +96,4 @@ def model_table(pattern: str = "*") -> list[dict]:
 def write_model_table(path: Path = MODEL_TABLE) -> None:
     """Measure every registered network (default classes, 3 channels) and write the table."""
     rows = [asdict(measure(name)) for name in list_models()]
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_bytes(path, (json.dumps(rows, indent=1) + "\n").encode())
