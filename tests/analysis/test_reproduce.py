@@ -261,29 +261,93 @@ def test_directory_of_another_experiment_is_refused(degradation: Path, capsys) -
     assert (degradation / "experiment.json").read_text() == before
 
 
-def test_two_schedules_side_by_side(degradation: Path, tmp_path: Path) -> None:
-    """--compare draws a finished experiment's curves (faded) beside this one's and tabulates both."""
+def test_two_schedules_side_by_side(degradation: Path, tmp_path: Path, monkeypatch) -> None:
+    """--compare draws a finished experiment's curves (faded, with its lr drops) beside this one's and
+    tabulates both; a network the other experiment lacks gets n/a."""
+    from reslab.analysis import degradation as module
+
     docs = tmp_path / "docs"  # as committed: report.md, figures and results.json only
     docs.mkdir()
-    shutil.copy(degradation / "results.json", docs)
+    theirs = read_json(degradation / "results.json")
+    del theirs["curves"]["plain-14"]
+    theirs["table"] = [row for row in theirs["table"] if row["model"] != "plain-14"]
+    (docs / "results.json").write_text(json.dumps(theirs))
+    drawn = {}
+
+    def spy(panels, path, **kwargs):
+        drawn[path.name] = (panels, kwargs)
+        return real(panels, path, **kwargs)
+
+    real = module.curves_figure
+    monkeypatch.setattr(module, "curves_figure", spy)
     out = tmp_path / "longer"
-    args = ("degradation", *TINY, "--iterations", 4, "--depths", "8,14", "--compare", docs, "--out", out)
-    assert reproduce(*args) == 0
+    args = ("degradation", *TINY, "--iterations", 4, "--depths", "8,14", "--set", "train.eval_every=2")
+    assert reproduce(*args, "--compare", docs, "--out", out) == 0
+
+    panels, kwargs = drawn["fig_schedules.png"]
+    faded = {(s.label, s.kind): (s.steps, s.values) for p in panels for s in p.series if s.faded}
+    expected = {(n, k): (c[k]["steps"], c[k]["values"]) for n, c in theirs["curves"].items() for k in ("train", "test")}
+    assert faded == expected  # every curve of the other experiment, and only those, drawn faded
+    assert kwargs["schedules"].faded_lr_drops == theirs["milestones"] and kwargs["lr_drops"] == [2, 3]
+    assert (out / "fig_schedules.png").stat().st_size > 10_000
     results = read_json(out / "results.json")
     other = results["compared_with"]
     assert other["iterations"] == 3 and other["label"] == "3 iterations" and other["source"] == str(docs)
-    theirs = {row["model"]: row["test_error_mean"] for row in read_json(docs / "results.json")["table"]}
-    assert {k: v["test"] for k, v in other["final"].items()} == theirs
-    assert (out / "fig_schedules.png").stat().st_size > 10_000
+    ours = {row["model"]: row for row in results["table"]}
     md = (out / "report.md").read_text()
     assert "## Two schedules" in md and "](fig_schedules.png)" in md
-    assert "| training error % (3 iterations) | training error % (4 iterations) |" in md
-    row = next(line for line in md.splitlines() if line.startswith("| ResNet-14 |") and line.count("|") == 6)
-    assert f"| {100 * theirs['ResNet-14']:.2f} |" in row
+    assert "| model | training error % (3 iterations) | training error % (4 iterations) |" in md
+    assert "--set only there: none, only here: 'train.eval_every=2'." in md  # settings that differ are named
+    for row in theirs["table"]:
+        name = row["model"]
+        cells = [name, row["train_error_mean"], ours[name]["train_error_mean"], row["test_error_mean"]]
+        line = (
+            "| "
+            + " | ".join([name] + [f"{100 * v:.2f}" for v in cells[1:]])
+            + f" | {100 * ours[name]['test_error_mean']:.2f} |"
+        )
+        assert line in md, line
+    assert f"| plain-14 | n/a | {100 * ours['plain-14']['train_error_mean']:.2f} | n/a |" in md
     assert "--compare" in read_json(out / "experiment.json")["invocations"][0]["command"]
-    # The test-error claim for ResNets is checked beside the training-error one.
-    claims = [c["claim"] for c in results["claims"]]
-    assert any("lower test error than shallower" in c for c in claims) and len(claims) == 4
+
+    # --compare belongs to one invocation: a rerun without it (the folder gone) reuses the runs and
+    # writes the report without the comparison; comparing with itself is refused.
+    shutil.rmtree(docs)
+    assert reproduce("degradation", "--out", out) == 0
+    assert (
+        "compared_with" not in read_json(out / "results.json")
+        and "Two schedules" not in (out / "report.md").read_text()
+    )
+    assert reproduce("degradation", "--compare", out, "--out", out) == 2
+
+
+def _stats(train: dict, test: dict) -> dict:
+    return {key: {"train_error_mean": train[key], "test_error_mean": test[key]} for key in train}
+
+
+def test_claims_follow_the_numbers() -> None:
+    """Each claim's verdict follows the direction of the numbers, the test-error one included."""
+    from reslab.analysis.degradation import _claims
+
+    keys = [(False, 20), (False, 56), (True, 20), (True, 56)]
+    paper_like = _claims(
+        _stats(dict(zip(keys, [0.10, 0.20, 0.09, 0.05])), dict(zip(keys, [0.11, 0.21, 0.10, 0.07]))), [20, 56]
+    )
+    assert [c["reproduced"] for c in paper_like] == [True, True, True, True]
+    assert "test error ResNet-56 7.00% vs ResNet-20 10.00%" in paper_like[2]["detail"]
+    deep_resnet_tests_worse = _claims(
+        _stats(dict(zip(keys, [0.10, 0.20, 0.09, 0.05])), dict(zip(keys, [0.11, 0.21, 0.06, 0.07]))), [20, 56]
+    )
+    assert [c["reproduced"] for c in deep_resnet_tests_worse] == [True, True, False, True]
+    big = [(False, 110), (False, 1202), (True, 110), (True, 1202)]
+    table6_1202 = _claims(
+        _stats(dict(zip(big, [0.1, 0.2, 0.01, 0.005])), dict(zip(big, [0.1, 0.2, 0.064, 0.079]))), [110, 1202]
+    )
+    assert not any("test error than shallower" in c["claim"] for c in table6_1202)  # the paper does not claim it
+
+
+GOOD = '"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [4]'
+CURVES = '"curves": {"plain-8": {"train": {"steps": [1], "values": [0.5]}, "test": {"steps": [1], "values": [0.5]}}}'
 
 
 @pytest.mark.parametrize(
@@ -291,19 +355,30 @@ def test_two_schedules_side_by_side(degradation: Path, tmp_path: Path) -> None:
     [
         (None, "no results.json there"),
         ("{not json", "is not valid JSON"),
+        ('{"iterations": ' + "9" * 5000 + "}", "is not valid JSON"),  # over Python's int-digit limit
+        ("[" * 100_000 + "]" * 100_000, "is not valid JSON"),  # deeper than the parser's recursion
         ('{"experiment": "layer-responses"}', "experiment is 'layer-responses', not 'degradation'"),
         ('{"experiment": "degradation", "data": "cifar10"}', "ran on 'cifar10', this one on 'synthetic'"),
-        ('{"experiment": "degradation", "data": "synthetic", "iterations": -3}', "iterations is not a positive"),
+        ('{"experiment": "degradation", "data": "synthetic", "iterations": -3}', "iterations is not an integer"),
+        ('{"experiment": "degradation", "data": "synthetic", "iterations": 1e400}', "iterations is not an integer"),
+        ('{"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [12]}', "milestones is"),
+        ("{" + GOOD + ', "settings": [1], ' + CURVES + "}", "settings is not an object"),
+        ("{" + GOOD + ', "settings": {"epochs": ' + "9" * 400 + "}, " + CURVES + "}", "settings.epochs is not"),
+        ("{" + GOOD + ", " + CURVES + "}", "table is not a list"),
         (
-            '{"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [4], "curves":'
-            ' {"plain-8": {"train": {"steps": [1, 2], "values": [0.5]}, "test": {"steps": [], "values": []}}}}',
-            "curves.plain-8.train has 2 steps but 1 values",
+            "{" + GOOD + ', "curves": {"plain-8": {"train": {"steps": [1, 2], "values": [0.5]}}}}',
+            "curves['plain-8'].train has 2 steps and 1 values",
         ),
         (
-            '{"experiment": "degradation", "data": "synthetic", "iterations": 9, "milestones": [4], "curves":'
-            ' {"plain-8": {"train": {"steps": [1], "values": [7]}, "test": {"steps": [], "values": []}}}}',
-            "curves.plain-8.train.values are not error fractions",
+            "{" + GOOD + ', "curves": {"plain-8": {"train": {"steps": [2, 2], "values": [0.5, 0.4]}}}}',
+            "curves['plain-8'].train.steps are not increasing",
         ),
+        (
+            "{" + GOOD + ', "curves": {"plain-8": {"train": {"steps": [1], "values": [7]}}}}',
+            "curves['plain-8'].train.values are not error fractions",
+        ),
+        ("{" + GOOD + ', "curves": {"a\\nb": 3}}', "curves['a\\nb'] is not an object"),
+        ("{" + GOOD + ", " + CURVES + ', "table": [{"model": "plain-8", "test_error_mean": 3}]}', "test_error_mean is"),
     ],
 )
 def test_a_bad_compare_file_is_refused_before_training(

@@ -50,7 +50,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     check_depths(s.depths)
     check_data(s)
     plan = training_plan(s, checkpoint_each_eval=True)
-    other = load_other_schedule(s.compare, s.data, NAME) if s.compare else None  # checked before any training
+    other = load_other_schedule(s.compare, s.data, NAME, exp.path) if s.compare else None  # before any training
     exp.start()
     depths = sorted(set(s.depths))
     nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in depths]
@@ -67,6 +67,8 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
     fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic, plan.milestones)
     this_schedule = schedule_label(plan.iterations, s.epochs)
+    if other and other.label == this_schedule:
+        other.label += " (--compare)"
     what_train = runs[0].train_error_curve()[1]
 
     results = {
@@ -89,7 +91,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     _summary_section(page, table, fig6, fig1, what_train)
     if other:
         fig = _schedules_figure(exp.path, stats, depths, s.data, synthetic, plan.milestones, this_schedule, other)
-        _schedules_section(page, table, this_schedule, plan.milestones, other, fig)
+        _schedules_section(page, table, this_schedule, plan.milestones, other, other.differences(s.to_dict()), fig)
     method_section(page, plan, runs[0], s.seeds, [_training_error_note(plan.eval_every, train_images)])
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
@@ -231,7 +233,13 @@ def _schedules_figure(
 
 
 def _schedules_section(
-    page: Page, table: list[dict], this_schedule: str, milestones: list[int], other: OtherSchedule, fig: Path
+    page: Page,
+    table: list[dict],
+    this_schedule: str,
+    milestones: list[int],
+    other: OtherSchedule,
+    differences: list[str],
+    fig: Path,
 ) -> None:
     """This experiment's final errors beside those of the --compare experiment, and both curves."""
 
@@ -241,7 +249,9 @@ def _schedules_section(
     page.heading("Two schedules")
     page.paragraph(
         f"This experiment ({this_schedule}, lr / 10 at {at(milestones)}) beside {other.source} "
-        f"({other.label}, lr / 10 at {at(other.milestones)}), same recipe and data."
+        f"({other.label}, lr / 10 at {at(other.milestones)}), on the same data. Other settings that differ: "
+        + ("; ".join(differences) if differences else "none")
+        + "."
     )
     rows = []
     for row in table:
@@ -337,6 +347,7 @@ def _claims(stats: dict, depths: list[int]) -> list[dict]:
                 "detail": f"training error ResNet-{deep} {pct(r_d)}% vs ResNet-{shallow} {pct(r_s)}%",
             }
         )
+    if deep != shallow and deep <= 110:  # Table 6: ResNet-1202 tests worse than ResNet-110 (overfitting)
         t_s, t_d = test(True, shallow), test(True, deep)
         claims.append(
             {

@@ -66,6 +66,9 @@ class Settings:
 
 
 FIXED = ("data", "epochs", "iterations", "overrides")
+# What only this invocation's report shows: recorded, but not carried over to the next invocation
+# (a --compare folder may be gone or elsewhere by then).
+PER_INVOCATION = ("compare",)
 
 
 @dataclass
@@ -128,7 +131,8 @@ class ExperimentDir:
                 f"{path} exists and is not a reslab experiment directory (no {EXPERIMENT_FILE}); "
                 "choose a new or empty directory with --out"
             )
-        merged = {**defaults.to_dict(), **{k: v for k, v in saved.items() if k in defaults.to_dict()}, **explicit}
+        carried = {k: v for k, v in saved.items() if k in defaults.to_dict() and k not in PER_INVOCATION}
+        merged = {**defaults.to_dict(), **carried, **explicit}
         settings = Settings(**merged)
         record["settings"] = settings.to_dict()
         return cls(path, name, settings, record)

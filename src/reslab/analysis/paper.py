@@ -67,7 +67,7 @@ def imagenet_row(depth: int, residual: bool, shortcut: str | None) -> ImageNetRo
 # Fig. 6 / Fig. 1 claims (paper sec. 4.1-4.2) checked by the degradation report.
 CLAIM_PLAIN = "deeper plain nets have higher training error than shallower ones (degradation)"
 CLAIM_RESNET = "deeper ResNets have lower training error than shallower ones"
-CLAIM_RESNET_TEST = "deeper ResNets have lower test error than shallower ones (Table 6)"
+CLAIM_RESNET_TEST = "deeper ResNets (up to 110 layers) have lower test error than shallower ones (Table 6)"
 CLAIM_RESIDUAL_WINS = "at the largest depth the ResNet has lower training and test error than its plain twin"
 # Fig. 7 claims (sec. 4.2, "Analysis of Layer Responses").
 CLAIM_SMALLER = "ResNets' layer responses are smaller than those of their plain counterparts"
