@@ -20,11 +20,12 @@ tests.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -128,6 +129,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, sync_dir: b
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """For writers that take a file name (exporters, quantizers): yields a path in a temp folder
+    beside `path`; when the block ends without an error that file is fsynced and renamed over
+    `path`. An error (a failed verification included) leaves `path` as it was and no temp folder."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
+        staging = Path(folder) / path.name
+        yield staging
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(staging, default_file_mode())
+        os.replace(staging, path)
+    fsync_dir(path.parent)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:

@@ -133,5 +133,8 @@ def test_unknown_format_and_a_failed_check_are_errors(
         return folded
 
     monkeypatch.setattr(export, "fold_batchnorm", fold_wrongly)
+    (tmp_path / "x.pt").write_bytes(b"a previous export")
     with pytest.raises(ExportError, match="does not match PyTorch"):
         export_model(_w, "torchscript", tmp_path / "x.pt")
+    assert (tmp_path / "x.pt").read_bytes() == b"a previous export"  # a failed check replaces nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]  # and leaves no temp folder

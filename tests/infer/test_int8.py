@@ -258,7 +258,7 @@ def test_missing_calibration_data_fails_before_exporting(
     assert "add --int8" in capsys.readouterr().err
 
 
-def test_low_agreement_rejects_and_removes_the_int8_file(
+def test_low_agreement_rejects_without_replacing_a_previous_file(
     exported: Path, weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from reslab.infer import quantize
@@ -275,10 +275,12 @@ def test_low_agreement_rejects_and_removes_the_int8_file(
 
     monkeypatch.setattr(quantize, "compare_files", half_agree)
     out = tmp_path / "bad.int8.onnx"
-    expected = r"rejected and removed: top-1 agreement .* 50\.00% .* below --min-agreement 97%"
+    out.write_bytes(b"a previous int8 file")
+    expected = r"rejected, not written: top-1 agreement .* 50\.00% .* below --min-agreement 97%"
     with pytest.raises(ExportError, match=expected):
         quantize.export_int8(exported / "resnet20.onnx", data, NormStats(mean, std), out=out)
-    assert not out.exists()
+    assert out.read_bytes() == b"a previous int8 file"  # untouched: the rejected file never replaced it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.int8.onnx"]  # no temp folder left
 
 
 def test_onnx_files_not_written_by_reslab_are_refused(

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reslab.atomic import atomic_write_bytes
+from reslab.atomic import atomic_write_bytes, staged
 from reslab.errors import ReslabError
 from reslab.infer.fast import fold_batchnorm
 from reslab.models import count_params
@@ -251,7 +251,9 @@ def export_model(
     reference = copy.deepcopy(weights.model).float().cpu().eval()
     net = fold_batchnorm(reference)
     info = preprocessing_info(weights, count_params(reference))
-    result = EXPORTERS[fmt](net, reference, info, out, tolerance)
+    with staged(out) as staging:  # a failed export or check leaves a previous file at `out` untouched
+        result = EXPORTERS[fmt](net, reference, info, staging, tolerance)
+    result.path = out
     result.sidecar = out.with_name(out.name + ".json")
     sidecar = dict(
         info,

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reslab.atomic import atomic_write_bytes
+from reslab.atomic import atomic_write_bytes, staged
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
@@ -424,18 +424,27 @@ def export_int8(
     that file on `data.holdout` (get `data` from `calibration_set`, before the fp32 export, so that
     missing calibration data fails fast).
 
-    Writes `out` (default <fp32 stem>.int8.onnx) and its sidecar `<out>.json`. Raises ExportError
-    (and removes the int8 file) when top-1 agreement on the held-out images is below `min_agreement`.
+    Writes `out` (default <fp32 stem>.int8.onnx) and its sidecar `<out>.json`. Raises ExportError,
+    writing nothing, when top-1 agreement on the held-out images is below `min_agreement`.
     """
     start = time.perf_counter()
     fp32_path = Path(fp32_path)
     out = Path(out) if out is not None else int8_path_for(fp32_path)
     if not 0.0 <= min_agreement <= 1.0:
         raise ExportError(f"--min-agreement must be in [0, 1], got {min_agreement:g}")
-    settings = write_int8(
-        fp32_path, out, data.images, stats, method=method, source=f"{data.source} (random sample, seed {data.seed})"
-    )
-    check = compare_files(fp32_path, out, data.holdout, data.holdout_labels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged(out) as staging:  # a rejected or failed file never replaces a previous one at `out`
+        source = f"{data.source} (random sample, seed {data.seed})"
+        settings = write_int8(fp32_path, staging, data.images, stats, method=method, source=source)
+        check = compare_files(fp32_path, staging, data.holdout, data.holdout_labels)
+        if not check["agreement"] >= min_agreement:
+            raise ExportError(
+                f"int8 model rejected, not written: top-1 agreement with float32 is "
+                f"{100 * check['agreement']:.2f}% on {data.holdout_source}, below --min-agreement "
+                f"{100 * min_agreement:g}% (max |logit diff| {check['max_abs_diff']:.3g} at logit "
+                f"scale {check['logit_scale']:.3g}); try other or more --calibration images, lower "
+                "--min-agreement if that difference is acceptable, or deploy the float32 file"
+            )
     result = Int8Result(
         out,
         out.with_name(out.name + ".json"),
@@ -447,16 +456,6 @@ def export_int8(
         check.get("accuracy_fp32"),
         check.get("accuracy_int8"),
     )
-    if not check["agreement"] >= min_agreement:
-        out.unlink(missing_ok=True)
-        result.sidecar.unlink(missing_ok=True)  # a previous export's, which would now describe nothing
-        raise ExportError(
-            f"int8 model rejected and removed: top-1 agreement with float32 is "
-            f"{100 * check['agreement']:.2f}% on {data.holdout_source}, below --min-agreement "
-            f"{100 * min_agreement:g}% (max |logit diff| {check['max_abs_diff']:.3g} at logit "
-            f"scale {check['logit_scale']:.3g}); try other or more --calibration images, lower "
-            "--min-agreement if that difference is acceptable, or deploy the float32 file"
-        )
     fp32_sidecar = fp32_path.with_name(fp32_path.name + ".json")
     sidecar = json.loads(fp32_sidecar.read_text()) if fp32_sidecar.is_file() else {}
     sidecar.update(
