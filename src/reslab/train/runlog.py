@@ -105,7 +105,14 @@ class RunLog:
     """metrics.jsonl + TensorBoard + progress bar; silent on ranks other than 0."""
 
     def __init__(
-        self, run: RunDir, enabled: bool, total_steps: int, start_step: int, progress: bool, synthetic: bool
+        self,
+        run: RunDir,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+        synthetic: bool,
+        resumed: bool = False,
     ) -> None:
         self.enabled = enabled
         self.run = run
@@ -118,8 +125,10 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        # A resumed run purges events logged after its checkpoint, so curves have no doubled stretch.
-        self.writer = SummaryWriter(str(run.tensorboard), purge_step=start_step or None)
+        # A resumed run purges the events logged after its checkpoint's step (all of them when it had
+        # none and starts again from step 0), so curves have no doubled stretch; those at that step
+        # (e.g. the evaluation taken just before the checkpoint) stay.
+        self.writer = SummaryWriter(str(run.tensorboard), purge_step=start_step + 1 if resumed else None)
         if progress:
             self.bar = tqdm(
                 total=total_steps,

@@ -149,7 +149,9 @@ class Trainer:
         elif dist.main:
             save_config(cfg, run.config)
         self.train_model = self._wrap(self.model)
-        self.log = RunLog(run, dist.main, self.total, self.state.step, cfg.train.progress, self.data.synthetic)
+        self.log = RunLog(
+            run, dist.main, self.total, self.state.step, cfg.train.progress, self.data.synthetic, resumed=resume
+        )
         self.stopper = StopOnSignal()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
