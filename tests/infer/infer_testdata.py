@@ -81,6 +81,21 @@ def jpeg_bytes(img: Image.Image, **options) -> bytes:
     return buf.getvalue()
 
 
+def random_png(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A (w, h) RGB PNG of seeded random pixels."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def solid_png(size: tuple[int, int]) -> bytes:
+    """A (w, h) RGB PNG of one colour: compresses to a few hundred bytes at any size."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (30, 60, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def two_halves(size: tuple[int, int], left: tuple[int, int, int], right: tuple[int, int, int]) -> Image.Image:
     """(w, h) RGB image, left half one colour, right half another."""
     w, h = size

@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
-from infer_testdata import CLASSES, make_weights
+from infer_testdata import CLASSES, make_weights, random_png, solid_png
 from PIL import Image
 
 from reslab.cli import main as reslab_main
@@ -90,17 +89,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_weights(tmp_path_factory.mktemp("w") / "w.safetensors", name="resnet_cifar_8")
 
 
-def png(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def solid_png(size: tuple[int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (30, 60, 90)).save(buf, "PNG")
-    return buf.getvalue()
+def png(seed: int) -> bytes:
+    return random_png((40, 32), seed)
 
 
 def test_overlay_names_keep_two_images_of_one_stem_apart() -> None:

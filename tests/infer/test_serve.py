@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import signal
 import subprocess
@@ -16,26 +15,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from infer_testdata import CLASSES, jpeg_bytes
+from infer_testdata import CLASSES, jpeg_bytes, random_png, solid_png
 from PIL import Image
 
 from reslab.infer.serve import MicroBatcher, QueueFullError
 
 MAX_UPLOAD = 200_000  # bytes
 MAX_PIXELS = 100_000
-
-
-def png_bytes(size: tuple[int, int], seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def solid_png(size: tuple[int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (30, 60, 90)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +112,8 @@ def test_valid_images_get_top_k(server: tuple[str, Path], corpus: Path) -> None:
         body = r.json()
         assert body["file"] == name and len(body["predictions"]) == 3
         assert all(p["class"] == CLASSES[p["class_id"]] for p in body["predictions"])
-    assert len(post(url, png_bytes((40, 30))).json()["predictions"]) == 5  # default top_k
-    assert len(post(url, png_bytes((40, 30)), top_k=50).json()["predictions"]) == 10  # capped
+    assert len(post(url, random_png((40, 30))).json()["predictions"]) == 5  # default top_k
+    assert len(post(url, random_png((40, 30)), top_k=50).json()["predictions"]) == 10  # capped
 
 
 @pytest.mark.parametrize(
@@ -156,8 +142,8 @@ def test_bad_uploads_get_a_clear_json_error(server: tuple[str, Path], case: str,
 
 def test_requests_without_a_file_or_with_bad_top_k_are_422(server: tuple[str, Path]) -> None:
     url, _ = server
-    assert httpx.post(f"{url}/predict", files={"other": ("a.png", png_bytes((8, 8)))}).status_code == 422
-    assert post(url, png_bytes((8, 8)), top_k=0).status_code == 422
+    assert httpx.post(f"{url}/predict", files={"other": ("a.png", random_png((8, 8)))}).status_code == 422
+    assert post(url, random_png((8, 8)), top_k=0).status_code == 422
     assert httpx.post(f"{url}/predict", content=b"raw bytes").status_code == 422
 
 
@@ -185,7 +171,7 @@ def test_chunked_oversized_upload_is_413(server: tuple[str, Path]) -> None:
 
 def test_100_concurrent_requests_are_batched_and_all_answered(server: tuple[str, Path]) -> None:
     url, log = server
-    images = [png_bytes((48, 40), seed=i) for i in range(90)] + [b"not an image"] * 10
+    images = [random_png((48, 40), seed=i) for i in range(90)] + [b"not an image"] * 10
 
     async def send_all() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)

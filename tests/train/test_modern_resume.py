@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_resume import (
-    EPOCHS,
+    BASE_ARGS,
     STEPS_PER_EPOCH,
     assert_same_final_state,
     finish,
@@ -24,21 +24,7 @@ from test_resume import (
 )
 
 MODERN = [
-    "train",
-    "--data",
-    "synthetic",
-    "--model",
-    "wrn_10_1",
-    "--epochs",
-    str(EPOCHS),
-    "--no-progress",
-    "--deterministic",
-    *("--set", "train.batch_size=8"),  # 64 images / batch 8 = STEPS_PER_EPOCH
-    *("--set", "data.split=full"),
-    *("--set", "data.synthetic_size=64"),
-    *("--set", "train.threads=1"),
-    *("--set", "train.checkpoint_every=1"),
-    *("--set", "train.keep_checkpoints=3"),
+    *BASE_ARGS,
     *("--set", "model.drop_path_rate=0.3"),
     *("--set", "train.accum_steps=2"),
     *("--set", "optim.ema_decay=0.9"),

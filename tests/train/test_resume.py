@@ -27,7 +27,8 @@ from reslab.rundir import RunDir
 
 STEPS_PER_EPOCH = 8  # 64 images / batch 8
 EPOCHS = 3
-ARGS = [
+# A deterministic run that checkpoints every step, keeping three (test_modern_resume.py builds on it).
+BASE_ARGS = [
     "train",
     "--data",
     "synthetic",
@@ -49,11 +50,8 @@ ARGS = [
     "train.checkpoint_every=1",
     "--set",
     "train.keep_checkpoints=3",
-    "--set",
-    "optim.ema_decay=0.9",
-    "--set",
-    "model.drop_rate=0.3",
 ]
+ARGS = [*BASE_ARGS, "--set", "optim.ema_decay=0.9", "--set", "model.drop_rate=0.3"]
 
 
 def reslab(*args: str, cwd: Path) -> subprocess.Popen:
