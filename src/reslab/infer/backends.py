@@ -134,8 +134,8 @@ def read_onnx_meta(props: dict[str, str], path: str | Path) -> tuple[WeightsMeta
 def norm_stats_from_lists(
     mean: object, std: object, in_chans: int, where: str, input_size: int | None = None
 ) -> NormStats:
-    """Nested lists of a (C, 1, 1) or (C, S, S) mean and std -> checked `NormStats` (S = input_size
-    when given, else any)."""
+    """Nested lists of a mean and a std, each (C, 1, 1) or (C, S, S) -> checked `NormStats`
+    (S = input_size when given, else any)."""
     try:
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
@@ -148,7 +148,9 @@ def norm_stats_from_lists(
         h, w = t.shape[1:]
         return (h, w) == (1, 1) or (h == w if input_size is None else h == w == input_size)
 
-    if not (fits(mean_t) and fits(std_t) and mean_t.shape == std_t.shape):
+    # Each is per-channel (C, 1, 1) or per-pixel (C, S, S), independently: the paper's per-pixel
+    # mean ("pixel-mean") comes with a per-channel std of ones, and the two broadcast together.
+    if not (fits(mean_t) and fits(std_t)):
         size = "S" if input_size is None else input_size
         raise CheckpointError(
             f"{where}: reslab.mean / reslab.std have shapes {tuple(mean_t.shape)} and {tuple(std_t.shape)}; "
