@@ -85,6 +85,19 @@ def set_rng_states(state: dict[str, Any]) -> None:
 # ---- What a checkpoint holds ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a checkpoint holds beside the training state: per-process RNG states and data orders
+    (rank order), the resolved config, the seconds trained so far, who wrote it."""
+
+    rng: list[dict[str, Any]]
+    data_order: list[torch.Tensor]
+    config: dict[str, Any]
+    elapsed: float
+    world_size: int
+    reslab_version: str = ""
+
+
 @dataclass
 class Checkpoint:
     """The state of a run at a step boundary, as plain values (no live objects)."""
@@ -113,6 +126,40 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return self.position["step"]
+
+    @classmethod
+    def of(cls, training: dict[str, Any], run: RunRecord) -> Checkpoint:
+        """A checkpoint of `training`, a `reslab.train.state.TrainingState.state_dict()` (model,
+        optimizer, ema, scaler, schedule, position, best, best_weights), and what the run adds."""
+        return cls(
+            model=training["model"],
+            optimizer=training["optimizer"],
+            position=training["position"],
+            schedule=training["schedule"],
+            ema=training["ema"],
+            scaler=training["scaler"],
+            best=training["best"],
+            best_weights=training["best_weights"],
+            rng=run.rng,
+            data_order=run.data_order,
+            config=run.config,
+            elapsed=run.elapsed,
+            world_size=run.world_size,
+            reslab_version=run.reslab_version,
+        )
+
+    def training_state(self) -> dict[str, Any]:
+        """The `TrainingState.state_dict()` this checkpoint holds (`of`, reversed)."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "ema": self.ema,
+            "scaler": self.scaler,
+            "schedule": self.schedule,
+            "position": dict(self.position),
+            "best": self.best,
+            "best_weights": self.best_weights,
+        }
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {

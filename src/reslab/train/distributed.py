@@ -18,7 +18,7 @@ from torch import nn
 
 from reslab.errors import ReslabError
 from reslab.train.schedule import ScheduleState
-from reslab.train.state import TrainState
+from reslab.train.state import Position
 
 
 @dataclass
@@ -84,7 +84,7 @@ def gather_to_rank0(dist: Dist, obj: Any) -> list[Any]:
     return out or []
 
 
-def agree_on_stop(dist: Dist, state: TrainState, schedule: ScheduleState, pending: str, device: torch.device) -> None:
+def agree_on_stop(dist: Dist, state: Position, schedule: ScheduleState, pending: str, device: torch.device) -> None:
     """Take up a pending stop signal at a step boundary, the same step on every rank.
 
     Under torchrun a signal can reach one rank only, or ranks a moment apart; a rank that stopped

@@ -20,9 +20,9 @@ from reslab.config import Config, apply_settings, parse_override, validate
 from reslab.device import resolve_device
 from reslab.errors import ConfigError, ReslabError
 from reslab.rundir import RunDir
-from reslab.train.distributed import init_distributed, on_rank0
+from reslab.train.distributed import Dist, init_distributed, on_rank0
 from reslab.train.resume import RUNTIME_SETTINGS
-from reslab.train.trainer import Trainer, check_sync_bn
+from reslab.train.trainer import Trainer
 
 __all__ = ["RUNTIME_SETTINGS", "resolve_resume", "train"]
 
@@ -118,3 +118,11 @@ def resolve_resume(run_dir: Path, overrides: list[str] | None = None) -> Config:
         apply_settings(cfg, parse_override(text), f"--set {text}")
     validate(cfg)
     return cfg
+
+
+def check_sync_bn(cfg: Config, dist: Dist, device: torch.device) -> None:
+    if dist.world_size > 1 and cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError(
+            "train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); "
+            "leave it off for CPU/gloo runs"
+        )

@@ -1,75 +1,93 @@
-"""What a finished run writes about itself: summary.json, and the metadata its weights carry."""
+"""What a finished run writes about itself: summary.json, and the metadata its weights carry.
+
+Both are built from what the run owns, handed over explicitly: its config, data, `RunPlan`,
+`TrainingState` and last evaluation, and (`RunEnd`) how it ended."""
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+from reslab.config import Config
 from reslab.machine import environment
+from reslab.rundir import RunDir
+from reslab.train.build import Data
+from reslab.train.plan import RunPlan
+from reslab.train.state import TrainingState
 from reslab.weights import WeightsMeta
 
-if TYPE_CHECKING:
-    from reslab.train.trainer import Trainer
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run ended, beside its state: the wall time, an early stop, the processes it ran on."""
+
+    wall_time_s: float
+    stopped_early: bool
+    world_size: int = 1
+    backend: str = ""  # gloo | nccl under torchrun
+    digests: list[str] | None = None  # SHA-256 of each rank's final weights (torchrun)
 
 
-def run_summary(trainer: Trainer, final: dict[str, Any], digests: list[str] | None) -> dict[str, Any]:
+def run_summary(
+    run: RunDir, cfg: Config, data: Data, plan: RunPlan, training: TrainingState, final: dict[str, Any], end: RunEnd
+) -> dict[str, Any]:
     """summary.json: what the run did, what it kept, and on what."""
-    s, dist = trainer.state, trainer.dist
+    position = training.position
     summary = {
-        "run_dir": str(trainer.run),
-        "model": trainer.cfg.model.name,
-        "dataset": trainer.data.name,
-        "synthetic_data": trainer.data.synthetic,
-        "steps": s.step,
-        "total_steps": trainer.total,
-        "epochs": round(s.step / trainer.steps_per_epoch, 3),
-        "wall_time_s": round(time.perf_counter() - trainer.wall_start, 2),
+        "run_dir": str(run),
+        "model": cfg.model.name,
+        "dataset": data.name,
+        "synthetic_data": data.synthetic,
+        "steps": position.step,
+        "total_steps": plan.total,
+        "epochs": round(position.step / plan.steps_per_epoch, 3),
+        "wall_time_s": round(end.wall_time_s, 2),
         "final": final,  # the last evaluation
-        "kept": kept_summary(trainer, final),  # the evaluation of the weights the run ended with
-        "skipped_steps": s.skipped_steps,
-        "class_weights": class_weights_summary(trainer),
+        "kept": kept_summary(cfg.train.keep, plan.watch, training, final),  # the weights the run ended with
+        "skipped_steps": position.skipped_steps,
+        "class_weights": class_weights_summary(cfg, data, plan),
         "environment": environment(),
     }
-    if trainer.stopped_early:
+    if end.stopped_early:
         summary["stopped_early"] = {
-            "step": s.step,
-            "evaluations_without_improvement": trainer.best.stale,
-            "early_stop": trainer.cfg.train.early_stop,
+            "step": position.step,
+            "evaluations_without_improvement": training.best.stale,
+            "early_stop": cfg.train.early_stop,
         }
-    if dist.world_size > 1:
+    if end.world_size > 1:
         summary["distributed"] = {
-            "world_size": dist.world_size,
-            "backend": dist.backend,
-            "weights_sha256_per_rank": digests,
+            "world_size": end.world_size,
+            "backend": end.backend,
+            "weights_sha256_per_rank": end.digests,
         }
     return summary
 
 
-def kept_summary(trainer: Trainer, final: dict[str, Any]) -> dict[str, Any]:
+def kept_summary(keep: str, watch: str | None, training: TrainingState, final: dict[str, Any]) -> dict[str, Any]:
     """Which weights the run ended with (train.keep), and their evaluation on the watched part."""
-    keep, watch = trainer.cfg.train.keep, trainer.watch
-    record = trainer.best.record if keep == "best" else final
-    kept: dict[str, Any] = {"keep": keep, "step": record.get("step", trainer.state.step), "part": watch}
+    record = training.best.record if keep == "best" else final
+    kept: dict[str, Any] = {"keep": keep, "step": record.get("step", training.position.step), "part": watch}
     if watch:
         kept["top1_error"] = record.get(f"{watch}_top1_error")
     kept["evaluation"] = record
     return kept
 
 
-def class_weights_summary(trainer: Trainer) -> str | dict[str, Any]:
-    if trainer.class_weights is None:
+def class_weights_summary(cfg: Config, data: Data, plan: RunPlan) -> str | dict[str, Any]:
+    if plan.class_weights is None:
         return "none"
     return {
-        "mode": trainer.cfg.optim.class_weights,
-        "class_counts": trainer.data.train.class_counts().tolist(),
-        "weights": [round(w, 6) for w in trainer.class_weights.tolist()],
+        "mode": cfg.optim.class_weights,
+        "class_counts": data.train.class_counts().tolist(),
+        "weights": [round(w, 6) for w in plan.class_weights.tolist()],
     }
 
 
-def weights_meta(trainer: Trainer, final: dict[str, Any], step: int | None = None) -> WeightsMeta:
+def weights_meta(
+    cfg: Config, data: Data, precision: str, data_sha256: str, final: dict[str, Any], step: int | None = None
+) -> WeightsMeta:
     """What weights record: architecture, classes, preprocessing, data, metrics, command; `step`
     (the kept weights of train.keep=best) says which step's evaluation the metrics are."""
-    cfg, data = trainer.cfg, trainer.data
     metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
     metrics["eval_tta_flip"] = float(cfg.train.tta_flip)  # how the test metrics were measured
     if step is not None:
@@ -87,9 +105,9 @@ def weights_meta(trainer: Trainer, final: dict[str, Any], step: int | None = Non
         metrics=metrics,
         evaluation={
             "tta_flip": cfg.train.tta_flip,
-            "precision": trainer.precision,
+            "precision": precision,
             "channels_last": cfg.train.channels_last,
         },
         command=environment()["command"],
-        data_sha256=trainer.data_sha256,
+        data_sha256=data_sha256,
     )

@@ -1,26 +1,24 @@
-"""A run's live objects <-> its `Checkpoint`: what a checkpoint of a `Trainer` holds, whether a
-checkpoint fits a run, and resuming from the newest one that does.
+"""Resuming a run: the newest checkpoint that fits its `TrainingState`, read once on rank 0 and
+handed to the others, put back with `TrainingState.load_state_dict`, and what will differ from an
+uninterrupted run said in warnings.
 
-`reslab.checkpoint` owns the file protocol and the `Checkpoint` record; this module maps it onto
-the trainer's model, optimizer, EMA, scaler, schedule, position, RNG states and best evaluation.
+`reslab.checkpoint` owns the file protocol and the `Checkpoint` record; `reslab.train.state` owns
+what a checkpoint restores. This module only chooses the checkpoint and restores it.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 
 from reslab.checkpoint import Checkpoint, load_latest_good, set_aside_newer, set_rng_states
+from reslab.config import Config
 from reslab.errors import CheckpointError
-from reslab.train.distributed import on_rank0
-from reslab.train.schedule import ScheduleState
-from reslab.train.state import BestSoFar, TrainState
-
-if TYPE_CHECKING:
-    from reslab.train.trainer import Trainer
+from reslab.rundir import RunDir
+from reslab.train.distributed import Dist, on_rank0
+from reslab.train.state import TrainingState
 
 # Settings that change how fast a run goes, not what it computes: a resume may change them.
 RUNTIME_SETTINGS = ("train.threads", "train.progress")
@@ -37,76 +35,45 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def make_checkpoint(trainer: Trainer, ranks: list[tuple[dict, torch.Tensor]]) -> Checkpoint:
-    """This run's state as a `Checkpoint`; `ranks` holds each process's (RNG states, data order)."""
-    from reslab import __version__
-
-    return Checkpoint(
-        model=trainer.model.state_dict(),
-        optimizer=trainer.optimizer.state_dict(),
-        position=trainer.state.position(),
-        schedule=trainer.schedule.state_dict(),
-        rng=[rng for rng, _ in ranks],
-        data_order=[order for _, order in ranks],
-        config=trainer.cfg.to_dict(),
-        elapsed=time.perf_counter() - trainer.wall_start,
-        world_size=trainer.dist.world_size,
-        reslab_version=__version__,
-        ema=trainer.ema.state_dict() if trainer.ema is not None else None,
-        scaler=trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        best=trainer.best.as_dict(),
-        best_weights=trainer.best_weights,
-    )
-
-
-def check_fits(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """A CheckpointError unless the checkpoint's content fits this run's objects."""
+def check_fits(training: TrainingState, model_name: str, checkpoint: Checkpoint) -> None:
+    """A CheckpointError unless the checkpoint holds this model and its state fits `training`."""
     where = f"checkpoint {checkpoint.path.name if checkpoint.path else ''}"
     saved_model = checkpoint.config.get("model", {}).get("name") if isinstance(checkpoint.config, dict) else None
-    if saved_model not in (None, trainer.cfg.model.name):
-        raise CheckpointError(f"{where} holds {saved_model} but config.yaml names {trainer.cfg.model.name}")
-    for what, module, saved in (
-        ("model", trainer.model, checkpoint.model),
-        ("ema", trainer.ema, checkpoint.ema),
-        ("best", trainer.eval_model, checkpoint.best_weights),
-    ):
-        if module is None or (what != "model" and saved is None):  # no EMA / best before: it starts fresh
-            continue
-        own = module.state_dict()
-        if saved is None or set(saved) != set(own):
-            raise CheckpointError(f"{where}: its {what} weights do not have this run's keys")
-        wrong = [k for k in own if not isinstance(saved[k], torch.Tensor) or saved[k].shape != own[k].shape]
-        if wrong:
-            raise CheckpointError(f"{where}: its {what} weights have other shapes ({', '.join(wrong[:3])})")
-    groups = checkpoint.optimizer.get("param_groups")
-    own_sizes = [len(g["params"]) for g in trainer.optimizer.param_groups]
-    if (
-        not isinstance(groups, list)
-        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
-        or [len(g["params"]) for g in groups] != own_sizes
-    ):
-        raise CheckpointError(f"{where}: its optimizer state does not fit this run's parameters")
-    if set(checkpoint.schedule) != set(trainer.schedule.state_dict()):
-        raise CheckpointError(f"{where}: its schedule state has other fields")
+    if saved_model not in (None, model_name):
+        raise CheckpointError(f"{where} holds {saved_model} but config.yaml names {model_name}")
+    training.check_fits(checkpoint.training_state(), where)
 
 
-def resume_from_checkpoint(trainer: Trainer) -> None:
-    """Restore the newest usable checkpoint (rank 0 reads and checks it and hands it to the others).
+def newest_fitting(run: RunDir, dist: Dist, check: Callable[[Checkpoint], None]) -> tuple[Checkpoint | None, list[str]]:
+    """(the newest checkpoint that passes `check`, notes on those set aside), read by rank 0 and
+    shared; (None, []) for a run killed before its first checkpoint landed."""
 
-    A run killed before its first checkpoint landed (config.yaml, at most the leftovers of a write
-    cut short) starts again from step 0 with its saved config: the trainer is then exactly as a
-    new run would be, as nothing here draws from an RNG."""
-    run, dist = trainer.run, trainer.dist
-
-    def load() -> tuple[Checkpoint | None, list[str], list[str]]:
+    def load() -> tuple[Checkpoint | None, list[str]]:
         run.remove_stale_temps()
         if not run.holds_run():
-            return None, [], []
-        checkpoint, problems = load_latest_good(run, check=lambda checkpoint: check_fits(trainer, checkpoint))
+            return None, []
+        checkpoint, problems = load_latest_good(run, check=check)
         moved = set_aside_newer(run, checkpoint.path)
-        return checkpoint, problems, [p.name for p in moved]
+        notes = [f"{problem}; falling back to an older checkpoint" for problem in problems]
+        return checkpoint, notes + [f"set aside damaged {p.name} as {p.name}.damaged" for p in moved]
 
-    checkpoint, problems, moved = on_rank0(dist, load)
+    return on_rank0(dist, load)
+
+
+def resume_from_newest(
+    run: RunDir,
+    dist: Dist,
+    training: TrainingState,
+    cfg: Config,
+    order_of: Callable[[int], torch.Tensor],
+    total: int,
+) -> Checkpoint | None:
+    """Restore `training` and this process's RNG states from the newest usable checkpoint; returns
+    it, or None when there is none (a run killed before its first checkpoint: it starts again from
+    step 0 with its saved config, exactly as a new run would, as nothing here draws from an RNG).
+    `order_of(epoch)` is this process's data order, to tell whether the data changed; `total` the
+    run's steps, for the line that says where it resumes."""
+    checkpoint, notes = newest_fitting(run, dist, lambda c: check_fits(training, cfg.model.name, c))
     if checkpoint is None:
         if dist.main:
             print(
@@ -115,52 +82,36 @@ def resume_from_checkpoint(trainer: Trainer) -> None:
                 file=sys.stderr,
             )
             run.drop_metrics_after(0)
-        return
-    restore(trainer, checkpoint)
-    notes = [f"{problem}; falling back to an older checkpoint" for problem in problems]
-    notes += [f"set aside damaged {name} as {name}.damaged" for name in moved]
-    notes += mismatches(trainer, checkpoint)
-    trainer.wall_start -= checkpoint.elapsed
+        return None
+    training.load_state_dict(checkpoint.training_state())
+    same_world = checkpoint.world_size == dist.world_size
+    set_rng_states(checkpoint.rng[dist.rank if same_world else 0])
+    notes += mismatches(checkpoint, dist, order_of(training.position.epoch), cfg)
     if dist.main:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
         name = checkpoint.path.name if checkpoint.path else ""
-        print(f"resuming {run.path} from {name} (step {trainer.state.step}/{trainer.total})", file=sys.stderr)
-        run.drop_metrics_after(trainer.state.step)
+        print(f"resuming {run.path} from {name} (step {checkpoint.step}/{total})", file=sys.stderr)
+        run.drop_metrics_after(checkpoint.step)
+    return checkpoint
 
 
-def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    trainer.model.load_state_dict(checkpoint.model)
-    trainer.optimizer.load_state_dict(checkpoint.optimizer)
-    if trainer.ema is not None and checkpoint.ema is not None:
-        trainer.ema.load_state_dict(checkpoint.ema)
-    if trainer.scaler is not None and checkpoint.scaler is not None:
-        trainer.scaler.load_state_dict(checkpoint.scaler)
-    same_world = checkpoint.world_size == trainer.dist.world_size
-    set_rng_states(checkpoint.rng[trainer.dist.rank if same_world else 0])
-    trainer.state = TrainState(**checkpoint.position)
-    trainer.schedule.state = ScheduleState(**checkpoint.schedule)
-    trainer.best = BestSoFar(**checkpoint.best) if checkpoint.best is not None else BestSoFar()
-    trainer.best_weights = checkpoint.best_weights
-    # The checkpoint holds this very step: writing it again would replace its checksum file before
-    # the file itself, and a kill between the two would leave the pair mismatched.
-    trainer.last_saved = checkpoint.step
-
-
-def mismatches(trainer: Trainer, checkpoint: Checkpoint) -> list[str]:
-    """Why the resumed run will not match an uninterrupted one, if it will not."""
-    notes, dist = [], trainer.dist
+def mismatches(checkpoint: Checkpoint, dist: Dist, order: torch.Tensor, cfg: Config) -> list[str]:
+    """Why the resumed run will not match an uninterrupted one, if it will not; `order` is this
+    process's data order of the checkpoint's epoch."""
+    notes = []
+    epoch = checkpoint.position["epoch"]
     if checkpoint.world_size != dist.world_size:
         notes.append(
             f"the checkpoint was written by {checkpoint.world_size} process(es), this run has "
             f"{dist.world_size}: it continues, but will not match an uninterrupted run exactly"
         )
-    elif not torch.equal(checkpoint.data_order[dist.rank], trainer.data.train.order(trainer.state.epoch)):
+    elif not torch.equal(checkpoint.data_order[dist.rank], order):
         notes.append(
-            f"the data order of epoch {trainer.state.epoch} differs from the checkpoint's (another "
+            f"the data order of epoch {epoch} differs from the checkpoint's (another "
             "dataset or torch version?): the run will not match an uninterrupted one exactly"
         )
-    changed = config_changes(checkpoint.config, trainer.cfg.to_dict())
+    changed = config_changes(checkpoint.config, cfg.to_dict())
     if changed:
         notes.append(f"config.yaml differs from the checkpoint's config in {', '.join(changed)}; using config.yaml")
     return notes

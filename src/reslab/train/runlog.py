@@ -20,7 +20,7 @@ import torch
 from reslab.config import Config
 from reslab.rundir import RunDir
 from reslab.train.schedule import warmup_steps_of
-from reslab.train.state import BestSoFar, TrainState
+from reslab.train.state import BestSoFar, Position
 
 # ---- the lines ---------------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class RunLog:
                 file=sys.stderr,
             )
 
-    def step(self, state: TrainState, m: dict) -> None:
+    def step(self, state: Position, m: dict) -> None:
         if not self.enabled:
             return
         if self.bar is not None:

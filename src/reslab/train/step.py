@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -172,3 +173,28 @@ def train_step(
     else:
         optimizer.step()
     return StepResult(loss, wrong, len(x), loss_value, grad_norm)
+
+
+class EpochMeter:
+    """Running loss, error and throughput of the steps taken in one epoch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong_sum = torch.zeros((), device=device)
+        self.images, self.start = 0, time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        self.loss_sum += result.loss * result.size
+        self.wrong_sum += result.wrong
+        self.images += result.size
+
+    def result(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.start
+        n = max(self.images, 1)
+        return {
+            "loss": self.loss_sum.item() / n,
+            "error": self.wrong_sum.item() / n,
+            "images": self.images,
+            "seconds": seconds,
+            "img_per_s": self.images / max(seconds, 1e-9),
+        }

@@ -1,7 +1,12 @@
-"""`Trainer`: one run's model, optimizer, EMA, scaler, schedule, data and run log, and its step loop.
+"""`Trainer`: runs one training run: its data, its `RunPlan`, its `TrainingState` and its loop.
 
     trainer = Trainer(cfg, RunDir(path), dist, device, resume=False)
     summary = trainer.fit()
+
+The trainer owns what it builds and reads nothing it does not own: the `TrainingState` (model,
+optimizer, EMA, scaler, schedule, position, best so far: reslab.train.state) is the one object a
+checkpoint saves and restores (`state_dict` / `load_state_dict`); the `RunPlan` (steps, watched
+part, precision, class weights: reslab.train.plan) is decided once at the start.
 
 `fit` reads top to bottom: epochs of `train_step`s, each followed by what the settings ask at
 that step (a shared stop decision, a mid-epoch evaluation, a checkpoint), an evaluation and a
@@ -9,7 +14,7 @@ checkpoint at each epoch end, and at the end the final evaluation, weights and s
 file goes into the run directory through `RunDir`; checkpoints are `reslab.checkpoint`'s.
 
 Every evaluation is printed (one line), logged, and taken in by `BestSoFar`, which follows the
-top-1 error of the watched part (`watched_part`): under train.keep=best the weights of each new
+top-1 error of the watched part (`RunPlan.watch`): under train.keep=best the weights of each new
 best go to best.safetensors and the run ends with them; train.early_stop=N ends the run after N
 evaluations in a row without a lower error. The best record (and under keep=best its weights) is
 part of every checkpoint, so a resumed run goes on with the same best.
@@ -18,7 +23,6 @@ part of every checkpoint, so a resumed run goes on with the same best.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import math
@@ -33,14 +37,14 @@ import torch
 from torch import nn
 
 from reslab.atomic import atomic_write_bytes
-from reslab.checkpoint import rng_states, save_checkpoint
+from reslab.checkpoint import Checkpoint, RunRecord, rng_states, save_checkpoint
 from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.device import resolve_precision
-from reslab.errors import CheckpointError, ConfigError, ReslabError
+from reslab.errors import CheckpointError, ReslabError
 from reslab.evaluation import evaluate
 from reslab.rundir import RunDir
-from reslab.train.build import apply_depth_rules, build_data, build_model
+from reslab.train.build import Data, apply_depth_rules, build_data, build_model
 from reslab.train.distributed import (
     Dist,
     agree_on_stop,
@@ -50,13 +54,14 @@ from reslab.train.distributed import (
     state_digest,
 )
 from reslab.train.optim import build_ema, build_optimizer
-from reslab.train.results import run_summary, weights_meta
-from reslab.train.resume import make_checkpoint, resume_from_checkpoint
+from reslab.train.plan import RunPlan
+from reslab.train.results import RunEnd, run_summary, weights_meta
+from reslab.train.resume import resume_from_newest
 from reslab.train.runlog import RunLog, class_weights_line, eval_line, setup_line, watch_line
 from reslab.train.schedule import Schedule
 from reslab.train.signals import StopOnSignal
-from reslab.train.state import BestSoFar, TrainState
-from reslab.train.step import StepResult, StepSettings, inverse_frequency_weights, train_step
+from reslab.train.state import Position, TrainingState
+from reslab.train.step import EpochMeter, StepResult, StepSettings, train_step
 from reslab.weights import WeightsMeta, read_meta, save_weights
 
 
@@ -64,88 +69,29 @@ class NonFiniteError(ReslabError):
     """A NaN or inf loss/gradient stopped the run."""
 
 
-class EpochMeter:
-    """Running loss, error and throughput of the steps taken in one epoch."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.wrong_sum = torch.zeros((), device=device)
-        self.images, self.start = 0, time.perf_counter()
-
-    def add(self, result: StepResult) -> None:
-        self.loss_sum += result.loss * result.size
-        self.wrong_sum += result.wrong
-        self.images += result.size
-
-    def result(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.start
-        n = max(self.images, 1)
-        return {
-            "loss": self.loss_sum.item() / n,
-            "error": self.wrong_sum.item() / n,
-            "images": self.images,
-            "seconds": seconds,
-            "img_per_s": self.images / max(seconds, 1e-9),
-        }
-
-
-def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
-    if cfg.train.iterations > 0:
-        return cfg.train.iterations
-    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-
-
-def watched_part(data: Any) -> str | None:
-    """The part whose top-1 error picks the kept weights, stops a run early and drives the plateau
-    schedule: the data source's `watch_part` ("val" when the run has one, else "test")."""
-    return data.source.watch_part
-
-
 class Trainer:
+    """Runs one training run: builds its data, `RunPlan` and `TrainingState` (or resumes the state
+    from a checkpoint), then the loop. It owns those and its run log; nothing else assigns them."""
+
     def __init__(self, cfg: Config, run: RunDir, dist: Dist, device: torch.device, *, resume: bool) -> None:
         self.cfg, self.run, self.dist, self.device = cfg, run, dist, device
         self.wall_start = time.perf_counter()
-        # One process per machine decodes (or downloads) the dataset into the cache first; the
-        # others then read that cache instead of writing it at the same time.
-        if dist.world_size > 1 and dist.local_rank != 0:
-            torch.distributed.barrier()
-        self.data = build_data(cfg, device, dist)
-        if dist.world_size > 1 and dist.local_rank == 0:
-            torch.distributed.barrier()
+        self.data = self._build_data()
         apply_depth_rules(cfg)
-        self.model = build_model(cfg, self.data).to(device)
-        if cfg.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if dist.world_size > 1 and cfg.train.sync_bn:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.ema = build_ema(self.model, cfg.optim.ema_decay)
-        self.precision = resolve_precision(cfg.train.precision, device)  # "auto" -> this machine's
-        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
-        self.steps_per_epoch = len(self.data.train)
-        self.total = total_steps_of(cfg, self.steps_per_epoch)
-        self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total, steps_per_epoch=self.steps_per_epoch)
-        # optim.class_weights=auto: from the training images' class counts, the same on every rank
-        self.class_weights = (
-            inverse_frequency_weights(self.data.train.class_counts()) if cfg.optim.class_weights == "auto" else None
-        )
+        self.plan = RunPlan.of(cfg, self.data, resolve_precision(cfg.train.precision, device))  # "auto": this machine's
+        self.training = self._build_state()
         self.settings = StepSettings(
-            precision=self.precision,
+            precision=self.plan.precision,
             label_smoothing=cfg.optim.label_smoothing,
             grad_clip=cfg.optim.grad_clip,
             skip_nonfinite=cfg.train.on_nonfinite == "skip",
             accum_steps=cfg.train.accum_steps,
-            class_weights=self.class_weights.to(device) if self.class_weights is not None else None,
+            class_weights=self.plan.class_weights.to(device) if self.plan.class_weights is not None else None,
         )
-        self.state = TrainState()
-        self.watch = watched_part(self.data)
-        self.best = BestSoFar()
-        self.best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best's weights (keep=best)
         self.history: list[dict[str, Any]] = []  # this process's evaluations, oldest first
         self.last_saved = -1  # step of the newest checkpoint this process took part in
         if resume:
-            resume_from_checkpoint(self)
-            on_rank0(dist, self._restore_best_file)
+            self._resume()
         elif dist.main:
             save_config(cfg, run.config)
         self.train_model = self._wrap(self.model)
@@ -153,6 +99,44 @@ class Trainer:
             run, dist.main, self.total, self.state.step, cfg.train.progress, self.data.synthetic, resumed=resume
         )
         self.stopper = StopOnSignal()
+
+    def _build_data(self) -> Data:
+        # One process per machine decodes (or downloads) the dataset into the cache first; the
+        # others then read that cache instead of writing it at the same time.
+        dist = self.dist
+        if dist.world_size > 1 and dist.local_rank != 0:
+            torch.distributed.barrier()
+        data = build_data(self.cfg, self.device, dist)
+        if dist.world_size > 1 and dist.local_rank == 0:
+            torch.distributed.barrier()
+        return data
+
+    def _build_state(self) -> TrainingState:
+        cfg = self.cfg
+        model = build_model(cfg, self.data).to(self.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.world_size > 1 and cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        schedule = Schedule(cfg.schedule, cfg.optim.lr, self.plan.total, steps_per_epoch=self.plan.steps_per_epoch)
+        return TrainingState(
+            model,
+            build_optimizer(model, cfg.optim),
+            schedule,
+            ema=build_ema(model, cfg.optim.ema_decay),
+            scaler=torch.amp.GradScaler(self.device.type) if self.plan.precision == "fp16" else None,
+        )
+
+    def _resume(self) -> None:
+        """Continue from the newest usable checkpoint (none yet: from step 0 with the saved config)."""
+        checkpoint = resume_from_newest(self.run, self.dist, self.training, self.cfg, self.data.train.order, self.total)
+        if checkpoint is None:
+            return
+        self.wall_start -= checkpoint.elapsed
+        # The checkpoint holds this very step: writing it again would replace its checksum file before
+        # the file itself, and a kill between the two would leave the pair mismatched.
+        self.last_saved = checkpoint.step
+        on_rank0(self.dist, self._restore_best_file)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The module the steps run: DDP under torchrun, compiled when asked."""
@@ -162,15 +146,58 @@ class Trainer:
             )
         return torch.compile(model) if self.cfg.train.compile else model
 
+    # ---- what the run owns, by name -------------------------------------------------------------
+
+    @property
+    def state(self) -> Position:
+        """Where the run stands (step, epoch, batch)."""
+        return self.training.position
+
+    @property
+    def model(self) -> nn.Module:
+        return self.training.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.training.optimizer
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.training.schedule
+
+    @property
+    def ema(self) -> torch.optim.swa_utils.AveragedModel | None:
+        return self.training.ema
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.training.scaler
+
     @property
     def eval_model(self) -> nn.Module:
         """What evaluations (and the final weights) use: the EMA copy when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.training.eval_model
+
+    @property
+    def total(self) -> int:
+        return self.plan.total
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    @property
+    def precision(self) -> str:
+        return self.plan.precision
+
+    @property
+    def watch(self) -> str | None:
+        return self.plan.watch
 
     @property
     def stopping_early(self) -> bool:
         """train.early_stop=N and the last N evaluations found no lower watched top-1 error."""
-        return 0 < self.cfg.train.early_stop <= self.best.stale
+        return 0 < self.cfg.train.early_stop <= self.training.best.stale
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -197,8 +224,9 @@ class Trainer:
             self.log.message(line)
         params = sum(p.numel() for p in self.model.parameters())
         self.log.message(setup_line(self.cfg, params, self.total, self.steps_per_epoch))
-        if self.class_weights is not None:
-            self.log.message(class_weights_line(self.data.train.class_counts(), self.class_weights, self.data.classes))
+        if self.plan.class_weights is not None:
+            counts = self.data.train.class_counts()
+            self.log.message(class_weights_line(counts, self.plan.class_weights, self.data.classes))
         if self.watch and (self.cfg.train.keep == "best" or self.cfg.train.early_stop):
             self.log.message(watch_line(self.watch, self.cfg.train.keep, self.cfg.train.early_stop))
 
@@ -337,39 +365,38 @@ class Trainer:
         """An evaluation of this run: taken in as a possible new best, logged and printed."""
         self._observe(record)
         self.log.eval(record)
-        self.log.message(eval_line(record, self.total, self.watch, self.best))
+        self.log.message(eval_line(record, self.total, self.watch, self.training.best))
         self.history.append(record)
 
     def _observe(self, record: dict[str, Any]) -> None:
         """Let `BestSoFar` take in an evaluation of the current weights; under train.keep=best a new
         best's weights are copied (for checkpoints and the end) and written to best.safetensors."""
-        if not self.watch or not self.best.observe(record["step"], record[f"{self.watch}_top1_error"], record):
+        best = self.training.best
+        if not self.watch or not best.observe(record["step"], record[f"{self.watch}_top1_error"], record):
             return
         if self.cfg.train.keep == "best":
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
+            self.training.keep_best_weights()
             on_rank0(self.dist, lambda: self._save_weights(self.run.best_weights, self.eval_model, self._best_meta()))
 
-    def _best_meta(self) -> WeightsMeta:
-        return weights_meta(self, self.best.record, step=self.best.step)
+    def _meta(self, record: dict[str, Any], step: int | None = None) -> WeightsMeta:
+        return weights_meta(self.cfg, self.data, self.precision, self.data_sha256, record, step)
 
-    def _best_model(self) -> nn.Module:
-        """A copy of the evaluated network holding the best evaluation's weights (train.keep=best)."""
-        model = copy.deepcopy(self.eval_model)
-        model.load_state_dict(self.best_weights)
-        return model
+    def _best_meta(self) -> WeightsMeta:
+        return self._meta(self.training.best.record, self.training.best.step)
 
     def _restore_best_file(self) -> None:
         """On resume (rank 0): best.safetensors must hold the checkpoint's best. A file written after
         the checkpoint by the process that was stopped holds a later step: write it again."""
-        if self.cfg.train.keep != "best" or self.best_weights is None:
+        best = self.training.best
+        if self.cfg.train.keep != "best" or self.training.best_weights is None:
             return
         try:
-            if read_meta(self.run.best_weights).metrics.get("step") == self.best.step:
+            if read_meta(self.run.best_weights).metrics.get("step") == best.step:
                 return
         except ReslabError:  # missing or damaged
             pass
-        self._save_weights(self.run.best_weights, self._best_model(), self._best_meta())
-        print(f"wrote {self.run.best_weights.name} again: the best so far is step {self.best.step}'s", file=sys.stderr)
+        self._save_weights(self.run.best_weights, self.training.best_model(), self._best_meta())
+        print(f"wrote {self.run.best_weights.name} again: the best so far is step {best.step}'s", file=sys.stderr)
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
@@ -381,7 +408,17 @@ class Trainer:
         ranks = gather_to_rank0(self.dist, (rng_states(), self.data.train.order(self.state.epoch)))
 
         def write() -> None:
-            payload = make_checkpoint(self, ranks).to_payload()
+            from reslab import __version__
+
+            record = RunRecord(
+                rng=[rng for rng, _ in ranks],
+                data_order=[order for _, order in ranks],
+                config=self.cfg.to_dict(),
+                elapsed=time.perf_counter() - self.wall_start,
+                world_size=self.dist.world_size,
+                reslab_version=__version__,
+            )
+            payload = Checkpoint.of(self.training.state_dict(), record).to_payload()
             try:
                 save_checkpoint(self.run, self.state.step, payload, keep=self.cfg.train.keep_checkpoints)
             except CheckpointError as exc:
@@ -402,16 +439,16 @@ class Trainer:
         return {"stopped": s.stop_requested, "step": s.step, "run_dir": str(self.run)}
 
     def _finish(self) -> dict[str, Any]:
-        s = self.state
-        if s.batch_in_epoch and self.best.seen_step != s.step:  # an iteration budget ended mid-epoch
+        s, best = self.state, self.training.best
+        if s.batch_in_epoch and best.seen_step != s.step:  # an iteration budget ended mid-epoch
             self._record_eval(self.evaluate())
         final = self.history[-1] if self.history else self._logged_final() or self.evaluate()
-        if self.best.seen_step < final["step"]:  # a checkpoint of an older reslab, resumed at the end
+        if best.seen_step < final["step"]:  # a checkpoint of an older reslab, resumed at the end
             self._observe(final)
         if self.stopped_early:
             self.log.message(
-                f"stopped early at step {s.step}/{self.total}: {self.best.stale} evaluations without a lower "
-                f"{self.watch} top-1 error than step {self.best.step}'s (train.early_stop={self.cfg.train.early_stop})"
+                f"stopped early at step {s.step}/{self.total}: {best.stale} evaluations without a lower "
+                f"{self.watch} top-1 error than step {best.step}'s (train.early_stop={self.cfg.train.early_stop})"
             )
         self.save()
         digests = None
@@ -421,7 +458,14 @@ class Trainer:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
             digests = gather_to_rank0(self.dist, state_digest(self.model))
-        summary = run_summary(self, final, digests)
+        end = RunEnd(
+            wall_time_s=time.perf_counter() - self.wall_start,
+            stopped_early=self.stopped_early,
+            world_size=self.dist.world_size,
+            backend=self.dist.backend,
+            digests=digests,
+        )
+        summary = run_summary(self.run, self.cfg, self.data, self.plan, self.training, final, end)
         on_rank0(self.dist, lambda: self._write_results(final, summary, digests))
         return summary
 
@@ -452,10 +496,10 @@ class Trainer:
             self.log.message(
                 f"warning: the {self.dist.world_size} processes ended with different weights; rank 0's are saved"
             )
-        if self.cfg.train.keep == "best" and self.best_weights is not None:
-            model, meta = self._best_model(), self._best_meta()
+        if self.cfg.train.keep == "best" and self.training.best_weights is not None:
+            model, meta = self.training.best_model(), self._best_meta()
         else:
-            model, meta = self.eval_model, weights_meta(self, final)
+            model, meta = self.eval_model, self._meta(final)
         self._save_weights(self.run.weights, model, meta)
         with self._writing(self.run.summary):
             atomic_write_bytes(self.run.summary, json.dumps(summary, indent=2).encode())
@@ -474,11 +518,3 @@ class Trainer:
                 f"could not write {path.name} to {self.run} ({exc.strerror or exc}); the last "
                 f"checkpoint is intact: free some space, then `reslab train --resume {self.run}`"
             ) from exc
-
-
-def check_sync_bn(cfg: Config, dist: Dist, device: torch.device) -> None:
-    if dist.world_size > 1 and cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError(
-            "train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU); "
-            "leave it off for CPU/gloo runs"
-        )
