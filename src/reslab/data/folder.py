@@ -155,29 +155,6 @@ def typical_image_size(paths: list[Path], limit: int = GREY_SAMPLE, largest: int
     return max(1, min(largest, shorter[len(shorter) // 2]))
 
 
-def load_image_folder(
-    root: Path,
-    split: Split,
-    *,
-    image_size: int | None = None,
-    in_chans: int = 3,
-    resize: str = "shorter-center-crop",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> ArrayDataset:
-    """Decode every image of `root/<split>` into an `ArrayDataset` (see `load_image_files`)."""
-    samples, classes = list_image_files(root, split)
-    return load_image_files(
-        samples,
-        classes,
-        f"imagefolder:{root}",
-        image_size=image_size,
-        in_chans=in_chans,
-        resize=resize,
-        max_pixels=max_pixels,
-        where=root,
-    )
-
-
 def load_image_files(
     samples: list[Sample],
     classes: list[str],
