@@ -30,7 +30,7 @@ import time
 import torch
 
 from reslab.config import load_config
-from reslab.evaluation import calibration_metrics, collect_logits, fit_temperature, plan_evaluation
+from reslab.evaluation import EvalRequest, calibration_metrics, collect_logits, fit_temperature, plan_evaluation
 from reslab.machine import cpu_model
 from reslab.weights import WeightsMeta, load_weights
 
@@ -66,7 +66,7 @@ def main() -> None:
         start = time.perf_counter()
         weights = load_weights(name)
         split = trained_split(weights.meta)
-        plan = plan_evaluation(weights, None, dataset="fashion-mnist", data_dir=args.data_dir)
+        plan = plan_evaluation(weights, None, EvalRequest("fashion-mnist", args.data_dir))
         plan = dataclasses.replace(plan, precision="fp32")
         fit_source = plan.source.with_overrides(split="auto", val_fraction=args.val_fraction, seed=args.seed)
         fit_plan = dataclasses.replace(plan, source=fit_source, part="val")

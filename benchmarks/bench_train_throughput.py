@@ -1,6 +1,6 @@
 """ResNet-20 training throughput, end to end (data + augmentation + step): reslab vs a reference loop.
 
-reslab: `InMemoryBatches` (uint8 tensor in memory, batched pad-crop + flip + normalisation) feeding
+reslab: `InMemoryTrainBatches` (uint8 tensor in memory, batched pad-crop + flip + normalisation) feeding
 reslab's own `train_step` with the `fast` recipe's settings (its precision, channels_last).
 Reference, written the way torchvision's reference scripts do it: `torch.utils.data.DataLoader`
 over the same images held as PIL images, `RandomCrop(size, padding=4)`, `RandomHorizontalFlip()`,
@@ -14,7 +14,7 @@ the median, min and max of the per-round ratios (see ../shared/BENCHMARKING.md).
     python benchmarks/bench_train_throughput.py [--data fashion-mnist|synthetic-cifar] [--rounds 5]
 
 --policies measures instead the cost of the modern augmentation (`reslab.data.augment`) on the
-in-memory path: img/s of `InMemoryBatches` with crop + flip alone ("off") and with each policy,
+in-memory path: img/s of `InMemoryTrainBatches` with crop + flip alone ("off") and with each policy,
 random erasing and MixUp/CutMix on top, the variants interleaved round by round; with --with-step
 each batch also goes through a ResNet-20 `train_step` (end-to-end training img/s).
 
@@ -37,7 +37,7 @@ from torchvision import transforms as T
 
 from reslab import create_model
 from reslab.config import load_config
-from reslab.data import InMemoryBatches, load_cached, make_synthetic
+from reslab.data import InMemoryTrainBatches, TrainBatchSpec, load_cached, make_synthetic
 from reslab.machine import cpu_model
 from reslab.models import count_macs
 from reslab.train.optim import build_optimizer
@@ -89,7 +89,7 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def reslab_round(model, optimizer, settings, batches: InMemoryBatches, steps: int, epoch: int) -> float:
+def reslab_round(model, optimizer, settings, batches: InMemoryTrainBatches, steps: int, epoch: int) -> float:
     """img/s of `steps` training steps: reslab's batches through reslab's `train_step` (what the
     Trainer runs per step, without its logging and checkpoint bookkeeping)."""
     from reslab.train.step import train_step
@@ -121,7 +121,7 @@ POLICY_VARIANTS = {
 }
 
 
-def policy_round(batches: InMemoryBatches, steps: int, epoch: int, step=None) -> float:
+def policy_round(batches: InMemoryTrainBatches, steps: int, epoch: int, step=None) -> float:
     """img/s of `steps` batches of `epoch` (each through `step(x, y)` when given)."""
     start, done = time.perf_counter(), 0
     for x, y in batches.epoch(epoch):
@@ -143,8 +143,8 @@ def policies_main(args: argparse.Namespace, ds) -> None:
 
     c, h, _ = ds.image_shape
     loaders = {
-        name: InMemoryBatches(
-            ds, args.batch_size, train=True, normalize="channel", augmentation=Augmentation(**options)
+        name: InMemoryTrainBatches(
+            ds, TrainBatchSpec(args.batch_size, normalize="channel", augmentation=Augmentation(**options))
         )
         for name, options in POLICY_VARIANTS.items()
     }
@@ -170,7 +170,7 @@ def policies_main(args: argparse.Namespace, ds) -> None:
         f"{torch.get_num_threads()} threads; torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"Python {platform.python_version()}"
     )
-    what = "InMemoryBatches + resnet20 train_step (fp32 NCHW)" if args.with_step else "InMemoryBatches alone"
+    what = "InMemoryTrainBatches + resnet20 train_step (fp32 NCHW)" if args.with_step else "InMemoryTrainBatches alone"
     print(
         f"work:      {what}, {args.data} {c}x{h}x{h}, batch {args.batch_size}, "
         f"{args.steps} batches x {args.rounds} rounds, pad-4 crop + flip + channel normalisation, then"
@@ -227,15 +227,10 @@ def main() -> None:
             *args.set,
         ],
     )
-    batches = InMemoryBatches(
-        ds,
-        args.batch_size,
-        train=True,
-        augment="crop-flip",
-        pad=4,
-        normalize="channel",
-        channels_last=cfg.train.channels_last,
+    spec = TrainBatchSpec(
+        args.batch_size, augment="crop-flip", pad=4, normalize="channel", channels_last=cfg.train.channels_last
     )
+    batches = InMemoryTrainBatches(ds, spec)
     ours = create_model("resnet20", num_classes=10, in_chans=c)
     if cfg.train.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
@@ -291,7 +286,7 @@ def main() -> None:
         f"(warm-up: 0 -> {warm[0]:.0f} img/s, 2 -> {warm[2]:.0f} img/s), eager fp32 NCHW, SGD momentum"
     )
     print(
-        f"reslab:    InMemoryBatches + train_step, {precision} (train.precision {cfg.train.precision}), "
+        f"reslab:    InMemoryTrainBatches + train_step, {precision} (train.precision {cfg.train.precision}), "
         f"{'channels_last' if cfg.train.channels_last else 'NCHW'}"
     )
     print(f"median img/s: reslab {statistics.median(ours_rates):.1f}, reference {statistics.median(ref_rates):.1f}")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from reslab import __version__
 from reslab import checkpoint as ckpt
 from reslab.cli import main
-from reslab.data import InMemoryBatches
+from reslab.data import InMemoryTrainBatches
 from reslab.errors import CheckpointError
 from reslab.models.interop import from_torchvision, read_state_dict
 from reslab.rundir import RunDir
@@ -262,16 +262,16 @@ def test_torchvision_file_that_would_run_code_is_refused(tmp_path, capsys, zip_f
 def nan_batches(monkeypatch):
     """Put a NaN pixel into the given (epoch, batch) training batches."""
     bad: set[tuple[int, int]] = set()
-    original = InMemoryBatches.epoch
+    original = InMemoryTrainBatches.epoch
 
     def poisoned(self, epoch, start_batch=0):
         for i, (x, y) in enumerate(original(self, epoch, start_batch), start=start_batch):
-            if self.train and (epoch, i) in bad:
+            if (epoch, i) in bad:  # training batches only: the class patched is theirs
                 x = x.clone()
                 x[0, 0, 0, 0] = float("nan")
             yield x, y
 
-    monkeypatch.setattr(InMemoryBatches, "epoch", poisoned)
+    monkeypatch.setattr(InMemoryTrainBatches, "epoch", poisoned)
     return bad
 
 

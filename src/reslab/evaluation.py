@@ -13,8 +13,10 @@ that temperature on held-out logits.
 
 `EvalPlan` is what one evaluation of weights decides: the data (a `DataSource` and a part), the
 test-time augmentation, the precision and memory layout, the batch size. `plan_evaluation` reads
-it from a run's config.yaml (or the weights' metadata) with the user's flags on top, so that
-`reslab eval RUN` with no flag repeats the run's own final evaluation exactly.
+it from a run's config.yaml (or the weights' metadata) with the user's `EvalRequest` on top, so
+that `reslab eval RUN` with no flag repeats the run's own final evaluation exactly. The batches
+come from one place for training and `reslab eval`: `data_source` (a config's data settings) and
+`eval_batch_spec` (the weights' preprocessing), handed to `DataSource.eval_batches`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.config import Config
+from reslab.data.preprocess import Preprocess
 from reslab.data.sources import DataSource
+from reslab.data.spec import EvalBatches, EvalBatchSpec
 from reslab.device import autocast
 from reslab.errors import ConfigError
 from reslab.rundir import RunDir
@@ -293,76 +298,131 @@ class EvalPlan:
         return ", ".join(extras)
 
 
-def plan_evaluation(
-    weights: Weights,
-    run: RunDir | None,
+@dataclass(frozen=True)
+class EvalRequest:
+    """What the user asked of one evaluation (`reslab eval`, `reslab calibrate`): each setting None
+    (or its default) keeps the run's own."""
+
+    dataset: str | None = None  # another dataset than the run's (a vocab.DATASETS name)
+    data_dir: str | None = None
+    part: str | None = None  # "test", "val" or "train"; None: the source's default_eval_part
+    tta_flip: bool | None = None
+    crops: int = 1  # 10: the paper's 10-crop testing
+    scales: tuple[int, ...] | None = None  # multi-scale testing at these shorter sides
+    in_memory: bool | None = None
+    workers: int | None = None
+    batch_size: int | None = None
+
+
+def data_source(cfg: Config) -> DataSource:
+    """The `DataSource` of a run's config: its data.* settings, and train.seed (which carves val)."""
+    d = cfg.data
+    return DataSource(
+        dataset=d.dataset,
+        data_dir=d.data_dir,
+        split=d.split,
+        val_size=d.val_size,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        image_size=d.image_size,
+        in_chans=d.in_chans,
+        in_memory=d.in_memory,
+        workers=d.workers,
+        cache_dir=d.cache_dir,
+        synthetic_size=d.synthetic_size,
+        download=d.download,
+    )
+
+
+def eval_batch_spec(
+    preprocess: Preprocess,
+    device: torch.device | str,
     *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    part: str | None = None,
-    tta_flip: bool | None = None,
-    crops: int = 1,
+    workers: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+    channels_last: bool = False,
+    eval_mode: str = "center",
     scales: tuple[int, ...] | None = None,
-    in_memory: bool | None = None,
-    workers: int | None = None,
-    batch_size: int | None = None,
-) -> EvalPlan:
-    """The run's own evaluation settings (config.yaml when `run` is given, else the weights'
-    metadata), each overridden by the flag given for it (not None)."""
+) -> EvalBatchSpec:
+    """The batches of an evaluation with the weights' `preprocess` (input and normalisation), for
+    training's evaluations and `reslab eval` alike."""
+    return EvalBatchSpec(
+        batch_size,
+        stats=preprocess.stats,
+        image_size=preprocess.input_size,
+        resize=preprocess.resize,
+        in_chans=preprocess.in_chans,
+        eval_mode=eval_mode,
+        scales=scales,
+        workers=workers,
+        device=device,
+        channels_last=channels_last,
+    )
+
+
+def _recorded_plan(weights: Weights, run: RunDir | None, dataset: str | None) -> EvalPlan:
+    """The data and the evaluation settings a run recorded: its config.yaml when `run` has one, else
+    the weights' metadata (`dataset`: evaluate on that dataset instead)."""
     meta = weights.meta
-    recorded = dict(meta.evaluation)
-    if run is not None and run.config.is_file():
-        cfg = run.load_config()
-        source = DataSource.from_config(cfg.data, cfg.train.seed)
-        recorded = {
-            "tta_flip": cfg.train.tta_flip,
-            # train.precision "auto" became this machine's precision when the run trained: the weights say which
-            "precision": meta.evaluation.get("precision", cfg.train.precision),
-            "channels_last": cfg.train.channels_last,
-        }
-        if dataset is not None and dataset != source.dataset:
-            source = DataSource(dataset)
-    else:
+    if run is None or not run.config.is_file():
         name = dataset or meta.dataset_name
         if not name:
             raise ConfigError("the weights do not record their dataset; say which with --data")
         same = name == meta.dataset_name
-        source = DataSource(name, data_dir=(meta.data_dir or None) if same else None, in_memory=name != "imagefolder")
-    source = source.with_overrides(data_dir=data_dir, in_memory=in_memory, workers=workers)
-    if crops == 10 and scales:
-        raise ConfigError("choose --crops 10 or --scales, not both")
-    mode = "ten-crop" if crops == 10 else "multi-scale" if scales else "center"
+        return EvalPlan(
+            DataSource(name, data_dir=(meta.data_dir or None) if same else None, in_memory=name != "imagefolder"),
+            tta_flip=meta.evaluation.get("tta_flip", meta.tta_flip),
+            precision=meta.evaluation.get("precision", "fp32"),
+            channels_last=bool(meta.evaluation.get("channels_last", False)),
+        )
+    cfg = run.load_config()
+    source = data_source(cfg)
     return EvalPlan(
-        source=source,
-        part=part or getattr(source, "default_eval_part", "test"),
-        tta_flip=recorded.get("tta_flip", meta.tta_flip) if tta_flip is None else tta_flip,
-        precision=recorded.get("precision", "fp32"),
-        channels_last=bool(recorded.get("channels_last", False)),
-        eval_mode=mode,
-        scales=tuple(scales) if scales else None,
-        batch_size=batch_size or EVAL_BATCH_SIZE,
+        source if dataset is None or dataset == source.dataset else DataSource(dataset),
+        tta_flip=cfg.train.tta_flip,
+        # train.precision "auto" became this machine's precision when the run trained: the weights say which
+        precision=meta.evaluation.get("precision", cfg.train.precision),
+        channels_last=cfg.train.channels_last,
     )
 
 
-def _prepared(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[nn.Module, Any, Predict]:
+def plan_evaluation(weights: Weights, run: RunDir | None, request: EvalRequest | None = None) -> EvalPlan:
+    """The run's own evaluation settings (config.yaml when `run` is given, else the weights'
+    metadata), each overridden by the setting `request` gives for it (not None)."""
+    asked = request or EvalRequest()
+    recorded = _recorded_plan(weights, run, asked.dataset)
+    source = recorded.source.with_overrides(data_dir=asked.data_dir, in_memory=asked.in_memory, workers=asked.workers)
+    if asked.crops == 10 and asked.scales:
+        raise ConfigError("choose --crops 10 or --scales, not both")
+    return replace(
+        recorded,
+        source=source,
+        part=asked.part or getattr(source, "default_eval_part", "test"),
+        tta_flip=recorded.tta_flip if asked.tta_flip is None else asked.tta_flip,
+        eval_mode="ten-crop" if asked.crops == 10 else "multi-scale" if asked.scales else "center",
+        scales=tuple(asked.scales) if asked.scales else None,
+        batch_size=asked.batch_size or EVAL_BATCH_SIZE,
+    )
+
+
+def _prepared(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[nn.Module, EvalBatches, Predict]:
     """(model on `device`, the part's batches, batch -> logits) as `plan` says."""
     model = weights.model.to(device)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches = plan.source.eval_batches(
-        plan.part,
+    spec = eval_batch_spec(
         weights.preprocess,
-        device=device,
+        device,
+        workers=plan.source.workers,
         batch_size=plan.batch_size,
         channels_last=plan.channels_last,
         eval_mode=plan.eval_mode,
         scales=plan.scales,
     )
-    classes = getattr(batches, "classes", None)
-    if classes is not None and len(classes) != weights.meta.num_classes:
-        raise ConfigError(
-            f"{plan.source.dataset} has {len(classes)} classes but the weights predict {weights.meta.num_classes}"
-        )
+    batches = plan.source.eval_batches(plan.part, spec)
+    classes, predicted = len(batches.classes), weights.meta.num_classes
+    if classes != predicted:
+        raise ConfigError(f"{plan.source.dataset} has {classes} classes but the weights predict {predicted}")
     if plan.eval_mode == "ten-crop":
         predict = ten_crop_logits(model)
     elif plan.eval_mode == "multi-scale":

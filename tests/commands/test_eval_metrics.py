@@ -14,7 +14,7 @@ from torch import nn
 
 from reslab.cli import main
 from reslab.data.sources import DataSource
-from reslab.evaluation import class_metrics, evaluate, plan_evaluation
+from reslab.evaluation import EvalRequest, class_metrics, evaluate, plan_evaluation
 from reslab.weights import load_weights
 
 # 4 classes, rows = truth, columns = prediction. Class 0: 8 images, 6 right, 2 taken for 1;
@@ -115,7 +115,7 @@ def test_eval_prints_them_beside_top1_and_a_per_class_table(weights: Path, tmp_p
 def test_plan_takes_the_default_part_from_the_data_source(weights: Path, monkeypatch) -> None:
     w = load_weights(weights)
     monkeypatch.setattr(DataSource, "default_eval_part", "val", raising=False)
-    assert plan_evaluation(w, None, dataset="synthetic").part == "val"
-    assert plan_evaluation(w, None, dataset="synthetic", part="train").part == "train"
+    assert plan_evaluation(w, None, EvalRequest(dataset="synthetic")).part == "val"
+    assert plan_evaluation(w, None, EvalRequest(dataset="synthetic", part="train")).part == "train"
     monkeypatch.delattr(DataSource, "default_eval_part")
-    assert plan_evaluation(w, None, dataset="synthetic").part == "test"  # a source without the attribute
+    assert plan_evaluation(w, None, EvalRequest(dataset="synthetic")).part == "test"  # a source without the attribute

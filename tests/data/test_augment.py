@@ -11,7 +11,15 @@ from dataset_files import write_image_tree
 from PIL import Image
 
 from reslab.config import load_config
-from reslab.data import ArrayDataset, InMemoryBatches, draw_augmentation, normalize_crop_flip
+from reslab.data import (
+    ArrayDataset,
+    EvalBatchSpec,
+    InMemoryEvalBatches,
+    InMemoryTrainBatches,
+    TrainBatchSpec,
+    draw_augmentation,
+    normalize_crop_flip,
+)
 from reslab.data.augment import (
     BATCH_STREAM,
     Augmentation,
@@ -22,7 +30,8 @@ from reslab.data.augment import (
     stream_seed,
 )
 from reslab.data.batches import batch_seed, repeated_order
-from reslab.data.folder_batches import FolderBatches
+from reslab.data.folder import ImageFiles
+from reslab.data.folder_batches import FolderTrainBatches
 from reslab.data.folder_transforms import imagenet_norm_stats, train_transform
 from reslab.errors import ConfigError
 from reslab.train.build import build_data, eval_geometry
@@ -111,7 +120,7 @@ def test_mixing_a_single_class_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="mixup_alpha"):
         BatchAugment(Augmentation(cutmix_alpha=1.0), 1)
     with pytest.raises(ConfigError, match="mixup_alpha"):
-        InMemoryBatches(_dataset(classes=1), 8, train=True, augmentation=Augmentation(mixup_alpha=0.2))
+        InMemoryTrainBatches(_dataset(classes=1), TrainBatchSpec(8, augmentation=Augmentation(mixup_alpha=0.2)))
 
 
 # ---- policies --------------------------------------------------------------------------------------
@@ -155,7 +164,7 @@ FULL = Augmentation(policy="trivialaugment", random_erasing=0.5, mixup_alpha=0.2
 def test_off_path_is_bit_identical_to_normalize_crop_flip() -> None:
     ds = _dataset()
     for augmentation in (None, Augmentation()):
-        batches = InMemoryBatches(ds, 16, train=True, seed=4, augmentation=augmentation)
+        batches = InMemoryTrainBatches(ds, TrainBatchSpec(16, seed=4, augmentation=augmentation))
         assert batches.policy is None and batches.per_batch is None
         order = batches.order(2)
         for b, (x, y) in enumerate(batches.epoch(2)):
@@ -168,7 +177,7 @@ def test_off_path_is_bit_identical_to_normalize_crop_flip() -> None:
 
 def test_policy_runs_on_uint8_before_the_crop_and_flip() -> None:
     ds = _dataset()
-    batches = InMemoryBatches(ds, 16, train=True, seed=4, augmentation=Augmentation(policy="randaugment"))
+    batches = InMemoryTrainBatches(ds, TrainBatchSpec(16, seed=4, augmentation=Augmentation(policy="randaugment")))
     x, y = next(iter(batches.epoch(1)))
     index = batches.order(1)[:16]
     seed = batch_seed(4, 1, 0, 0)
@@ -179,7 +188,7 @@ def test_policy_runs_on_uint8_before_the_crop_and_flip() -> None:
 
 
 def test_augmented_batches_are_deterministic_resumable_and_leave_the_global_rng_alone() -> None:
-    batches = InMemoryBatches(_dataset(), 16, train=True, seed=9, augmentation=FULL)
+    batches = InMemoryTrainBatches(_dataset(), TrainBatchSpec(16, seed=9, augmentation=FULL))
     torch.manual_seed(0)
     state = torch.get_rng_state()
     first = list(batches.epoch(3))
@@ -198,8 +207,8 @@ def test_augmented_batches_are_deterministic_resumable_and_leave_the_global_rng_
 
 def test_evaluation_batches_are_never_augmented() -> None:
     ds = _dataset()
-    train = InMemoryBatches(ds, 16, train=True, augmentation=FULL, repeats=2)
-    test = InMemoryBatches(ds, 16, train=False, stats=train.stats, augmentation=FULL, repeats=2)
+    train = InMemoryTrainBatches(ds, TrainBatchSpec(16, augmentation=FULL, repeats=2))
+    test = InMemoryEvalBatches(ds, EvalBatchSpec(16, stats=train.stats))
     assert test.policy is None and test.per_batch is None and test.repeats == 1
     x, y = next(iter(test.epoch(0)))
     assert torch.equal(x, train.stats.apply(ds.images[:16])) and torch.equal(y, ds.labels[:16])
@@ -210,8 +219,8 @@ def test_evaluation_batches_are_never_augmented() -> None:
 
 def test_repeats_spread_copies_over_ranks_and_keep_the_epoch_length() -> None:
     ds = _dataset(64)
-    ranks = [InMemoryBatches(ds, 8, train=True, seed=1, rank=r, world_size=2, repeats=2) for r in (0, 1)]
-    plain = InMemoryBatches(ds, 8, train=True, seed=1, rank=0, world_size=2)
+    ranks = [InMemoryTrainBatches(ds, TrainBatchSpec(8, seed=1, rank=r, world_size=2, repeats=2)) for r in (0, 1)]
+    plain = InMemoryTrainBatches(ds, TrainBatchSpec(8, seed=1, rank=0, world_size=2))
     assert len(ranks[0]) == len(plain) == 4  # batches per epoch unchanged
     orders = [b.order(5) for b in ranks]
     together = torch.cat(orders)
@@ -225,7 +234,7 @@ def test_repeats_spread_copies_over_ranks_and_keep_the_epoch_length() -> None:
 
 def test_repeats_on_one_process_and_with_the_balanced_sampler() -> None:
     ds = _dataset(60)
-    batches = InMemoryBatches(ds, 10, train=True, repeats=3, sampler="balanced")
+    batches = InMemoryTrainBatches(ds, TrainBatchSpec(10, repeats=3, sampler="balanced"))
     order = batches.order(0)
     assert len(order) == 60
     assert set(torch.bincount(order).tolist()) <= {0, 3}  # 20 images, 3 copies each
@@ -239,16 +248,23 @@ def test_repeats_on_one_process_and_with_the_balanced_sampler() -> None:
 
 def test_streamed_policy_mixing_and_repeats(tmp_path: Path) -> None:
     write_image_tree(tmp_path, size=(20, 18), per_class=6)  # 12 training images, 2 classes
-    options = dict(batch_size=4, train=True, stats=imagenet_norm_stats(), image_size=16, workers=0, seed=2)
+    options = dict(augment="scale", stats=imagenet_norm_stats(), image_size=16, workers=0, seed=2)
     augmentation = Augmentation(policy="autoaugment", random_erasing=0.5, cutmix_alpha=1.0)
-    batches = FolderBatches(tmp_path, "train", augmentation=augmentation, repeats=2, **options)
+    batches = FolderTrainBatches(
+        ImageFiles(tmp_path, "train"), TrainBatchSpec(4, augmentation=augmentation, repeats=2, **options)
+    )
     epoch = list(batches.epoch(0))
     assert len(epoch) == len(batches) == 3
     x, y = epoch[0]
     assert x.shape == (4, 3, 16, 16) and y.shape == (4, 2) and y.dtype == torch.float32
     order = batches.order(0)
     assert len(order) == 12 and set(torch.bincount(order).tolist()) <= {0, 2}
-    ranks = [FolderBatches(tmp_path, "train", repeats=2, rank=r, world_size=2, **options).order(1) for r in (0, 1)]
+    ranks = [
+        FolderTrainBatches(
+            ImageFiles(tmp_path, "train"), TrainBatchSpec(4, repeats=2, rank=r, world_size=2, **options)
+        ).order(1)
+        for r in (0, 1)
+    ]
     assert set(ranks[0].tolist()) == set(ranks[1].tolist()) and len(ranks[0]) == 4  # copies on both ranks
 
 

@@ -1,4 +1,4 @@
-"""InMemoryBatches: shapes, normalisation, crop/flip against references, determinism, shards."""
+"""In-memory training and evaluation batches: shapes, normalisation, crop/flip, determinism, shards."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import torch.nn.functional as F
 
 from reslab.data import (
     ArrayDataset,
-    InMemoryBatches,
+    EvalBatchSpec,
+    InMemoryEvalBatches,
+    InMemoryTrainBatches,
     NormStats,
+    TrainBatchSpec,
     compute_norm_stats,
     draw_augmentation,
     normalize_crop_flip,
@@ -35,23 +38,23 @@ def _reference_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
 
 
 def test_shapes_dtypes_and_length() -> None:
-    batches = InMemoryBatches(_dataset(100), 32, train=True)
+    batches = InMemoryTrainBatches(_dataset(100), TrainBatchSpec(32))
     assert len(batches) == 3 and batches.num_samples == 96
     seen = list(batches.epoch(0))
     assert len(seen) == 3
     for x, y in seen:
         assert x.shape == (32, 3, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
-    test = InMemoryBatches(_dataset(100), 32, train=False, stats=batches.stats)
+    test = InMemoryEvalBatches(_dataset(100), EvalBatchSpec(32, stats=batches.stats))
     sizes = [len(y) for _, y in test.epoch(0)]
     assert sizes == [32, 32, 32, 4] and len(test) == 4
 
 
 def test_pixel_mean_normalisation_matches_hand_reference() -> None:
     ds = _dataset(50)
-    train = InMemoryBatches(ds, 16, train=True, normalize="pixel-mean")
+    train = InMemoryTrainBatches(ds, TrainBatchSpec(16, normalize="pixel-mean"))
     expected_mean = ds.images.double().mean(0) / 255  # (C, H, W)
     torch.testing.assert_close(train.stats.mean, expected_mean.float())
-    test = InMemoryBatches(ds, 16, train=False, stats=train.stats)
+    test = InMemoryEvalBatches(ds, EvalBatchSpec(16, stats=train.stats))
     x = torch.cat([x for x, _ in test.epoch(0)])  # fixed order, no augmentation
     torch.testing.assert_close(x, ds.images.float() / 255 - expected_mean.float(), rtol=0, atol=1e-6)
 
@@ -106,7 +109,7 @@ def test_hand_picked_offsets_and_zero_border() -> None:
 
 def test_flip_only_mirrors_about_half_the_images() -> None:
     ds = _dataset(256)
-    train = InMemoryBatches(ds, 256, train=True, augment="flip", normalize="none")
+    train = InMemoryTrainBatches(ds, TrainBatchSpec(256, augment="flip", normalize="none"))
     order = train.order(0)
     x, _ = next(train.epoch(0))
     plain = ds.images[order].float() / 255
@@ -117,19 +120,19 @@ def test_flip_only_mirrors_about_half_the_images() -> None:
 
 def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
     ds = _dataset(100)
-    a = InMemoryBatches(ds, 10, train=True, seed=7)
-    b = InMemoryBatches(ds, 10, train=True, seed=7)
+    a = InMemoryTrainBatches(ds, TrainBatchSpec(10, seed=7))
+    b = InMemoryTrainBatches(ds, TrainBatchSpec(10, seed=7))
     list(b.epoch(0))  # consuming other epochs first changes nothing
     expected = torch.randperm(100, generator=torch.Generator().manual_seed(7 * 1000003 + 3))
     assert torch.equal(a.order(3), expected)
     for (xa, ya), (xb, yb) in zip(a.epoch(3), b.epoch(3), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a.order(3), a.order(4))
-    assert not torch.equal(a.order(3), InMemoryBatches(ds, 10, train=True, seed=8).order(3))
+    assert not torch.equal(a.order(3), InMemoryTrainBatches(ds, TrainBatchSpec(10, seed=8)).order(3))
 
 
 def test_resume_from_start_batch_is_bit_exact() -> None:
-    batches = InMemoryBatches(_dataset(100), 8, train=True, seed=1)
+    batches = InMemoryTrainBatches(_dataset(100), TrainBatchSpec(8, seed=1))
     full = list(batches.epoch(5))
     resumed = list(batches.epoch(5, start_batch=7))
     assert len(resumed) == len(full) - 7
@@ -141,7 +144,12 @@ def test_resume_from_start_batch_is_bit_exact() -> None:
 def test_rank_shards_are_disjoint_and_cover_the_epoch(train: bool) -> None:
     ds = _dataset(103)
     stats = compute_norm_stats(ds.images, "pixel-mean")
-    world = [InMemoryBatches(ds, 8, train=train, stats=stats, rank=r, world_size=3, seed=2) for r in range(3)]
+    world = [
+        InMemoryTrainBatches(ds, TrainBatchSpec(8, stats=stats, rank=r, world_size=3, seed=2))
+        if train
+        else InMemoryEvalBatches(ds, EvalBatchSpec(8, stats=stats, rank=r, world_size=3))
+        for r in range(3)
+    ]
     orders = [w.order(1) for w in world]
     joined = torch.cat(orders)
     assert len(set(joined.tolist())) == len(joined)  # no sample on two ranks
@@ -158,24 +166,24 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch(train: bool) -> None:
 
 def test_dtype_channels_last_and_config_errors() -> None:
     ds = _dataset(20)
-    batches = InMemoryBatches(ds, 4, train=True, dtype=torch.bfloat16, channels_last=True)
+    batches = InMemoryTrainBatches(ds, TrainBatchSpec(4, dtype=torch.bfloat16, channels_last=True))
     x, _ = next(batches.epoch(0))
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ConfigError, match="stats=train_batches.stats"):
-        InMemoryBatches(ds, 4, train=False)
+        InMemoryEvalBatches(ds, EvalBatchSpec(4))
     with pytest.raises(ConfigError, match="no whole batch of 16 on each of 2"):
-        InMemoryBatches(ds, 16, train=True, world_size=2)
+        InMemoryTrainBatches(ds, TrainBatchSpec(16, world_size=2))
     with pytest.raises(ConfigError, match="unknown augment"):
-        InMemoryBatches(ds, 4, train=True, augment="cutout")  # type: ignore[arg-type]
+        InMemoryTrainBatches(ds, TrainBatchSpec(4, augment="cutout"))
     with pytest.raises(ConfigError, match="do not fit"):
-        InMemoryBatches(ds, 4, train=False, stats=compute_norm_stats(_dataset(4, size=6).images, "pixel-mean"))
+        InMemoryEvalBatches(ds, EvalBatchSpec(4, stats=compute_norm_stats(_dataset(4, size=6).images, "pixel-mean")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_batches_equal_cpu_batches() -> None:
     ds = _dataset(64)
-    cpu = InMemoryBatches(ds, 16, train=True, seed=3)
-    gpu = InMemoryBatches(ds, 16, train=True, seed=3, device="cuda")
+    cpu = InMemoryTrainBatches(ds, TrainBatchSpec(16, seed=3))
+    gpu = InMemoryTrainBatches(ds, TrainBatchSpec(16, seed=3, device="cuda"))
     for (xc, yc), (xg, yg) in zip(cpu.epoch(2), gpu.epoch(2), strict=True):
         torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)
         assert torch.equal(yg.cpu(), yc)

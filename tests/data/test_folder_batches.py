@@ -1,4 +1,4 @@
-"""The DataLoader path for large ImageFolder trees (`FolderBatches`), on a tiny tree."""
+"""The DataLoader path for large ImageFolder trees (`FolderTrainBatches`, `FolderEvalBatches`), on a tiny tree."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import torch
 from dataset_files import write_image_tree
 from PIL import Image
 
-from reslab.data.folder_batches import FolderBatches, FolderSplit
+from reslab.data.folder import ImageFiles
+from reslab.data.folder_batches import FolderEvalBatches, FolderSplit, FolderTrainBatches
 from reslab.data.folder_transforms import Lighting, RandomShorterSideResize, eval_transform, imagenet_norm_stats
 from reslab.data.norm import NormStats
+from reslab.data.spec import EvalBatchSpec, TrainBatchSpec
 from reslab.errors import ConfigError, DataError
 
 STATS = imagenet_norm_stats()
@@ -25,8 +27,8 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("augment", ["scale", "rrc", "none"])
 def test_train_batches_have_the_crop_size(tree: Path, augment: str) -> None:
-    batches = FolderBatches(
-        tree, "train", batch_size=3, train=True, stats=STATS, augment=augment, image_size=16, workers=0
+    batches = FolderTrainBatches(
+        ImageFiles(tree, "train"), TrainBatchSpec(3, stats=STATS, augment=augment, image_size=16, workers=0)
     )
     epoch = list(batches.epoch(0))
     assert len(epoch) == len(batches) == 2  # 8 images, batch 3, last partial batch dropped
@@ -35,25 +37,21 @@ def test_train_batches_have_the_crop_size(tree: Path, augment: str) -> None:
 
 
 def test_eval_modes(tree: Path) -> None:
-    center = FolderBatches(
-        tree, "val", batch_size=8, train=False, stats=STATS, image_size=16, workers=0, resize="shorter-18-center-crop"
+    center = FolderEvalBatches(
+        ImageFiles(tree, "val"),
+        EvalBatchSpec(8, stats=STATS, image_size=16, workers=0, resize="shorter-18-center-crop"),
     )
     x, y = next(center.epoch(0))
     assert x.shape == (8, 3, 16, 16)
     assert y.tolist() == [0] * 4 + [1] * 4  # cat, then dog: in order
-    ten = FolderBatches(
-        tree,
-        "val",
-        batch_size=2,
-        train=False,
-        stats=STATS,
-        image_size=16,
-        workers=0,
-        resize="shorter-18-center-crop",
-        eval_mode="ten-crop",
+    ten = FolderEvalBatches(
+        ImageFiles(tree, "val"),
+        EvalBatchSpec(2, stats=STATS, image_size=16, workers=0, resize="shorter-18-center-crop", eval_mode="ten-crop"),
     )
     assert next(ten.epoch(0))[0].shape == (2, 10, 3, 16, 16)
-    multi = FolderBatches(tree, "val", batch_size=2, train=False, stats=STATS, workers=0, eval_mode="multi-scale")
+    multi = FolderEvalBatches(
+        ImageFiles(tree, "val"), EvalBatchSpec(2, stats=STATS, workers=0, eval_mode="multi-scale")
+    )
     images, labels = next(multi.epoch(0))
     assert len(images) == 2 and labels.shape == (2,)
     # 40 x 30 images: shorter side (height) set to each paper scale, width in proportion.
@@ -63,20 +61,14 @@ def test_eval_modes(tree: Path) -> None:
 def test_eval_batches_are_the_normalised_uint8_pixels(tree: Path) -> None:
     """Workers hand over uint8; the main process normalises with NormStats.apply, like every consumer."""
     stats = NormStats(torch.rand(3, 1, 1), torch.rand(3, 1, 1) + 0.5)
-    raw = FolderBatches(
-        tree,
-        "val",
-        batch_size=8,
-        train=False,
-        stats=NormStats.identity(3),
-        image_size=16,
-        workers=0,
-        resize="shorter-center-crop",
+    raw = FolderEvalBatches(
+        ImageFiles(tree, "val"),
+        EvalBatchSpec(8, stats=NormStats.identity(3), image_size=16, workers=0, resize="shorter-center-crop"),
     )
     x0, _ = next(raw.epoch(0))
     pixels = (x0 * 255).round().to(torch.uint8)
-    normalised = FolderBatches(
-        tree, "val", batch_size=8, train=False, stats=stats, image_size=16, workers=0, resize="shorter-center-crop"
+    normalised = FolderEvalBatches(
+        ImageFiles(tree, "val"), EvalBatchSpec(8, stats=stats, image_size=16, workers=0, resize="shorter-center-crop")
     )
     x, _ = next(normalised.epoch(0))
     assert torch.equal(x, stats.apply(pixels))
@@ -85,17 +77,9 @@ def test_eval_batches_are_the_normalised_uint8_pixels(tree: Path) -> None:
 def test_distributed_shards_are_disjoint(tree: Path) -> None:
     seen = []
     for rank in range(2):
-        batches = FolderBatches(
-            tree,
-            "train",
-            batch_size=2,
-            train=True,
-            stats=STATS,
-            image_size=8,
-            workers=0,
-            rank=rank,
-            world_size=2,
-            seed=5,
+        batches = FolderTrainBatches(
+            ImageFiles(tree, "train"),
+            TrainBatchSpec(2, augment="scale", stats=STATS, image_size=8, workers=0, rank=rank, world_size=2, seed=5),
         )
         seen.append(set(batches.order(3).tolist()))
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8
@@ -109,7 +93,9 @@ def test_classes_follow_train_and_a_bad_file_is_one_line(tree: Path) -> None:
     image, _ = FolderSplit(tree, "val", transform=None)[2]
     assert isinstance(image, str) and str(broken) in image
     for workers in (0, 2):
-        batches = FolderBatches(tree, "val", batch_size=4, train=False, stats=STATS, image_size=16, workers=workers)
+        batches = FolderEvalBatches(
+            ImageFiles(tree, "val"), EvalBatchSpec(4, stats=STATS, image_size=16, workers=workers)
+        )
         with pytest.raises(DataError) as caught:
             list(batches.epoch(0))
         message = str(caught.value)
@@ -142,7 +128,7 @@ def test_eval_transform_center_crop_size() -> None:
 def test_multi_scale_needs_per_channel_normalisation(tree: Path) -> None:
     pixel_mean = NormStats(torch.zeros(3, 4, 4), torch.ones(3, 1, 1))
     with pytest.raises(ConfigError, match="per-channel"):
-        FolderBatches(tree, "val", batch_size=2, train=False, stats=pixel_mean, eval_mode="multi-scale")
+        FolderEvalBatches(ImageFiles(tree, "val"), EvalBatchSpec(2, stats=pixel_mean, eval_mode="multi-scale"))
 
 
 @pytest.mark.parametrize("augment", ["scale", "rrc"])

@@ -11,6 +11,7 @@ from dataset_files import write_cifar, write_class_tree
 from reslab.data.array_dataset import random_split_indices, stratified_split_indices, train_val_split
 from reslab.data.folder import images_are_grey
 from reslab.data.sources import DataSource
+from reslab.data.spec import EvalBatchSpec
 from reslab.errors import ConfigError
 
 COUNTS = {"a": 20, "b": 10, "c": 3, "d": 1}  # d: a single image, which stays in train
@@ -94,8 +95,9 @@ def test_carved_val_is_the_same_in_memory_and_streamed(tmp_path) -> None:
     assert torch.bincount(val.labels).tolist() == [4, 2]
     from reslab.data.folder_transforms import imagenet_norm_stats
 
-    streamed = source.folder_batches("val", batch_size=4, stats=imagenet_norm_stats(), image_size=8, workers=0)
-    train = source.folder_batches("train", batch_size=4, stats=imagenet_norm_stats(), image_size=8, workers=0)
+    spec = EvalBatchSpec(4, stats=imagenet_norm_stats(), image_size=8, workers=0)
+    streamed = source.folder_eval_batches("val", spec)
+    train = source.folder_eval_batches("train", spec)
     val_files = {path for path, _ in streamed.dataset.samples}
     train_files = {path for path, _ in train.dataset.samples}
     assert len(val_files) == 6 and not val_files & train_files

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from reslab.checkpoint import load_checkpoint
 from reslab.cli import main
-from reslab.data import ArrayDataset, InMemoryBatches
+from reslab.data import ArrayDataset, InMemoryTrainBatches, TrainBatchSpec
 from reslab.rundir import RunDir
 from reslab.train import loop
 from reslab.train.build import build_data, build_model
@@ -133,10 +133,12 @@ def test_shards_are_disjoint_and_cover_each_epoch(world_size: int) -> None:
         name="ids",
     )
     ranks = [
-        InMemoryBatches(ds, batch, train=True, augment="none", normalize="none", seed=7, rank=r, world_size=world_size)
+        InMemoryTrainBatches(
+            ds, TrainBatchSpec(batch, augment="none", normalize="none", seed=7, rank=r, world_size=world_size)
+        )
         for r in range(world_size)
     ]
-    whole = InMemoryBatches(ds, batch * world_size, train=True, augment="none", normalize="none", seed=7)
+    whole = InMemoryTrainBatches(ds, TrainBatchSpec(batch * world_size, augment="none", normalize="none", seed=7))
     assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == len(whole)
     for epoch in range(3):
         orders = [r.order(epoch) for r in ranks]
@@ -246,15 +248,14 @@ def test_torchrun_balanced_sampler_shares_the_epoch_and_resumes_bit_exact(tmp_pa
     checkpoints) is disjoint from the other's, together they are the whole balanced order, and a
     resume from a mid-epoch checkpoint ends bit-identical to the uninterrupted run."""
     from reslab.data import make_synthetic
-    from reslab.data.batches import InMemoryBatches
 
     balanced = [*ARGS, "--set", "data.sampler=balanced"]
     full = tmp_path / "full"
     torchrun(*balanced, "--run-dir", str(full), cwd=tmp_path)
     first = load_checkpoint(full / "checkpoints" / "ckpt-00000001.pt")
     rank0, rank1 = (order.tolist() for order in first["data_order"])
-    whole = InMemoryBatches(  # the run's training images and seed (0), one process
-        make_synthetic("train", 128), 32, train=True, augment="none", sampler="balanced", seed=0
+    whole = InMemoryTrainBatches(  # the run's training images and seed (0), one process
+        make_synthetic("train", 128), TrainBatchSpec(32, augment="none", sampler="balanced", seed=0)
     ).order(0)
     assert len(rank0) == len(rank1) == len(whole) // 2
     assert sorted(rank0 + rank1) == sorted(whole.tolist())  # together: the epoch's whole order

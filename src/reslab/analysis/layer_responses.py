@@ -24,9 +24,11 @@ from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
 from reslab.analysis.training_experiment import claims_results, claims_section, not_reproduced_reasons
 from reslab.atomic import atomic_write_bytes
-from reslab.data.batches import InMemoryBatches
-from reslab.data.sources import DataSource, fit_arrays
+from reslab.data.batches import InMemoryEvalBatches
+from reslab.data.sources import fit_arrays
+from reslab.data.spec import EvalBatchSpec
 from reslab.errors import ConfigError
+from reslab.evaluation import data_source
 from reslab.models import ResNet, model_info
 from reslab.weights import load_weights
 
@@ -90,10 +92,9 @@ def run_responses(run: Run, images: int) -> list[float]:
     the run evaluated them."""
     weights = load_weights(run.path)
     cfg = run.dir.load_config()
-    source = DataSource.from_config(cfg.data, cfg.train.seed)
-    test = fit_arrays(source.arrays("test"), weights.preprocess)
+    test = fit_arrays(data_source(cfg).arrays("test"), weights.preprocess)
     test = test.subset(torch.arange(min(images, len(test))))
-    batches = InMemoryBatches(test, 250, train=False, stats=weights.stats).epoch(0)
+    batches = InMemoryEvalBatches(test, EvalBatchSpec(250, stats=weights.stats)).epoch(0)
     return layer_response_stds(weights.model, batches)
 
 

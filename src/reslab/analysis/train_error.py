@@ -19,9 +19,10 @@ import torch
 from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import read_checkpoint
 from reslab.data.array_dataset import ArrayDataset
-from reslab.data.batches import InMemoryBatches
-from reslab.data.sources import DataSource, fit_arrays
-from reslab.evaluation import evaluate
+from reslab.data.batches import InMemoryEvalBatches
+from reslab.data.sources import fit_arrays
+from reslab.data.spec import EvalBatchSpec
+from reslab.evaluation import data_source, evaluate
 from reslab.rundir import RunDir
 from reslab.weights import load_weights
 
@@ -32,7 +33,7 @@ def training_subset(run_dir: Path, images: int) -> ArrayDataset:
     """`images` fixed, seeded training images of the split the run trained on."""
     run = RunDir(run_dir)
     cfg = run.load_config()
-    train = DataSource.from_config(cfg.data, cfg.train.seed).arrays("train")
+    train = data_source(cfg).arrays("train")
     n = min(images, len(train))
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].sort().values
     return train.subset(pick)
@@ -46,7 +47,7 @@ def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str 
         return json.loads(run.train_error.read_text())
     weights = load_weights(run.weights, device)
     subset = fit_arrays(training_subset(run.path, images), weights.preprocess)
-    batches = InMemoryBatches(subset, 256, train=False, stats=weights.stats, device=device)
+    batches = InMemoryEvalBatches(subset, EvalBatchSpec(256, stats=weights.stats, device=device))
     steps, errors = [], []
     paths = run.list_checkpoints()
     print(

@@ -42,7 +42,7 @@ def no_val_part(where: str, reason: str) -> ConfigError:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from reslab.device import resolve_device
-    from reslab.evaluation import calibration_metrics, collect_logits, fit_temperature, plan_evaluation
+    from reslab.evaluation import EvalRequest, calibration_metrics, collect_logits, fit_temperature, plan_evaluation
     from reslab.rundir import RunDir
     from reslab.weights import TEMPERATURE_RANGE, load_weights, resolve_weights, write_meta
 
@@ -59,9 +59,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     weights_path = resolve_weights(args.weights)
     run = RunDir(named) if named.is_dir() else None
     weights = load_weights(weights_path)
-    plan = plan_evaluation(
-        weights, run, dataset=args.data, data_dir=args.data_dir, part=args.part or "val", batch_size=args.batch_size
-    )
+    request = EvalRequest(args.data, args.data_dir, part=args.part or "val", batch_size=args.batch_size)
+    plan = plan_evaluation(weights, run, request)
     source = plan.source
     if plan.part == "val" and "val" not in source.parts:
         where = f"{source.dataset} {source.data_dir}" if source.data_dir else source.dataset

@@ -146,7 +146,7 @@ def default_out_dir(source: str, weights_path: Path, run_dir, dataset: str) -> P
 def eval_command(args: argparse.Namespace) -> int:
     from reslab.data.decode import quiet_pillow_bomb_warning
     from reslab.device import resolve_device
-    from reslab.evaluation import evaluate_weights, plan_evaluation
+    from reslab.evaluation import EvalRequest, evaluate_weights, plan_evaluation
     from reslab.rundir import RunDir
     from reslab.weights import load_weights, resolve_weights
 
@@ -158,9 +158,7 @@ def eval_command(args: argparse.Namespace) -> int:
     run = RunDir(args.weights) if Path(args.weights).is_dir() else None
     weights = load_weights(weights_path)
     tta = None if args.tta is None else args.tta == "flip"
-    plan = plan_evaluation(
-        weights,
-        run,
+    request = EvalRequest(
         dataset=args.data,
         data_dir=args.data_dir,
         part=args.part,
@@ -171,6 +169,7 @@ def eval_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
     )
+    plan = plan_evaluation(weights, run, request)
     m = evaluate_weights(weights, plan, device)
     meta, dataset = weights.meta, plan.source.dataset
     out_dir = Path(args.out) if args.out else default_out_dir(args.weights, weights_path, run, dataset)

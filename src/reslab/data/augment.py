@@ -14,7 +14,7 @@ The pieces of torchvision's reference recipe ("How to train state-of-the-art mod
               (each image paired with its neighbour, `roll(1)`), one of the two at random per batch
               when both are on; the labels (B,) int64 become soft targets (B, num_classes) float32.
 
-Where they run: the in-memory loader (`InMemoryBatches`) applies the policy per image to the uint8
+Where they run: the in-memory loader (`InMemoryTrainBatches`) applies the policy per image to the uint8
 batch before its batched normalise + pad-crop + flip (torchvision crops first; a policy's shifts
 and shears then move the picture inside its frame before the crop window is taken, a difference
 of order only), then erasing and mixing per batch. The streaming loader applies the policy in the
@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -60,11 +59,6 @@ class Augmentation:
     random_erasing: float = 0.0  # probability per image
     mixup_alpha: float = 0.0  # 0 = off
     cutmix_alpha: float = 0.0  # 0 = off
-
-    @classmethod
-    def from_config(cls, data: Any) -> Augmentation:
-        """From a run's `DataConfig` (or anything with its fields)."""
-        return cls(data.policy, data.policy_magnitude, data.random_erasing, data.mixup_alpha, data.cutmix_alpha)
 
     @property
     def mixes(self) -> bool:

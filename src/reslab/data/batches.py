@@ -1,8 +1,11 @@
-"""`InMemoryBatches`: normalised, augmented batches straight from a uint8 tensor, no workers.
+"""`InMemoryTrainBatches`, `InMemoryEvalBatches`: normalised batches straight from a uint8 tensor, no workers.
 
 For datasets that fit in memory (CIFAR's 50k images are 150 MB as uint8) a DataLoader spends
 its time in per-image Python; here the whole dataset sits on the target device once, and each
-batch is an `index_select` plus a few whole-batch tensor ops (airbench's approach).
+batch is an `index_select` plus a few whole-batch tensor ops (airbench's approach). Training
+batches (`InMemoryTrainBatches`, from a `TrainBatchSpec`) are ordered and augmented as below;
+evaluation batches (`InMemoryEvalBatches`, from an `EvalBatchSpec`) are the stored order,
+normalised with the training set's statistics, every image kept.
 
 Augmentation, the paper's for CIFAR (He et al. 2015, sec. 4.2, after Lee et al.): pad 4 pixels
 on each side, take a random 32x32 crop, flip horizontally with probability 1/2. We pad with
@@ -35,7 +38,7 @@ shows each r times in a row, N samples in all, so the epoch keeps its length. Sh
 (rank k takes every world_size-th sample), the r copies of an image land on r different ranks when
 r <= world_size (with one process they share a batch), each augmented differently.
 
-Modern augmentation (`reslab.data.augment`, `augmentation=`): a policy per image on the uint8 batch
+Modern augmentation (`reslab.data.augment`, `TrainBatchSpec.augmentation`): a policy per image on the uint8 batch
 before normalise + crop + flip, then random erasing and MixUp / CutMix on the normalised batch,
 whose labels become soft targets (B, num_classes) float32. All drawn from seeds derived from the
 batch's seed (`augment.stream_seed`), so resume stays bit-exact. With none of them on, a batch
@@ -45,19 +48,18 @@ takes exactly the path it took before they existed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
 from reslab.data.array_dataset import ArrayDataset
-from reslab.data.norm import Normalize, NormStats, compute_norm_stats
+from reslab.data.norm import NormStats, compute_norm_stats
+from reslab.data.spec import EvalBatchSpec, TrainBatchSpec
 from reslab.errors import ConfigError
-from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS, SAMPLERS
+from reslab.vocab import AUGMENT_KINDS, NORMALIZE_KINDS
 
 if TYPE_CHECKING:
-    from reslab.data.augment import Augmentation
-
-Augment = Literal["none", "flip", "crop", "crop-flip"]
+    from reslab.data.augment import BatchAugment, BatchPolicy
 
 _SEED_STRIDE = 1_000_003  # a prime; mixes (seed, epoch, ...) into one generator seed
 _SEED_MODULUS = 2**63  # manual_seed takes a 64-bit value
@@ -169,88 +171,41 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     return ((epoch_seed(seed, epoch) * _SEED_STRIDE + rank) * _SEED_STRIDE + batch) % _SEED_MODULUS
 
 
-class InMemoryBatches:
-    """Batches of (images (B, C, H, W) `dtype`, labels (B,) int64) on `device`, epoch by epoch.
+def train_shard(labels: torch.Tensor, num_classes: int, spec: TrainBatchSpec, epoch: int) -> torch.Tensor:
+    """This rank's training indices for `epoch`: (batches_per_epoch * batch_size,) int64, on the CPU.
 
-    train=True: shuffled each epoch (sampler "random": a permutation; "balanced": classes drawn
-        equally often, `balanced_order`), augmented, and the last partial batch dropped.
-    train=False: fixed order, no augmentation, every sample kept (drop_last=None picks this).
-    stats: normalisation statistics; None computes them from `ds`, which must then be the
-        training set: pass the train loader's `stats` to the test loader.
+    The epoch's order of all N samples (a permutation drawn from (seed, epoch), or `balanced_order`),
+    repeated as `repeated_order` says, trimmed so that every rank gets the same whole batches, and
+    sharded rank::world_size. Both loaders take it (the streamed one for the balanced sampler and
+    repeated augmentation; its plain permutation is a `DistributedSampler`'s).
     """
+    if spec.sampler == "balanced":
+        order = balanced_order(labels, num_classes, spec.seed, epoch)
+    else:
+        generator = torch.Generator().manual_seed(epoch_seed(spec.seed, epoch))
+        order = torch.randperm(len(labels), generator=generator)
+    order = repeated_order(order, spec.repeats)
+    whole = spec.batches_per_epoch(len(labels)) * spec.batch_size * spec.world_size
+    return order[:whole][spec.rank :: spec.world_size]
+
+
+class _InMemoryBatches:
+    """What both in-memory loaders share: the images moved to the device once, the labels, and the
+    batches of an order. Subclasses set `stats` and say whether the last partial batch is dropped."""
+
+    drop_last = False  # True: every rank the same whole batches (training)
+    stats: NormStats
 
     def __init__(
-        self,
-        ds: ArrayDataset,
-        batch_size: int,
-        *,
-        train: bool,
-        device: torch.device | str = "cpu",
-        augment: Augment = "crop-flip",  # ignored when train=False
-        pad: int = 4,  # pixels of zero padding around each image before the random crop
-        normalize: Normalize = "pixel-mean",  # paper: subtract the train set's per-pixel mean
-        stats: NormStats | None = None,
-        drop_last: bool | None = None,  # None: True for train, False for test
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
-        sampler: str = "random",  # train=True: "random" | "balanced" (ignored when train=False)
-        repeats: int = 1,  # train=True: repeated augmentation, each image this many times an epoch (1 = off)
-        augmentation: Augmentation | None = None,  # train=True: policy, erasing, mixing (`reslab.data.augment`)
+        self, ds: ArrayDataset, batch_size: int, rank: int, world_size: int, device: torch.device | str
     ) -> None:
-        if augment not in AUGMENT_KINDS:
-            raise ConfigError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENT_KINDS)}")
-        if normalize not in NORMALIZE_KINDS:
-            raise ConfigError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_KINDS)}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-        if batch_size < 1 or pad < 0:
-            raise ConfigError(f"need batch_size >= 1 and pad >= 0, got {batch_size} and {pad}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is outside world_size {world_size}")
-        if repeats < 1:
-            raise ConfigError(f"data.repeats must be at least 1, got {repeats}")
-        if stats is None and not train and normalize != "none":
-            raise ConfigError(
-                "a test loader needs the training set's normalisation: pass "
-                "stats=train_batches.stats (statistics of the test set would leak it)"
-            )
         self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.augment: Augment = augment if train else "none"
-        self.sampler = sampler if train else "random"
-        self.repeats = repeats if train else 1
-        self.pad = pad
-        self.drop_last = train if drop_last is None else drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.dtype = dtype
-        self.channels_last = channels_last
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.name = ds.name
         self.classes = list(ds.classes)
         # Moved once; on the CPU a memory-mapped cache stays memory-mapped.
         self.images = ds.images.to(self.device)  # (N, C, H, W) uint8
         self.labels = ds.labels.to(self.device)  # (N,) int64
-        if stats is None:
-            stats = compute_norm_stats(self.images, normalize)
-        _check_stats(stats, ds.image_shape)
-        self.stats = stats.to(self.device)
-        # Modern augmentation, training only; None when off, so the batch loop is today's exactly.
-        self.policy, self.per_batch = None, None
-        if train and augmentation is not None and augmentation.active:
-            from reslab.data.augment import BatchAugment, BatchPolicy
-
-            augmentation.check(len(self.classes))
-            if augmentation.policy != "none":
-                self.policy = BatchPolicy(augmentation.policy, augmentation.policy_magnitude)
-            self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
-        if len(self) == 0:
-            raise ConfigError(
-                f"{ds.name}: {len(ds)} images make no whole batch of {batch_size} on each of "
-                f"{world_size} process(es); lower the batch size"
-            )
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
@@ -269,52 +224,128 @@ class InMemoryBatches:
         """Samples this rank sees per epoch."""
         return min(len(self) * self.batch_size, len(range(self.rank, len(self.labels), self.world_size)))
 
+    def _check_batches(self) -> None:
+        if len(self) == 0:
+            raise ConfigError(
+                f"{self.name}: {len(self.labels)} images make no whole batch of {self.batch_size} on each of "
+                f"{self.world_size} process(es); lower the batch size"
+            )
+
+    def _take(self, order: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `batch` of `order` (on the device): images (B, C, H, W) uint8 and labels (B,) int64."""
+        index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        return self.images.index_select(0, index), self.labels.index_select(0, index)  # faster than [index]
+
+
+class InMemoryTrainBatches(_InMemoryBatches):
+    """Training batches of (images (B, C, H, W) `spec.dtype`, labels (B,) int64) on `spec.device`.
+
+    Shuffled each epoch (sampler "random": a permutation; "balanced": classes drawn equally often,
+    `balanced_order`), augmented, the last partial batch dropped (see the module docstring).
+    `spec.stats` None computes the normalisation from `ds` by `spec.normalize`: hand the result
+    (`.stats`) to the evaluation batches.
+    """
+
+    drop_last = True
+
+    def __init__(self, ds: ArrayDataset, spec: TrainBatchSpec) -> None:
+        if spec.augment not in AUGMENT_KINDS:
+            raise ConfigError(f"unknown augment {spec.augment!r}; valid: {', '.join(AUGMENT_KINDS)}")
+        if spec.normalize not in NORMALIZE_KINDS:
+            raise ConfigError(f"unknown normalize {spec.normalize!r}; valid: {', '.join(NORMALIZE_KINDS)}")
+        super().__init__(ds, spec.batch_size, spec.rank, spec.world_size, spec.device)
+        self.spec = spec
+        stats = spec.stats if spec.stats is not None else compute_norm_stats(self.images, spec.normalize)
+        _check_stats(stats, ds.image_shape)
+        self.stats = stats.to(self.device)
+        self.crop = spec.augment in ("crop", "crop-flip")
+        self.flip = spec.augment in ("flip", "crop-flip") and spec.hflip
+        # Modern augmentation; None when off, so the batch loop takes the plain path exactly.
+        self.policy: BatchPolicy | None = None
+        self.per_batch: BatchAugment | None = None
+        augmentation = spec.augmentation
+        if augmentation is not None and augmentation.active:
+            from reslab.data.augment import BatchAugment, BatchPolicy
+
+            augmentation.check(len(self.classes))
+            if augmentation.policy != "none":
+                self.policy = BatchPolicy(augmentation.policy, augmentation.policy_magnitude)
+            self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
+        self._check_batches()
+
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch` in visiting order: (num_samples,) int64, CPU."""
-        n = len(self.labels)
-        if self.train and self.sampler == "balanced":
-            perm = balanced_order(self.labels, len(self.classes), self.seed, epoch)
-        elif self.train:
-            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            perm = torch.randperm(n, generator=generator)
-        else:
-            perm = torch.arange(n)
-        perm = repeated_order(perm, self.repeats)
-        if self.drop_last:  # trim so every rank gets the same whole number of batches
-            perm = perm[: len(self) * self.world_size * self.batch_size]
-        return perm[self.rank :: self.world_size]
+        return train_shard(self.labels, len(self.classes), self.spec, epoch)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based); with MixUp / CutMix
         the labels are soft targets (B, num_classes) float32."""
+        spec = self.spec
         order = self.order(epoch).to(self.device)
-        crop = self.augment in ("crop", "crop-flip")
-        flip = self.augment in ("flip", "crop-flip")
         for batch in range(start_batch, len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            images = self.images.index_select(0, index)  # (B, C, H, W) uint8; faster than [index]
-            labels = self.labels.index_select(0, index)
+            images, labels = self._take(order, batch)
+            seed = batch_seed(spec.seed, epoch, spec.rank, batch)
             if self.policy is not None:  # per image, uint8 in, uint8 out
-                images = self.policy(images, batch_seed(self.seed, epoch, self.rank, batch))
-            if crop or flip:
-                generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, self.rank, batch))
-                pad = self.pad if crop else 0
-                offsets, flips = draw_augmentation(len(index), generator, crop=crop, flip=flip, pad=pad)
-                x = normalize_crop_flip(images, self.stats, offsets, flips, pad, self.dtype)
+                images = self.policy(images, seed)
+            if self.crop or self.flip:
+                pad = spec.pad if self.crop else 0
+                generator = torch.Generator().manual_seed(seed)
+                offsets, flips = draw_augmentation(len(images), generator, crop=self.crop, flip=self.flip, pad=pad)
+                x = normalize_crop_flip(images, self.stats, offsets, flips, pad, spec.dtype)
             else:
-                x = self.stats.apply(images, self.dtype)
+                x = self.stats.apply(images, spec.dtype)
             if self.per_batch is not None:  # erasing, MixUp / CutMix (soft labels)
-                x, labels = self.per_batch(x, labels, batch_seed(self.seed, epoch, self.rank, batch))
+                x, labels = self.per_batch(x, labels, seed)
+            if spec.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"InMemoryTrainBatches({self.name}, n={len(self.labels)}, batch_size={self.batch_size}, "
+            f"augment={s.augment!r}, sampler={s.sampler!r}, repeats={s.repeats}, policy={self.policy!r}, "
+            f"per_batch={self.per_batch!r}, batches={len(self)}, rank={self.rank}/{self.world_size}, "
+            f"device={self.device})"
+        )
+
+
+class InMemoryEvalBatches(_InMemoryBatches):
+    """Evaluation batches of (images (B, C, H, W) float32, labels (B,) int64) on `spec.device`: the
+    images in stored order, normalised with the training set's `spec.stats`, every one kept (rank r
+    takes images r, r + world_size, ...)."""
+
+    # Evaluation draws nothing: no policy, no per-batch augmentation, each image once.
+    policy: None = None
+    per_batch: None = None
+    repeats = 1
+
+    def __init__(self, ds: ArrayDataset, spec: EvalBatchSpec) -> None:
+        stats = spec.required_stats()
+        super().__init__(ds, spec.batch_size, spec.rank, spec.world_size, spec.device)
+        _check_stats(stats, ds.image_shape)
+        self.stats = stats.to(self.device)
+        self.channels_last = spec.channels_last
+        self._check_batches()
+
+    def order(self, epoch: int = 0) -> torch.Tensor:
+        """This rank's sample indices, the same for every epoch: (num_samples,) int64, CPU."""
+        return torch.arange(len(self.labels))[self.rank :: self.world_size]
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches `start_batch`, `start_batch + 1`, ... of the part (the same for every epoch)."""
+        order = self.order().to(self.device)
+        for batch in range(start_batch, len(self)):
+            images, labels = self._take(order, batch)
+            x = self.stats.apply(images)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
 
     def __repr__(self) -> str:
         return (
-            f"InMemoryBatches({self.name}, n={len(self.labels)}, batch_size={self.batch_size}, "
-            f"train={self.train}, augment={self.augment!r}, sampler={self.sampler!r}, repeats={self.repeats}, "
-            f"policy={self.policy!r}, per_batch={self.per_batch!r}, batches={len(self)}, "
-            f"rank={self.rank}/{self.world_size}, device={self.device})"
+            f"InMemoryEvalBatches({self.name}, n={len(self.labels)}, batch_size={self.batch_size}, "
+            f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device})"
         )
 
 

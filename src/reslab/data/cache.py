@@ -14,7 +14,7 @@ temporary name in the same directory, fsync'ed and `os.replace`d into place, so 
 processes (DDP ranks) writing at once never leave a half-written entry behind.
 
 Use `load_cached(...)` where you would call `load_dataset(...)`; it takes the same arguments
-plus `cache_dir` (default $RESLAB_CACHE_DIR, else ~/.cache/reslab).
+(but `download`) plus `cache_dir` (default $RESLAB_CACHE_DIR, else ~/.cache/reslab).
 """
 
 from __future__ import annotations
@@ -126,7 +126,6 @@ def load_cached(
     data_dir: str | Path | None,
     *,
     cache_dir: str | Path | None = None,
-    download: bool = False,
     image_size: int | None = None,
     in_chans: int | None = None,
     synthetic_size: int = 512,
@@ -134,7 +133,9 @@ def load_cached(
 ) -> ArrayDataset:
     """`load_dataset` with a memory-mapped uint8 cache in front (see the module docstring).
 
-    The "synthetic" dataset is generated directly: it reads no files and is quick to make.
+    The "synthetic" dataset is generated directly: it reads no files and is quick to make. It reads
+    what is on disk: fetch missing files first (`source_files(..., download=True)`, as
+    `reslab.data.sources.DataSource.arrays` does under data.download).
     """
     if name == "synthetic":
         return load_dataset(
@@ -145,7 +146,7 @@ def load_cached(
             in_chans=in_chans,
             synthetic_size=synthetic_size,
         )
-    files = source_files(name, split, data_dir, download=download)
+    files = source_files(name, split, data_dir)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stem = cache_stem(cache_root, name, split, cache_key(name, split, files, image_size, in_chans, resize))
     cached = open_cache(stem)

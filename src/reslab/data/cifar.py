@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from reslab.data.array_dataset import ArrayDataset
+from reslab.data.download import fetch
 from reslab.data.safe_pickle import load_numpy_pickle
 from reslab.errors import DataError
 
@@ -102,14 +103,8 @@ def _download(name: str, data_dir: Path) -> None:
     import torchvision.datasets as tvd  # imported here: only needed when downloading
 
     dataset_class = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        dataset_class(root=str(data_dir), train=True, download=True)
-    except Exception as err:  # no network, a proxy, a failed checksum: all fixable by hand
-        raise DataError(
-            f"could not download {name} into {data_dir} ({type(err).__name__}: {err}). Download "
-            f"the python version from {CIFAR_URL} by hand and unpack it into {data_dir}."
-        ) from err
+    by_hand = f"Download the python version from {CIFAR_URL} by hand and unpack it into {data_dir}."
+    fetch(lambda: dataset_class(root=str(data_dir), train=True, download=True), name, data_dir, by_hand)
 
 
 def _entry(batch: dict[Any, Any], key: bytes, path: Path) -> Any:

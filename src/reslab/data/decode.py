@@ -169,7 +169,9 @@ def decode_image(
             img.load()
             try:
                 img = ImageOps.exif_transpose(img) or img
-            except Exception:  # damaged EXIF: keep the pixels as stored
+            except Exception:  # noqa: BLE001 (damaged EXIF: keep the pixels as stored)
+                # Pillow's EXIF parser fails with SyntaxError, struct.error, ValueError, KeyError,
+                # TypeError, OSError ... by tag; the orientation is optional, the image is not.
                 pass
             return to_mode(img, mode)
     except ImageDecodeError:
@@ -178,7 +180,7 @@ def decode_image(
         raise ImageTooLargeError(f"{label}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise NotAnImageError(f"{label}: not an image, or a format Pillow cannot read") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (untrusted input: any decoder failure is this file's)
         # Pillow signals truncated/damaged data with OSError ("image file is truncated"), and
         # malformed headers with SyntaxError, ValueError, struct.error, ... depending on the
         # plugin. On untrusted input any decoder failure is a per-file error, never a crash.

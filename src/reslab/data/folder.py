@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,17 @@ GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B"
 # Files whose headers `images_are_grey` reads per split, evenly spaced over the sorted listing:
 # a small tree is read whole, an ImageNet-sized one in a few seconds instead of an hour.
 GREY_SAMPLE = 256
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFiles:
+    """Which files a streamed loader reads: one split of an ImageFolder tree or a CSV listing (as
+    `list_samples` lists it), or the part of it at `subset` (a val part carved from train)."""
+
+    root: Path  # the tree (csv: the CSV file)
+    split: Split
+    dataset: str = "imagefolder"  # or "csv"
+    subset: torch.Tensor | None = None  # (n,) int64 indices into the split's listing; None: all of it
 
 
 def split_dir_name(split: Split) -> str:
@@ -153,29 +165,6 @@ def typical_image_size(paths: list[Path], limit: int = GREY_SAMPLE, largest: int
         return None
     shorter = sorted(min(w, h) for w, h in sizes)
     return max(1, min(largest, shorter[len(shorter) // 2]))
-
-
-def load_image_folder(
-    root: Path,
-    split: Split,
-    *,
-    image_size: int | None = None,
-    in_chans: int = 3,
-    resize: str = "shorter-center-crop",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> ArrayDataset:
-    """Decode every image of `root/<split>` into an `ArrayDataset` (see `load_image_files`)."""
-    samples, classes = list_image_files(root, split)
-    return load_image_files(
-        samples,
-        classes,
-        f"imagefolder:{root}",
-        image_size=image_size,
-        in_chans=in_chans,
-        resize=resize,
-        max_pixels=max_pixels,
-        where=root,
-    )
 
 
 def load_image_files(

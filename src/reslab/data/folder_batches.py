@@ -1,4 +1,4 @@
-"""`FolderBatches`: image files decoded in DataLoader workers, with `InMemoryBatches`' interface.
+"""`FolderTrainBatches`, `FolderEvalBatches`: image files decoded in DataLoader workers.
 
 For trees that do not fit in memory as uint8 (ImageNet); `reslab train` with
 `data.in_memory=false` (the `imagenet-paper` recipe) trains through this, `reslab eval` evaluates
@@ -6,10 +6,11 @@ through it. The images are one split of an ImageFolder tree or a CSV listing
 (`reslab.data.folder.list_samples`: classes from train/ or the CSV's training rows), optionally
 restricted to a subset of it (a val part carved from train/).
 
-The same `len()`, `order(epoch)` and `epoch(epoch, start_batch)` as the in-memory path, so the
-trainer, checkpoints and resume need no second code path. Workers decode (the one robust decoder)
-and crop (`reslab.data.folder_transforms`), yielding uint8; the main process normalises each batch
-with `NormStats.apply`, the affine every consumer uses, on the target device.
+The same protocols as the in-memory loaders (`reslab.data.spec`: `TrainBatches`, `EvalBatches`),
+built from the same specs, so the trainer, checkpoints and resume need no second code path.
+Workers decode (the one robust decoder) and crop (`reslab.data.folder_transforms`), yielding
+uint8; the main process normalises each batch with `NormStats.apply`, the affine every consumer
+uses, on the target device.
 
 Order and augmentation: epoch e visits the training images in a permutation drawn from
 (seed, e) (a `DistributedSampler`, so every rank gets its own shard and the last partial batch
@@ -40,14 +41,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reslab.data.augment import Augmentation, BatchAugment
-from reslab.data.batches import balanced_order, batch_seed, epoch_seed, repeated_order
+from reslab.data.batches import batch_seed, epoch_seed, train_shard
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from reslab.data.folder import Split, list_samples
+from reslab.data.folder import ImageFiles, Split, list_samples
 from reslab.data.folder_transforms import Lighting, eval_transform, train_transform
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import channel_mode
+from reslab.data.spec import EvalBatchSpec, EvalInput, TrainBatchSpec
 from reslab.errors import ConfigError, DataError
-from reslab.vocab import SAMPLERS
 
 
 class FolderSplit(Dataset):
@@ -97,76 +98,26 @@ def collate(batch: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
     return (images if isinstance(images[0], list) else torch.stack(images)), labels
 
 
-class FolderBatches:
-    """Batches (x float normalised, on `device`; y int64) of one split of a tree.
-
-    x is (B, C, S, S); for eval_mode "ten-crop" (B, 10, C, S, S); for "multi-scale" a list over
-    images of lists over scales of (1, C, H_s, W_s) tensors.
-    """
+class _FolderBatches:
+    """What both streamed loaders share: the listed files, their labels, the DataLoader over an
+    order, and the move of uint8 batches to the device."""
 
     def __init__(
-        self,
-        root: str | Path,
-        split: Split,
-        *,
-        batch_size: int,
-        train: bool,
-        stats: NormStats,
-        dataset: str = "imagefolder",  # or "csv": `root` is then the CSV file
-        subset: torch.Tensor | None = None,  # only these indices of the split's listing (a carved part)
-        augment: str = "scale",  # training: "scale" (paper: shorter side 256..480) | "rrc" | "none"
-        hflip: bool = True,  # training: random horizontal flips (False: data.hflip=false)
-        sampler: str = "random",  # training: "random" (a permutation per epoch) | "balanced"
-        image_size: int = 224,  # side of the square crops
-        resize: str = "shorter-256-center-crop",  # evaluation: the `fit_image` rule of the centre crop
-        eval_mode: str = "center",  # evaluation: "center" | "ten-crop" | "multi-scale"
-        scales: tuple[int, ...] | None = None,  # multi-scale: shorter sides (None: the paper's)
-        lighting: float = 0.1,  # training: PCA colour augmentation strength (alphastd); 0 turns it off
-        in_chans: int = 3,
-        workers: int = 2,  # DataLoader worker processes; 0 decodes in the main process
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: str | torch.device = "cpu",
-        channels_last: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        repeats: int = 1,  # training: repeated augmentation, each image this many times an epoch (1 = off)
-        augmentation: Augmentation | None = None,  # training: policy, erasing, mixing
+        self, files: ImageFiles, transform: Callable[[Any], Any], spec: TrainBatchSpec | EvalBatchSpec, stats: NormStats
     ) -> None:
-        if eval_mode == "multi-scale" and stats.mean.shape[1:] != (1, 1):
-            raise ConfigError(
-                "multi-scale testing scores whole images of any size: it needs per-channel normalisation "
-                f"(weights trained with data.normalize=channel), not statistics of shape {tuple(stats.mean.shape)}"
-            )
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-        augmentation = augmentation if train and augmentation is not None else Augmentation()
-        if train:
-            policy = {"policy": augmentation.policy, "policy_magnitude": augmentation.policy_magnitude}
-            transform = train_transform(augment, image_size, hflip=hflip, **policy)
-        else:
-            extra = {"scales": scales} if scales else {}
-            transform = eval_transform(image_size, resize, mode=eval_mode, **extra)
         self.dataset = FolderSplit(
-            root, split, transform, dataset=dataset, subset=subset, in_chans=in_chans, max_pixels=max_pixels
+            files.root,
+            files.split,
+            transform,
+            dataset=files.dataset,
+            subset=files.subset,
+            in_chans=spec.in_chans,
+            max_pixels=spec.max_pixels,
         )
         self.labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.int64)  # (N,)
-        self.sampler = sampler if train else "random"
-        self.repeats = repeats if train else 1
-        self.world_size = world_size
-        self.shuffler: DistributedSampler | None = None
-        if (train and self.sampler == "random" and self.repeats == 1) or (not train and world_size > 1):
-            self.shuffler = DistributedSampler(
-                self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
-            )
         self.stats = stats
-        self._stats_on_device = stats.to(device)
-        self.lighting = Lighting(lighting if train and augment != "none" and in_chans == 3 else 0.0)
-        self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
-        self.batch_size, self.train, self.workers = batch_size, train, workers
-        self.seed, self.rank, self.eval_mode = seed, rank, eval_mode
-        self.device, self.channels_last = torch.device(device), channels_last
-        self.generator = torch.Generator().manual_seed(seed)
+        self._stats_on_device = stats.to(spec.device)
+        self.batch_size, self.workers, self.device = spec.batch_size, spec.workers, torch.device(spec.device)
 
     @property
     def classes(self) -> list[str]:
@@ -176,76 +127,156 @@ class FolderBatches:
         """Images per class in the whole split (all ranks): (num_classes,) int64."""
         return torch.bincount(self.labels, minlength=len(self.classes))
 
-    def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        if self.sampler == "balanced" or self.repeats > 1:  # every rank the same whole batches, as DistributedSampler
-            return len(self.dataset) // self.world_size // self.batch_size
-        n = len(self.shuffler) if self.shuffler is not None else len(self.dataset)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """This rank's image indices for `epoch` in visiting order (the sampler's, as int64)."""
-        if self.sampler == "balanced" or self.repeats > 1:
-            if self.sampler == "balanced":
-                order = balanced_order(self.labels, len(self.classes), self.seed, epoch)
-            else:
-                generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-                order = torch.randperm(len(self.labels), generator=generator)
-            order = repeated_order(order, self.repeats)
-            return order[: len(self) * self.batch_size * self.world_size][self.rank :: self.world_size]
-        if self.shuffler is not None:
-            self.shuffler.set_epoch(epoch)
-            indices = list(iter(self.shuffler))
-        else:
-            indices = list(range(len(self.dataset)))
-        if self.train:  # whole batches only, as the loader drops the last partial one
-            indices = indices[: len(self) * self.batch_size]
-        return torch.tensor(indices, dtype=torch.int64)
-
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Any, torch.Tensor]]:
-        """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
-        # Workers' RNGs are seeded from a draw of this generator when iteration starts.
-        self.generator.manual_seed(epoch_seed(self.seed, epoch))
-        indices = self.order(epoch)[start_batch * self.batch_size :].tolist()
+    def _load(
+        self, indices: list[int], generator: torch.Generator, *, drop_last: bool
+    ) -> Iterator[tuple[Any, torch.Tensor]]:
+        """(uint8 images, labels (B,)) of `indices` in batches, decoded by the workers, whose RNGs
+        are seeded from a draw of `generator` (never of torch's global generator)."""
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             sampler=indices,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=self.train,
-            generator=self.generator,
+            drop_last=drop_last,
+            generator=generator,
             collate_fn=collate,
             persistent_workers=False,
         )
-        for batch, (x, y) in enumerate(loader, start=start_batch):
+        for x, y in loader:
             if isinstance(x, str):
                 raise DataError(f"{x}; replace or delete the file")
-            x, y = self._prepare(x, epoch, batch), y.to(self.device, non_blocking=True)
+            yield x, y
+
+    def _on_device(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """uint8 (B, C, S, S) or (B, 10, C, S, S) from the workers -> the device (channels_last if asked)."""
+        x = x.to(self.device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class FolderTrainBatches(_FolderBatches):
+    """Training batches (x (B, C, S, S) float normalised, y (B,) int64; soft (B, num_classes) float32
+    with MixUp / CutMix) of one split of a tree, on `spec.device`: randomly cropped and flipped in
+    the workers (`spec.augment`, `spec.hflip`), PCA lighting in the main process."""
+
+    def __init__(self, files: ImageFiles, spec: TrainBatchSpec) -> None:
+        if spec.stats is None:
+            raise ConfigError("streamed training batches need normalisation stats (e.g. `imagenet_norm_stats`)")
+        augmentation = spec.augmentation or Augmentation()
+        policy = {"policy": augmentation.policy, "policy_magnitude": augmentation.policy_magnitude}
+        transform = train_transform(spec.augment, spec.image_size, hflip=spec.hflip, **policy)
+        super().__init__(files, transform, spec, spec.stats)
+        self.spec = spec
+        self.shuffler: DistributedSampler | None = None  # the plain random order: a permutation per epoch
+        if spec.sampler == "random" and spec.repeats == 1:
+            self.shuffler = DistributedSampler(
+                self.dataset, num_replicas=spec.world_size, rank=spec.rank, shuffle=True, seed=spec.seed, drop_last=True
+            )
+        self.lighting = Lighting(spec.lighting if spec.augment != "none" and spec.in_chans == 3 else 0.0)
+        self.per_batch = BatchAugment(augmentation, len(self.classes)) if augmentation.per_batch else None
+        self.generator = torch.Generator().manual_seed(spec.seed)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (whole batches, the same on every rank)."""
+        return self.spec.batches_per_epoch(len(self.dataset))
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This rank's image indices for `epoch` in visiting order (the sampler's, as int64)."""
+        if self.shuffler is None:  # balanced, or repeated augmentation
+            return train_shard(self.labels, len(self.classes), self.spec, epoch)
+        self.shuffler.set_epoch(epoch)
+        indices = list(iter(self.shuffler))[: len(self) * self.batch_size]  # whole batches only
+        return torch.tensor(indices, dtype=torch.int64)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches `start_batch`, `start_batch + 1`, ... of `epoch` (0-based)."""
+        spec = self.spec
+        # Workers' RNGs are seeded from a draw of this generator when iteration starts.
+        self.generator.manual_seed(epoch_seed(spec.seed, epoch))
+        indices = self.order(epoch)[start_batch * self.batch_size :].tolist()
+        for batch, (x, y) in enumerate(self._load(indices, self.generator, drop_last=True), start=start_batch):
+            seed = batch_seed(spec.seed, epoch, spec.rank, batch)
+            x, y = self._prepare(x, seed), y.to(self.device, non_blocking=True)
             if self.per_batch is not None:  # erasing, MixUp / CutMix (soft targets)
-                x, y = self.per_batch(x, y, batch_seed(self.seed, epoch, self.rank, batch))
-                if self.channels_last:
+                x, y = self.per_batch(x, y, seed)
+                if spec.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def _prepare(self, x: Any, epoch: int, batch: int) -> Any:
-        """uint8 from the workers -> normalised float on the device (+ lighting when training)."""
+    def _prepare(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """uint8 (B, C, S, S) from the workers -> normalised float on the device, lit by PCA noise
+        drawn from `seed` (the batch's)."""
         stats = self._stats_on_device
-        if isinstance(x, list):  # multi-scale: [image][scale] of (C, H, W)
-            return [[stats.apply(s.to(self.device)[None]) for s in scales] for scales in x]
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if x.dim() == 5:  # ten-crop: (B, 10, C, S, S)
-            return stats.apply(x.flatten(0, 1)).view(x.shape)
-        x = stats.apply(x)
+        x = stats.apply(self._on_device(x, self.spec.channels_last))
         if self.lighting.alphastd > 0:
-            generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, self.rank, batch))
-            x = self.lighting(x, stats.std, generator)
+            x = self.lighting(x, stats.std, torch.Generator().manual_seed(seed))
         return x
 
     def __repr__(self) -> str:
         return (
-            f"FolderBatches({self.dataset.root}, n={len(self.dataset)}, batch_size={self.batch_size}, "
-            f"train={self.train}, batches={len(self)}, workers={self.workers}, device={self.device})"
+            f"FolderTrainBatches({self.dataset.root}, n={len(self.dataset)}, batch_size={self.batch_size}, "
+            f"augment={self.spec.augment!r}, sampler={self.spec.sampler!r}, batches={len(self)}, "
+            f"workers={self.workers}, device={self.device})"
+        )
+
+
+class FolderEvalBatches(_FolderBatches):
+    """Evaluation batches (x float normalised, on `spec.device`; y (B,) int64) of one split of a tree,
+    in listed order, every image kept.
+
+    x is (B, C, S, S); for eval_mode "ten-crop" (B, 10, C, S, S); for "multi-scale" a list over
+    images of lists over scales of (1, C, H_s, W_s) tensors.
+    """
+
+    def __init__(self, files: ImageFiles, spec: EvalBatchSpec) -> None:
+        stats = spec.required_stats()
+        if spec.eval_mode == "multi-scale" and stats.mean.shape[1:] != (1, 1):
+            raise ConfigError(
+                "multi-scale testing scores whole images of any size: it needs per-channel normalisation "
+                f"(weights trained with data.normalize=channel), not statistics of shape {tuple(stats.mean.shape)}"
+            )
+        extra = {"scales": spec.scales} if spec.scales else {}
+        transform = eval_transform(spec.image_size, spec.resize, mode=spec.eval_mode, **extra)
+        super().__init__(files, transform, spec, stats)
+        self.spec = spec
+        self.shuffler: DistributedSampler | None = None  # several ranks: each a share (padded to equal length)
+        if spec.world_size > 1:
+            self.shuffler = DistributedSampler(
+                self.dataset, num_replicas=spec.world_size, rank=spec.rank, shuffle=False, drop_last=False
+            )
+
+    def __len__(self) -> int:
+        """Batches for this rank, the last one partial."""
+        n = len(self.shuffler) if self.shuffler is not None else len(self.dataset)
+        return -(-n // self.batch_size)
+
+    def order(self, epoch: int = 0) -> torch.Tensor:
+        """This rank's image indices, in listed order (as int64)."""
+        indices = list(iter(self.shuffler)) if self.shuffler is not None else list(range(len(self.dataset)))
+        return torch.tensor(indices, dtype=torch.int64)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[EvalInput, torch.Tensor]]:
+        """Yield batches `start_batch`, `start_batch + 1`, ... (the same for every epoch)."""
+        # The transforms draw nothing; the generator only keeps the workers' seed draw off torch's global one.
+        generator = torch.Generator().manual_seed(0)
+        indices = self.order()[start_batch * self.batch_size :].tolist()
+        for x, y in self._load(indices, generator, drop_last=False):
+            yield self._prepare(x), y.to(self.device, non_blocking=True)
+
+    def _prepare(self, x: torch.Tensor | list[list[torch.Tensor]]) -> EvalInput:
+        """uint8 from the workers -> normalised float on the device."""
+        stats = self._stats_on_device
+        if isinstance(x, list):  # multi-scale: [image][scale] of (C, H, W)
+            return [[stats.apply(s.to(self.device)[None]) for s in scales] for scales in x]
+        x = self._on_device(x, self.spec.channels_last)
+        if x.dim() == 5:  # ten-crop: (B, 10, C, S, S)
+            return stats.apply(x.flatten(0, 1)).view(x.shape)
+        return stats.apply(x)
+
+    def __repr__(self) -> str:
+        return (
+            f"FolderEvalBatches({self.dataset.root}, n={len(self.dataset)}, batch_size={self.batch_size}, "
+            f"eval_mode={self.spec.eval_mode!r}, batches={len(self)}, workers={self.workers}, device={self.device})"
         )

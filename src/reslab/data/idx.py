@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from reslab.data.array_dataset import ArrayDataset
+from reslab.data.download import fetch
 from reslab.errors import DataError
 
 Split = Literal["train", "test"]
@@ -122,15 +123,13 @@ def _download(name: str, data_dir: Path) -> None:
     import torchvision.datasets as tvd  # imported here: only needed when downloading
 
     dataset_class = tvd.FashionMNIST if name == "fashion-mnist" else tvd.MNIST
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+
+    def both_splits() -> None:
         for train in (True, False):
             dataset_class(root=str(data_dir), train=train, download=True)
-    except Exception as err:  # no network, a proxy, a failed checksum: all fixable by hand
-        raise DataError(
-            f"could not download {name} into {data_dir} ({type(err).__name__}: {err}). Download "
-            f"the four idx files from {IDX_VARIANTS[name].home} and pass --data-dir DIR."
-        ) from err
+
+    by_hand = f"Download the four idx files from {IDX_VARIANTS[name].home} and pass --data-dir DIR."
+    fetch(both_splits, name, data_dir, by_hand)
 
 
 def _read_bytes(path: Path) -> bytes:

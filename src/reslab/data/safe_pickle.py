@@ -77,7 +77,9 @@ def load_numpy_pickle(path: Path) -> Any:
         raise
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
-    except Exception as err:  # truncated or garbled pickles raise many different types
+    except Exception as err:  # noqa: BLE001 (a garbled pickle raises whatever its last opcode raises)
+        # UnpicklingError, EOFError, ValueError, KeyError, IndexError, struct.error, numpy's errors ...:
+        # each is this file's damage, not a bug of ours, so each becomes the one line below.
         raise DataError(
             f"{path}: not a readable pickle ({type(err).__name__}: {err}); the file is corrupt "
             "or truncated, delete it and download it again"

@@ -1,9 +1,10 @@
 """`DataSource`: which images a run reads and how, one record for training and every evaluation.
 
 Training builds its training batches and its evaluation batches from the run's `DataSource`;
-`reslab eval` builds the same `DataSource` from the run's config.yaml (or the weights' metadata)
-and calls the same `eval_batches`, with the weights' `Preprocess`. So the images, their order, the
-pixels and the normalised tensors are the same in both, bit for bit.
+`reslab eval` builds the same `DataSource` from the run's config.yaml (`reslab.evaluation.data_source`;
+or from the weights' metadata) and calls the same `eval_batches`, with an `EvalBatchSpec` of the
+weights' `Preprocess`. So the images, their order, the pixels and the normalised tensors are the
+same in both, bit for bit. This module reads no config: how batches are drawn arrives as a spec.
 
 Parts are named for what they are: "train" (trained on), "val" (watched while training: the
 schedule, the checkpoint kept, early stopping) and "test" (reported, never used to choose).
@@ -26,17 +27,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from reslab.data.array_dataset import ArrayDataset, random_split_indices, stratified_split_indices
-from reslab.data.batches import InMemoryBatches
+from reslab.data.batches import InMemoryEvalBatches
 from reslab.data.cache import load_cached
-from reslab.data.datasets import FILE_DATASETS, resolve_data_dir, stored_splits
+from reslab.data.datasets import FILE_DATASETS, Split, resolve_data_dir, source_files, stored_splits
 from reslab.data.preprocess import Preprocess
+from reslab.data.spec import EvalBatches, EvalBatchSpec, TrainBatchSpec
 from reslab.errors import ConfigError
 from reslab.vocab import PARTS
+
+if TYPE_CHECKING:
+    from reslab.data.folder import ImageFiles
+    from reslab.data.folder_batches import FolderEvalBatches, FolderTrainBatches
 
 Part = Literal["train", "val", "test"]
 ValOrigin = Literal["stored", "stratified", "random"]
@@ -58,25 +64,6 @@ class DataSource:
     synthetic_size: int = 512
     download: bool = False
     auto_image_size: bool = False  # image_size was chosen by `resolved` (data.image_size null, mixed sizes)
-
-    @classmethod
-    def from_config(cls, data: Any, seed: int) -> DataSource:
-        """From a run's `DataConfig` (or anything with its fields) and train.seed."""
-        return cls(
-            dataset=data.dataset,
-            data_dir=data.data_dir,
-            split=data.split,
-            val_size=data.val_size,
-            val_fraction=data.val_fraction,
-            seed=seed,
-            image_size=data.image_size,
-            in_chans=data.in_chans,
-            in_memory=data.in_memory,
-            workers=data.workers,
-            cache_dir=data.cache_dir,
-            synthetic_size=data.synthetic_size,
-            download=data.download,
-        )
 
     def with_overrides(self, **changes: Any) -> DataSource:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -181,7 +168,7 @@ class DataSource:
     def _where(self) -> str:
         return f"{self.dataset} {self.data_dir}" if self.data_dir else self.dataset
 
-    def _stored_split(self, part: str) -> str:
+    def _stored_split(self, part: Part) -> Split:
         """The split on disk a part's images are read from."""
         return "train" if part == "train" or (part == "val" and self.val_origin != "stored") else part
 
@@ -214,12 +201,14 @@ class DataSource:
         """One part decoded into memory (through the uint8 cache)."""
         self._check_part(part)
         size = image_size if image_size is not None else self.image_size
+        split = self._stored_split(part)
+        if self.download:  # fetch missing files first; the cache reads what is on disk
+            source_files(self.dataset, split, self.data_dir, download=True)
         ds = load_cached(
             self.dataset,
-            self._stored_split(part),
+            split,
             self.data_dir,
             cache_dir=self.cache_dir,
-            download=self.download,
             image_size=size,
             in_chans=in_chans if in_chans is not None else self.input_channels,
             synthetic_size=self.synthetic_size,
@@ -231,12 +220,10 @@ class DataSource:
         train_idx, val_idx = self._carve(ds.labels)
         return ds.subset(train_idx if part == "train" else val_idx, f"{ds.name}[{part}-split]")
 
-    def folder_batches(self, part: Part, *, train: bool = False, **options: Any):
-        """`FolderBatches` streaming one part of an image-file dataset (a carved part: its subset
-        of the training split). `options` are FolderBatches' keyword arguments (seed and workers:
-        the source's unless given)."""
-        from reslab.data.folder import list_samples
-        from reslab.data.folder_batches import FolderBatches
+    def files(self, part: Part) -> ImageFiles:
+        """The image files of a part, for the streamed loaders: a carved part is its subset of the
+        training split's listing."""
+        from reslab.data.folder import ImageFiles, list_samples
 
         if not self.reads_files:
             raise ConfigError(
@@ -246,50 +233,37 @@ class DataSource:
         self._check_part(part)
         root = resolve_data_dir(self.data_dir)
         split = self._stored_split(part)
-        subset = None
-        if part != "test" and self.val_origin in ("stratified", "random"):
-            samples, _ = list_samples(self.dataset, root, split)
-            labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-            train_idx, val_idx = self._carve(labels)
-            subset = train_idx if part == "train" else val_idx
-        options = {"seed": self.seed, "workers": self.workers, **options}
-        return FolderBatches(root, split, dataset=self.dataset, subset=subset, train=train, **options)
+        if part == "test" or self.val_origin not in ("stratified", "random"):
+            return ImageFiles(root, split, self.dataset)
+        samples, _ = list_samples(self.dataset, root, split)
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        train_idx, val_idx = self._carve(labels)
+        return ImageFiles(root, split, self.dataset, train_idx if part == "train" else val_idx)
 
-    def eval_batches(
-        self,
-        part: Part,
-        preprocess: Preprocess,
-        *,
-        device: torch.device | str = "cpu",
-        batch_size: int = 256,
-        channels_last: bool = False,
-        eval_mode: str = "center",
-        scales: tuple[int, ...] | None = None,
-    ):
-        """Batches of one part prepared as `preprocess` says: `InMemoryBatches` or `FolderBatches`."""
-        if not self.in_memory or eval_mode != "center":
-            return self.folder_batches(
-                part,
-                batch_size=batch_size,
-                stats=preprocess.stats,
-                image_size=preprocess.input_size,
-                resize=preprocess.resize,
-                eval_mode=eval_mode,
-                scales=scales,
-                in_chans=preprocess.in_chans,
-                device=device,
-                channels_last=channels_last,
-            )
+    def folder_train_batches(self, spec: TrainBatchSpec) -> FolderTrainBatches:
+        """The train part of an image-file dataset, streamed by DataLoader workers."""
+        from reslab.data.folder_batches import FolderTrainBatches
+
+        return FolderTrainBatches(self.files("train"), spec)
+
+    def folder_eval_batches(self, part: Part, spec: EvalBatchSpec) -> FolderEvalBatches:
+        """One part of an image-file dataset, streamed by DataLoader workers for evaluation."""
+        from reslab.data.folder_batches import FolderEvalBatches
+
+        return FolderEvalBatches(self.files(part), spec)
+
+    def eval_batches(self, part: Part, spec: EvalBatchSpec) -> EvalBatches:
+        """Batches of one part prepared as `spec` says: in memory (`InMemoryEvalBatches`, the arrays
+        fitted to the spec's input), or streamed (`FolderEvalBatches`: data.in_memory=false, 10-crop
+        and multi-scale testing)."""
+        if not self.in_memory or spec.eval_mode != "center":
+            return self.folder_eval_batches(part, spec)
         if self.reads_files:  # files are decoded straight to the input's size and channels
-            ds = self.arrays(
-                part, image_size=preprocess.input_size, in_chans=preprocess.in_chans, resize=preprocess.resize
-            )
+            ds = self.arrays(part, image_size=spec.image_size, in_chans=spec.in_chans, resize=spec.resize)
         else:
             ds = self.arrays(part)
-        ds = fit_arrays(ds, preprocess)
-        return InMemoryBatches(
-            ds, batch_size, train=False, stats=preprocess.stats, device=device, channels_last=channels_last
-        )
+        ds = fit_arrays(ds, Preprocess(spec.in_chans, spec.image_size, spec.resize, spec.required_stats()))
+        return InMemoryEvalBatches(ds, spec)
 
 
 def fit_arrays(ds: ArrayDataset, preprocess: Preprocess) -> ArrayDataset:

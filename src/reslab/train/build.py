@@ -12,15 +12,16 @@ from typing import Any
 
 import torch
 
-from reslab.config import Config
+from reslab.config import Config, DataConfig
 from reslab.data.augment import Augmentation
-from reslab.data.batches import InMemoryBatches
+from reslab.data.batches import InMemoryTrainBatches
 from reslab.data.folder_transforms import EVAL_RESIZE_RATIO
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess, eval_resize
 from reslab.data.sources import DataSource
+from reslab.data.spec import EvalBatches, TrainBatches, TrainBatchSpec
 from reslab.errors import ConfigError
-from reslab.evaluation import EVAL_BATCH_SIZE
+from reslab.evaluation import EVAL_BATCH_SIZE, data_source, eval_batch_spec
 from reslab.models import ResNet, create_model, model_info
 from reslab.train.distributed import Dist
 from reslab.vocab import FOLDER_AUGMENT_KINDS
@@ -28,8 +29,8 @@ from reslab.vocab import FOLDER_AUGMENT_KINDS
 
 @dataclass
 class Data:
-    train: Any  # InMemoryBatches, or FolderBatches (data.in_memory=false): the same interface
-    evals: dict[str, Any]  # part ("val", "test": `DataSource.parts`) -> batches
+    train: TrainBatches  # InMemoryTrainBatches, or FolderTrainBatches (data.in_memory=false)
+    evals: dict[str, EvalBatches]  # part ("val", "test": `DataSource.parts`) -> batches
     classes: list[str]
     preprocess: Preprocess  # how evaluation (and later predict/serve/export) prepare an image
     source: DataSource
@@ -77,8 +78,8 @@ class Data:
         ]
 
 
-def part_size(batches: Any) -> int:
-    """Images in a part (all ranks): InMemoryBatches and FolderBatches both count their classes."""
+def part_size(batches: TrainBatches | EvalBatches) -> int:
+    """Images in a part (all ranks): every loader counts its classes."""
     return int(batches.class_counts().sum())
 
 
@@ -101,7 +102,7 @@ def describe_augmentation(cfg: Config) -> str:
             "rrc": f"random-resized {size} crop" + flip,
             "none": f"none (centre {size} crop)",
         }.get(d.augment, d.augment)
-    parts = [words, *Augmentation.from_config(d).describe()]
+    parts = [words, *augmentation_of(d).describe()]
     if d.repeats > 1:
         parts.append(f"repeated augmentation: each image {d.repeats} times an epoch")
     if not d.hflip:
@@ -113,8 +114,41 @@ def describe_augmentation(cfg: Config) -> str:
     return "; ".join(parts)
 
 
+def augmentation_of(d: DataConfig) -> Augmentation:
+    """The modern augmentation settings of data.* (policy, erasing, MixUp / CutMix)."""
+    return Augmentation(d.policy, d.policy_magnitude, d.random_erasing, d.mixup_alpha, d.cutmix_alpha)
+
+
+def train_batch_spec(
+    cfg: Config, dist: Dist, device: torch.device, *, stats: NormStats | None = None, in_chans: int = 3
+) -> TrainBatchSpec:
+    """How this process draws its training batches, from the run's config: the one place data.*
+    becomes a `TrainBatchSpec` (`stats` None: computed from the images in memory by data.normalize;
+    `in_chans`: what streamed files are decoded to)."""
+    d = cfg.data
+    return TrainBatchSpec(
+        batch_size=cfg.train.batch_size // dist.world_size,
+        seed=cfg.train.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        sampler=d.sampler,
+        repeats=d.repeats,
+        augment=d.augment,
+        hflip=d.hflip,
+        augmentation=augmentation_of(d),
+        stats=stats,
+        normalize=d.normalize,
+        pad=d.pad,
+        image_size=d.image_size or 224,  # streamed: the training crop
+        in_chans=in_chans,
+        workers=d.workers,
+        device=device,
+        channels_last=cfg.train.channels_last,
+    )
+
+
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
-    source = DataSource.from_config(cfg.data, cfg.train.seed).resolved()
+    source = data_source(cfg).resolved()
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     check_accumulation(cfg.train.batch_size, dist.world_size, cfg.train.accum_steps)
@@ -126,38 +160,21 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         )
     if not cfg.data.in_memory:
         return build_folder_data(cfg, source, device, dist)
-    d = cfg.data
     train = source.arrays("train")
-    common = dict(device=device, channels_last=cfg.train.channels_last)
-    train_batches = InMemoryBatches(
-        train,
-        cfg.train.batch_size // dist.world_size,
-        train=True,
-        augment=d.augment,
-        pad=d.pad,
-        normalize=d.normalize,
-        seed=cfg.train.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        sampler=d.sampler,
-        repeats=d.repeats,
-        augmentation=Augmentation.from_config(d),
-        **common,
-    )
+    train_batches = InMemoryTrainBatches(train, train_batch_spec(cfg, dist, device))
     c, h, w = train.image_shape
     # Evaluation at data.eval_image_size: the val/test images resized to it (bilinear, antialiased:
     # `fit_image`, from the files themselves for image files), training stays at the stored size.
     eval_size, resize = eval_geometry(cfg, h, None)
     if (eval_size, resize) != (h, "shorter-center-crop") and train_batches.stats.mean.shape[1:] != (1, 1):
         raise ConfigError(
-            f"data.eval_image_size / data.eval_resize_size: a per-pixel mean (data.normalize={d.normalize}) "
+            f"data.eval_image_size / data.eval_resize_size: a per-pixel mean (data.normalize={cfg.data.normalize}) "
             f"holds {h}x{w} images; use data.normalize=channel to evaluate at another size"
         )
     preprocess = Preprocess(c, eval_size, resize, train_batches.stats)
-    evals = {part: source.eval_batches(part, preprocess, batch_size=EVAL_BATCH_SIZE, **common) for part in source.parts}
     return Data(
         train_batches,
-        evals,
+        eval_parts(cfg, source, preprocess, device),
         list(train.classes),
         preprocess,
         source,
@@ -166,6 +183,15 @@ def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
         image_hw=(h, w),
         augmentation=describe_augmentation(cfg),
     )
+
+
+def eval_parts(cfg: Config, source: DataSource, preprocess: Preprocess, device: torch.device) -> dict[str, EvalBatches]:
+    """The batches of every part evaluated while training, prepared as the weights will record
+    (`preprocess`), exactly as `reslab eval` prepares them later."""
+    spec = eval_batch_spec(
+        preprocess, device, workers=source.workers, batch_size=EVAL_BATCH_SIZE, channels_last=cfg.train.channels_last
+    )
+    return {part: source.eval_batches(part, spec) for part in source.parts}
 
 
 def check_accumulation(batch_size: int, world_size: int, accum_steps: int) -> None:
@@ -202,30 +228,13 @@ def build_folder_data(cfg: Config, source: DataSource, device: torch.device, dis
     in_chans = source.input_channels or 3
     eval_size, resize = eval_geometry(cfg, size, EVAL_RESIZE_RATIO)
     preprocess = Preprocess(in_chans, eval_size, resize, imagenet_norm_stats(in_chans))
-    train = source.folder_batches(
-        "train",
-        train=True,
-        batch_size=cfg.train.batch_size // dist.world_size,
-        stats=preprocess.stats,
-        augment=d.augment,
-        hflip=d.hflip,
-        sampler=d.sampler,
-        image_size=size,
-        in_chans=in_chans,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        device=device,
-        channels_last=cfg.train.channels_last,
-        repeats=d.repeats,
-        augmentation=Augmentation.from_config(d),
-    )
+    train = source.folder_train_batches(train_batch_spec(cfg, dist, device, stats=preprocess.stats, in_chans=in_chans))
     if len(train) == 0:
         raise ConfigError(
             f"{source.data_dir}: {len(train.dataset)} training images make no whole batch of "
             f"{cfg.train.batch_size}; lower train.batch_size"
         )
-    common = dict(device=device, batch_size=EVAL_BATCH_SIZE, channels_last=cfg.train.channels_last)
-    evals = {part: source.eval_batches(part, preprocess, **common) for part in source.parts}
+    evals = eval_parts(cfg, source, preprocess, device)
     return Data(
         train,
         evals,
