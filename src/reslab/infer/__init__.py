@@ -18,9 +18,10 @@ onnx, onnxruntime, fastapi and uvicorn are imported only by the functions that u
 
 from reslab.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, NotAnImageError, decode_image
 from reslab.data.preprocess import fit_image, image_to_tensor, load_image
+from reslab.device import native_bf16_supported, resolve_precision
 from reslab.infer.backends import OnnxPredictor, Predictor, choose_backend, load_predictor
 from reslab.infer.export import ExportError, ExportResult, export_model
-from reslab.infer.fast import FastPredictor, fold_batchnorm, native_bf16_supported, resolve_precision
+from reslab.infer.fast import FastPredictor, fold_batchnorm
 from reslab.infer.onnx_cache import CachedOnnx, cached_onnx
 from reslab.infer.predict import Prediction, collect_images, predict_files, top_k
 from reslab.infer.quantize import Int8Result, export_int8
