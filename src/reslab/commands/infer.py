@@ -18,6 +18,7 @@ from reslab.vocab import INFER_BACKENDS
 
 if TYPE_CHECKING:  # names for annotations only: building the parser imports no torch
     from reslab.infer.backends import Loaded
+    from reslab.infer.explain import OverlayWriter
     from reslab.infer.predict import Prediction
     from reslab.weights import Weights
 
@@ -74,15 +75,21 @@ def _predictor(args: argparse.Namespace, weights: Weights | None) -> Loaded:
     )
 
 
-def _predictions(args: argparse.Namespace, weights: Weights | None) -> Iterator[tuple[Prediction, Path | None]]:
-    """Each image's prediction and, with --explain, the Grad-CAM overlay written of it (decoded once)."""
-    from reslab.infer.explain import GradCam, OverlayWriter, predict_explained, resolve_class
+def _overlay_writer(args: argparse.Namespace, weights: Weights) -> OverlayWriter:
+    """--explain OUTDIR [--class K]: Grad-CAM of `weights`, the class resolved before any work."""
+    from reslab.infer.explain import GradCam, OverlayWriter, resolve_class
+
+    target = None if args.explain_class is None else resolve_class(args.explain_class, weights.meta)
+    return OverlayWriter(GradCam.from_weights(weights), args.explain, target)
+
+
+def _predictions(
+    args: argparse.Namespace, weights: Weights | None, writer: OverlayWriter | None
+) -> Iterator[tuple[Prediction, Path | None]]:
+    """Each image's prediction and, with a `writer`, the Grad-CAM overlay written of it (decoded once)."""
+    from reslab.infer.explain import predict_explained
     from reslab.infer.predict import collect_images, predict_files
 
-    writer = None
-    if weights is not None:  # --explain: the class resolved before any work
-        target = None if args.explain_class is None else resolve_class(args.explain_class, weights.meta)
-        writer = OverlayWriter(GradCam.from_weights(weights), args.explain, target)
     predictor, meta, _ = _predictor(args, weights)
     files = collect_images(args.images)
     options = {"batch_size": args.batch_size, "k": args.top_k, "max_pixels": args.max_pixels}
@@ -99,16 +106,18 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.explain_class is not None and args.explain is None:
         raise ConfigError("--class chooses the class Grad-CAM explains; add --explain OUTDIR")
     weights = explainable_weights(args.weights) if args.explain is not None else None  # ONNX fails before any work
+    writer = None if weights is None else _overlay_writer(args, weights)
     predictions, overlays = [], 0
-    for prediction, overlay in _predictions(args, weights):
+    for prediction, overlay in _predictions(args, weights, writer):
         if prediction.error is not None:
             print(f"reslab predict: error: {prediction.error}", file=sys.stderr, flush=True)
         predictions.append(prediction)
         overlays += overlay is not None
     formatter = format_json if args.json else format_csv if args.csv else format_table
     print(formatter(predictions))
-    if weights is not None:
-        what = "the top-1 class" if args.explain_class is None else f"class {args.explain_class}"
+    if weights is not None and writer is not None:
+        target = writer.target
+        what = "the top-1 class" if target is None else f"class {weights.meta.class_names[target]}"
         print(
             f"reslab predict: Grad-CAM of {what}: {overlays} overlay(s) in {args.explain} (IMAGE{SUFFIX})",
             file=sys.stderr,

@@ -202,7 +202,8 @@ def predict_explained(
     for predictions, images in predict_batches(
         predictor, meta, files, batch_size=batch_size, k=k, max_pixels=max_pixels
     ):
-        good = [p for p in predictions if p.error is None]
-        paths = [] if images is None else writer.write([p.file for p in good], images, [p.top[0][0] for p in good])
-        written = dict(zip(map(id, good), paths))
-        yield from ((p, written.get(id(p))) for p in predictions)
+        good = [p for p in predictions if p.error is None]  # in order, one per image decoded
+        paths = iter(
+            [] if images is None else writer.write([p.file for p in good], images, [p.top[0][0] for p in good])
+        )
+        yield from ((p, next(paths) if p.error is None else None) for p in predictions)
