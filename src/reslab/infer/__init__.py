@@ -7,11 +7,11 @@
               load_predictor / choose_backend: what `--backend` runs
   onnx_cache  the default for weights on CPU: their ONNX export, made once, verified, trusted by checksum
   predict     files/folders/globs -> top-k predictions, table / JSON / CSV
-  explain     Grad-CAM heatmaps over images (`predict --explain`, serve's POST /explain)
+  explain     Grad-CAM heatmaps over images already decoded (`predict --explain`, serve's POST /explain)
+  calibrate   temperature scaling: fit T on held-out images, store it with the weights
   export      ONNX / TorchScript / ExportedProgram, verified against PyTorch after writing
   quantize    int8 ONNX (onnxruntime static QDQ), calibrated, checked against the fp32 file
   serve       FastAPI app with a bounded queue and micro-batching
-  commands    the `reslab predict | export | serve` command lines
 
 onnx, onnxruntime, fastapi and uvicorn are imported only by the functions that use them.
 """
