@@ -17,17 +17,23 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reslab.atomic import atomic_write_bytes
 from reslab.device import resolve_device
 from reslab.evaluation import EvalPlan, evaluate_weights, plan_evaluation
 from reslab.infer.calibrate import fit_source
 from reslab.rundir import RunDir
 from reslab.weights import WeightsMeta, load_weights, resolve_weights
 
+if TYPE_CHECKING:  # matplotlib is imported by the figure functions only
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 METRICS_FILE, CONFUSION_FILE, RELIABILITY_FILE = "metrics.json", "confusion.png", "reliability.png"
+PER_CLASS = ("per_class_accuracy", "per_class_recall", "per_class_precision", "per_class_f1", "per_class_support")
 MAX_TABLE_CLASSES = 30  # the per-class table is printed up to this many classes (all are in metrics.json)
 MAX_TICK_CLASSES, MAX_COUNT_CLASSES = 40, 20  # the confusion figure names classes, and writes counts, up to these
 
@@ -90,9 +96,8 @@ class EvalReport:
     def from_metrics(cls, metrics: dict[str, Any], weights: Path, meta: WeightsMeta, plan: EvalPlan) -> EvalReport:
         """The report of `evaluate_weights`' metrics for `weights` evaluated as `plan` says."""
         m = dict(metrics)
-        for key in ("per_class_accuracy", "per_class_recall", "per_class_precision", "per_class_f1"):
+        for key in PER_CLASS:
             m[key] = dict(zip(meta.class_names, m[key]))
-        m["per_class_support"] = dict(zip(meta.class_names, m["per_class_support"]))
         m["reliability"] = Reliability(**m["reliability"])
         if "calibrated" in m:
             calibrated = dict(m["calibrated"])
@@ -122,8 +127,6 @@ class EvalReport:
 
     def write(self, out_dir: Path) -> None:
         """metrics.json, confusion.png and reliability.png into `out_dir` (created), each atomically."""
-        from reslab.atomic import atomic_write_bytes
-
         out_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_png(self, out_dir / CONFUSION_FILE)
         save_reliability_png(self, out_dir / RELIABILITY_FILE)
@@ -133,7 +136,7 @@ class EvalReport:
 # ---- figures --------------------------------------------------------------------------------------
 
 
-def _axes(size: tuple[float, float]) -> tuple[Any, Any]:
+def _axes(size: tuple[float, float]) -> tuple[Figure, Axes]:
     """(figure, axes) from pyplot on the Agg backend, which reslab.analysis.figures chooses."""
     from reslab.analysis.figures import plt
 

@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from reslab.data.preprocess import Preprocess
 from reslab.infer.backends import OnnxPredictor
 from reslab.infer.export import ExportError
 from reslab.weights import WeightsMeta
+
+if TYPE_CHECKING:  # onnxruntime is imported by the functions that use it
+    from onnxruntime.quantization import CalibrationDataReader
 
 CALIBRATION_IMAGES = 512  # images whose activations set the int8 ranges
 VERIFY_IMAGES = 1000  # held-out images on which int8 is compared with fp32
@@ -286,7 +289,7 @@ def calibration_batches(images: torch.Tensor, stats: NormStats) -> list[np.ndarr
     return [stats.apply(images[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(images), CALIBRATION_BATCH)]
 
 
-def calibration_reader(batches: list[np.ndarray]) -> Any:
+def calibration_reader(batches: list[np.ndarray]) -> CalibrationDataReader:
     """An onnxruntime `CalibrationDataReader` feeding `batches` to the graph's "input", one at a time."""
     from onnxruntime.quantization import CalibrationDataReader
 
