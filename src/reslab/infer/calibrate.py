@@ -78,7 +78,8 @@ class TemperatureFit:
 
 
 def fit_source(fit: Mapping[str, object]) -> str:
-    """ " on N PART images of DATASET" from a stored `TemperatureFit.as_meta` record ("" when there is none)."""
+    """The words ' on N PART images of DATASET' from a stored `TemperatureFit.as_meta` record, for
+    `reslab eval`'s calibrated line ('' when there is none)."""
     if not fit:
         return ""
     return f" on {fit.get('images', '?')} {fit.get('part', '')} images of {fit.get('dataset', '?')}"
@@ -156,7 +157,7 @@ def check_val_part(plan: EvalPlan, run: RunDir | None, named_data: bool) -> None
     raise no_val_part(where, reason)
 
 
-def fit(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[float, TemperatureFit]:
+def fit_on(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[float, TemperatureFit]:
     """(T, its record): the logits of the plan's part, as evaluation computes them, and T fitted on them."""
     logits, labels = collect_logits(weights, plan, device)
     temperature = fit_temperature(logits, labels)
@@ -195,7 +196,7 @@ def calibrate(
     check_val_part(plan, run, named_data=dataset is not None)
     if plan.part in PART_WARNINGS:
         say(f"fitting on the {plan.part} part: {PART_WARNINGS[plan.part]}")
-    temperature, record = fit(weights, plan, resolve_device(device))
+    temperature, record = fit_on(weights, plan, resolve_device(device))
     meta = dataclasses.replace(weights.meta, temperature=temperature, temperature_fit=record.as_meta())
     written = write_meta(weights_path, meta, out)
     replaced = weights.meta.temperature if weights.meta.calibrated else None
