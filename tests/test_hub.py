@@ -156,7 +156,7 @@ def test_cli_honours_hf_home_and_hf_hub_offline(
 
 
 def test_eval_names_its_output_after_the_repository() -> None:
-    from reslab.commands.eval import default_out_dir
+    from reslab.analysis.eval_report import default_out_dir
 
     cached = Path("hub/models--someone--resnet20-test/snapshots/abc/weights.safetensors")
     assert default_out_dir(f"hf-hub:{REPO}@v1", cached, None, "cifar10") == Path("eval-resnet20-test-cifar10")

@@ -12,6 +12,9 @@ import torch
 
 from reslab.config import DEVICE_NAME
 from reslab.errors import ConfigError
+from reslab.vocab import PRECISIONS
+
+CPU = torch.device("cpu")  # where predict, serve and export run
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
@@ -44,10 +47,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision for this machine: "auto" -> bf16 on GPUs that support it, fp16 (with a
-    gradient scaler) on older GPUs, bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on
-    other CPUs (AVX2 only: emulated bf16 trains about 10x slower). Other values pass through."""
+def resolve_precision(precision: str, device: torch.device = CPU) -> str:
+    """The one precision resolver (training, evaluation and the CPU fast path of predict / serve):
+    "auto" -> bf16 on GPUs that support it, fp16 (with a gradient scaler) on older GPUs, bf16 on
+    CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on other CPUs (AVX2 only: emulated bf16 trains
+    about 10x slower, infers 4x slower). Other words of vocab.PRECISIONS pass through."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":

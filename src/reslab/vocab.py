@@ -45,8 +45,15 @@ STRIDE_ON = ("1x1", "3x3")
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle", "plateau")
-# train.precision: "auto" picks per machine at run time (reslab.device.resolve_precision).
+# Every precision word, in one list. train.precision and an evaluation's precision take them all:
+# "auto" picks per machine at run time (reslab.device.resolve_precision, the one resolver); fp16
+# autocasts with a gradient scaler (GPUs without bf16).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+# `reslab predict` / `serve --precision`, the CPU fast path (reslab.infer.fast): all but fp16, which
+# CPUs only emulate.
+INFER_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
+# reslab.precision of an ONNX file `reslab export` wrote: the float32 graph, or its int8 QDQ copy (--int8).
+ONNX_PRECISIONS = ("fp32", "int8")
 ON_NONFINITE = ("stop", "skip")
 # `reslab predict` / `serve --backend`: "auto" runs PyTorch weights through their cached, verified
 # ONNX export under onnxruntime when it is installed (reslab.infer.onnx_cache), else PyTorch.

@@ -53,3 +53,38 @@ def test_reslab_alone_prints_the_help(capsys) -> None:
     assert cli.main([]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: reslab") and all(f"    {name}" in out for name in COMMANDS)
+
+
+# ---- the shared arguments (reslab.commands.args) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "w", "--batch-size", "0"],
+        ["calibrate", "w", "--batch-size", "-2"],
+        ["predict", "m", "x.png", "--top-k", "0"],
+        ["embed", "w", "x.png", "-o", "f.npy", "--batch-size", "many"],
+        ["serve", "m", "--batch-wait-ms", "-1"],
+        ["serve", "m", "--max-batch", "0"],
+        ["export", "w", "--min-agreement", "1.5"],
+        ["eval", "w", "--tta", "mirror"],
+    ],
+)
+def test_a_bad_value_is_refused_while_parsing_in_one_line(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
+    assert last.startswith(f"reslab {argv[0]}: error: argument ") and argv[-2] in last and argv[-1] in last
+
+
+def test_every_device_option_defaults_to_auto_and_tta_is_a_bool() -> None:
+    parser = cli.build_parser()
+    for argv in (["eval", "w"], ["calibrate", "w"], ["embed", "w", "x.png", "-o", "f.npy"]):
+        assert parser.parse_args(argv).device == "auto", argv[0]
+    assert parser.parse_args(["train"]).device is None  # the settings' train.device decides
+    for argv in (["eval", "w"], ["predict", "m", "x.png"], ["serve", "m"]):
+        assert parser.parse_args(argv).tta_flip is None
+        assert parser.parse_args([*argv, "--tta", "flip"]).tta_flip is True
+        assert parser.parse_args([*argv, "--tta", "none"]).tta_flip is False

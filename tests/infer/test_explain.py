@@ -129,6 +129,32 @@ def test_explain_a_chosen_class(weights: Path, tmp_path: Path, capsys) -> None:
     assert cam(x, [2])[1].tolist() == [2] and cam(x)[1].tolist() == [int(cam.model(cam.stats.apply(x)).argmax())]
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_predict_explain_decodes_each_image_once_and_reads_the_weights_once(
+    weights: Path, tmp_path: Path, monkeypatch, backend: str
+) -> None:
+    """The images predict decoded are the ones explained, and the weights Grad-CAM loaded are the
+    ones the PyTorch backend runs (or, under onnxruntime, a first export exports)."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    from reslab import weights as weights_module
+
+    copy = tmp_path / "w.safetensors"  # its own ONNX cache, built by this call
+    copy.write_bytes(weights.read_bytes())
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(png(10 + i))
+    reads, decodes = [], []
+    read, decode = weights_module.load_file, Preprocess.load
+    monkeypatch.setattr(weights_module, "load_file", lambda path, **kw: reads.append(path) or read(path, **kw))
+    monkeypatch.setattr(Preprocess, "load", lambda self, src, **kw: decodes.append(str(src)) or decode(self, src, **kw))
+    args = ["predict", str(copy), *map(str, files), "--explain", str(tmp_path / "cams"), "--backend", backend]
+    assert reslab_main(args) == 0
+    assert reads == [str(copy)]
+    assert sorted(decodes) == sorted(map(str, files))
+    assert len(list((tmp_path / "cams").iterdir())) == 3
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

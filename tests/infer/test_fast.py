@@ -17,8 +17,9 @@ from torch import nn
 
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
+from reslab.device import resolve_precision
 from reslab.errors import InputShapeError
-from reslab.infer.fast import FastPredictor, fold_batchnorm, resolve_precision
+from reslab.infer.fast import FastPredictor, fold_batchnorm
 from reslab.models import create_model, model_info
 
 FP32_TOL = 1e-4

@@ -8,6 +8,6 @@
 
 Modules: `experiment` (directories, resuming, parallel runs), `plan` (how runs are configured),
 `runs` (reading run directories), `train_error` (training error from checkpoints), `figures`
-(matplotlib), `report_page` (self-contained HTML), `run_report`, one module per experiment, and
-`commands` (the CLI wiring).
+(matplotlib), `report_page` (self-contained HTML), `run_report`, `eval_report` (`reslab eval`:
+metrics.json, its figures and text), one module per experiment, and `commands` (the CLI wiring).
 """

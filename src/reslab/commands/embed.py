@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reslab.commands.args import add_device, positive_int
 from reslab.data.decode import DEFAULT_MAX_PIXELS
 
 
@@ -16,8 +17,6 @@ def embed_command(args: argparse.Namespace) -> int:
     from reslab.infer.predict import collect_images
     from reslab.weights import load_weights
 
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size must be >= 1")
     if not str(args.output).endswith(".npy"):
         raise ConfigError(f"-o {args.output}: name a .npy file (the file list is written beside it as .json)")
     quiet_pillow_bomb_warning()  # --max-pixels is the limit; Pillow's would only add noise
@@ -51,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="where to write the rows (.npy)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    add_device(p)  # "auto" like every command (until issue 22 embed alone defaulted to "cpu")
     p.add_argument(
         "--max-pixels",
         type=int,

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from reslab.commands.args import add_precision, add_tta, fraction, non_negative_float, positive_int
 from reslab.data.decode import DEFAULT_MAX_PIXELS
 from reslab.vocab import INFER_BACKENDS
+
+if TYPE_CHECKING:  # names for annotations only: building the parser imports no torch
+    from reslab.infer.backends import Loaded
+    from reslab.infer.explain import OverlayWriter
+    from reslab.infer.predict import Prediction
+    from reslab.weights import Weights
 
 WEIGHTS_HELP = "weights: a .safetensors file, a run directory, a shipped name, or hf-hub:USER/NAME[@REVISION]"
 MODEL_HELP = WEIGHTS_HELP + "; or a .onnx file written by `reslab export` (fp32 or int8), run by onnxruntime"
@@ -27,13 +37,7 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
         "PyTorch-only option (--compile, --no-fold, --precision bf16) is given. One line on stderr "
         "says which runs",
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="PyTorch backend: auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 "
-        "(default); onnxruntime runs the float32 export (an .onnx file: the precision it was exported in)",
-    )
+    add_precision(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -42,13 +46,7 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-fold", dest="fold", action="store_false", help="keep BatchNorm layers unfolded (PyTorch weights only)"
     )
-    p.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default=None,
-        help="test-time augmentation: flip averages each image's logits with its mirror's "
-        "(default: as the weights' metrics were measured)",
-    )
+    add_tta(p, "default: as the weights' metrics were measured")
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -58,81 +56,73 @@ def _add_fast_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _predictor(args: argparse.Namespace):
-    """(predictor, meta, parameter count) for --backend (see load_predictor); which one runs and why
-    goes to stderr in one line."""
+def _predictor(args: argparse.Namespace, weights: Weights | None) -> Loaded:
+    """(predictor, meta, parameter count) for --backend (see load_predictor), of `weights` when they
+    are loaded already; which one runs and why goes to stderr in one line."""
     from reslab.data.decode import quiet_pillow_bomb_warning
     from reslab.infer.backends import load_predictor
 
     quiet_pillow_bomb_warning()  # --max-pixels is the limit; Pillow's would only add noise
-    tta = None if args.tta is None else args.tta == "flip"
     return load_predictor(
         args.weights,
         backend=args.backend,
         fold=args.fold,
         precision=args.precision,
         compile=args.compile,
-        tta_flip=tta,
+        tta_flip=args.tta_flip,
         log=lambda line: print(f"reslab {args.command}: {line}", file=sys.stderr, flush=True),
+        weights=weights,
     )
 
 
-def _explainer(source: str):
-    """Grad-CAM of the weights' PyTorch network: it needs gradients, so never the onnxruntime backend."""
-    from reslab.errors import ConfigError
-    from reslab.infer.backends import is_onnx_file
-    from reslab.infer.explain import GradCam
-    from reslab.weights import load_weights
+def _overlay_writer(args: argparse.Namespace, weights: Weights) -> OverlayWriter:
+    """--explain OUTDIR [--class K]: Grad-CAM of `weights`, the class resolved before any work."""
+    from reslab.infer.explain import GradCam, OverlayWriter, resolve_class
 
-    if is_onnx_file(source):
-        raise ConfigError(
-            f"Grad-CAM needs gradients, hence PyTorch weights, and {source} is an ONNX file; give the "
-            ".safetensors file, run directory or shipped name it was exported from"
-        )
-    return GradCam.from_weights(load_weights(source))
+    target = None if args.explain_class is None else resolve_class(args.explain_class, weights.meta)
+    return OverlayWriter(GradCam.from_weights(weights), args.explain, target)
+
+
+def _predictions(
+    args: argparse.Namespace, weights: Weights | None, writer: OverlayWriter | None
+) -> Iterator[tuple[Prediction, Path | None]]:
+    """Each image's prediction and, with a `writer`, the Grad-CAM overlay written of it (decoded once)."""
+    from reslab.infer.explain import predict_explained
+    from reslab.infer.predict import collect_images, predict_files
+
+    predictor, meta, _ = _predictor(args, weights)
+    files = collect_images(args.images)
+    options = {"batch_size": args.batch_size, "k": args.top_k, "max_pixels": args.max_pixels}
+    if writer is None:
+        return ((p, None) for p in predict_files(predictor, meta, files, **options))
+    return predict_explained(predictor, meta, files, writer, **options)
 
 
 def predict_command(args: argparse.Namespace) -> int:
     from reslab.errors import ConfigError
-    from reslab.infer.predict import collect_images, format_csv, format_json, format_table, predict_files
+    from reslab.infer.explain import SUFFIX, explainable_weights
+    from reslab.infer.predict import format_csv, format_json, format_table
 
-    if args.batch_size < 1 or args.top_k < 1:
-        raise ConfigError("--batch-size and --top-k must be >= 1")
     if args.explain_class is not None and args.explain is None:
         raise ConfigError("--class chooses the class Grad-CAM explains; add --explain OUTDIR")
-    cam = _explainer(args.weights) if args.explain is not None else None  # an ONNX file fails before any work
-    target = None  # the class Grad-CAM explains; None: each image's top-1
-    if cam is not None and args.explain_class is not None:
-        from reslab.infer.explain import resolve_class
-
-        target = resolve_class(args.explain_class, cam.meta)
-    predictor, meta, _ = _predictor(args)
-    files = collect_images(args.images)
-    predictions, failed = [], 0
-    for prediction in predict_files(
-        predictor, meta, files, batch_size=args.batch_size, k=args.top_k, max_pixels=args.max_pixels
-    ):
+    weights = explainable_weights(args.weights) if args.explain is not None else None  # ONNX fails before any work
+    writer = None if weights is None else _overlay_writer(args, weights)
+    predictions, overlays = [], 0
+    for prediction, overlay in _predictions(args, weights, writer):
         if prediction.error is not None:
-            failed += 1
             print(f"reslab predict: error: {prediction.error}", file=sys.stderr, flush=True)
         predictions.append(prediction)
+        overlays += overlay is not None
     formatter = format_json if args.json else format_csv if args.csv else format_table
     print(formatter(predictions))
-    if cam is not None:
-        from reslab.infer.explain import SUFFIX, explain_files
-
-        which = [(p.file, p.top[0][0] if target is None else target) for p in predictions if p.error is None]
-        written = explain_files(cam, which, args.explain, batch_size=args.batch_size, max_pixels=args.max_pixels)
-        for _, _, error in written:
-            if error is not None:  # the file changed since it was classified
-                failed += 1
-                print(f"reslab predict: error: {error}", file=sys.stderr, flush=True)
-        what = "the top-1 class" if target is None else f"class {meta.class_names[target]}"
+    if weights is not None and writer is not None:
+        target = writer.target
+        what = "the top-1 class" if target is None else f"class {weights.meta.class_names[target]}"
         print(
-            f"reslab predict: Grad-CAM of {what}: {sum(path is not None for _, path, _ in written)} overlay(s) "
-            f"in {args.explain} (IMAGE{SUFFIX})",
+            f"reslab predict: Grad-CAM of {what}: {overlays} overlay(s) in {args.explain} (IMAGE{SUFFIX})",
             file=sys.stderr,
         )
+    failed = sum(p.error is not None for p in predictions)
     if failed:
         print(f"reslab predict: {failed} of {len(predictions)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
@@ -147,8 +137,6 @@ def export_command(args: argparse.Namespace) -> int:
         raise ConfigError("--int8 needs --format onnx (the int8 model is an onnxruntime QDQ graph)")
     if not args.int8 and (args.calibration is not None or args.data_dir is not None):
         raise ConfigError("--calibration and --data-dir choose int8 calibration images; add --int8")
-    if args.int8 and (args.calibration_images < 1 or args.verify_images < 1 or not 0 <= args.min_agreement <= 1):
-        raise ConfigError("--calibration-images and --verify-images must be >= 1, --min-agreement in [0, 1]")
     weights = load_weights(args.weights)
     if args.int8:  # load the calibration images first: missing data fails before a long export
         from reslab.infer.quantize import calibration_set, export_int8
@@ -188,12 +176,10 @@ def export_command(args: argparse.Namespace) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     from reslab.errors import ConfigError
+    from reslab.infer.backends import is_onnx_file
+    from reslab.infer.explain import GradCam, explainable_weights
     from reslab.infer.serve import ServeConfig, bind_socket, create_app, run_server
 
-    if min(args.max_batch, args.queue_size, args.max_upload_bytes, args.decode_workers) < 1 or args.batch_wait_ms < 0:
-        raise ConfigError(
-            "--max-batch, --queue-size, --max-upload-bytes and --decode-workers must be >= 1, --batch-wait-ms >= 0"
-        )
     try:  # bind first: a busy port fails in a second, not after loading the model
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -202,12 +188,10 @@ def serve_command(args: argparse.Namespace) -> int:
             "choose another --port (0 picks a free one)"
         ) from None
     try:
-        predictor, meta, num_params = _predictor(args)
-        from reslab.infer.backends import is_onnx_file
-
-        explainer = None if is_onnx_file(args.weights) else _explainer(args.weights)  # POST /explain
-    except BaseException:
-        sock.close()  # a bad model file: free the port now, not when the process ends
+        weights = None if is_onnx_file(args.weights) else explainable_weights(args.weights)  # for POST /explain
+        predictor, meta, num_params = _predictor(args, weights)
+    except BaseException:  # re-raised: a bad model file (or Ctrl-C) frees the port now, not when the process ends
+        sock.close()
         raise
     config = ServeConfig(
         max_upload_bytes=args.max_upload_bytes,
@@ -217,6 +201,7 @@ def serve_command(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         decode_workers=args.decode_workers,
     )
+    explainer = None if weights is None else GradCam.from_weights(weights)
     app = create_app(predictor, meta, config, num_params=num_params, explainer=explainer)
     host, port = sock.getsockname()[:2]
     print(f"reslab serve: {meta.model} listening on http://{host}:{port}", flush=True)
@@ -240,8 +225,8 @@ def register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("weights", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
-    p.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("-k", "--top-k", type=positive_int, default=5, help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON array (errors included)")
     fmt.add_argument("--csv", action="store_true", help="print CSV rows file,rank,class_id,class,probability")
@@ -304,17 +289,17 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="where a --calibration dataset's files are (default $RESLAB_DATA_DIR or ./data)",
     )
-    q.add_argument("--calibration-images", type=int, default=512, help="images to calibrate on (default 512)")
+    q.add_argument("--calibration-images", type=positive_int, default=512, help="images to calibrate on (default 512)")
     q.add_argument(
         "--verify-images",
-        type=int,
+        type=positive_int,
         default=1000,
         help="held-out images on which int8 is compared with fp32: from the test split, or a "
         "disjoint fifth of a folder, at most this many (default 1000)",
     )
     q.add_argument(
         "--min-agreement",
-        type=float,
+        type=fraction,
         default=0.97,
         help="fail (and remove the int8 file) if int8 and fp32 agree on the top-1 class of fewer "
         "held-out images than this fraction (default 0.97)",
@@ -335,23 +320,23 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument(
         "--max-upload-bytes",
-        type=int,
+        type=positive_int,
         default=10 * 1024 * 1024,
         help="largest upload accepted, bytes (default 10 MiB; larger -> 413)",
     )
-    p.add_argument("--max-batch", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="images per model call (default 16)")
     p.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=non_negative_float,
         default=5.0,
         help="how long a batch waits for more images after its first, ms (default 5)",
     )
     p.add_argument(
-        "--queue-size", type=int, default=256, help="images waiting for the model (default 256; full -> 503)"
+        "--queue-size", type=positive_int, default=256, help="images waiting for the model (default 256; full -> 503)"
     )
     p.add_argument(
         "--decode-workers",
-        type=int,
+        type=positive_int,
         default=4,
         help="uploads decoded at once (default 4): bounds the memory that large images can take",
     )

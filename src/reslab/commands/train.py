@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from reslab.commands.args import add_device
 from reslab.config import Config, list_recipes, load_config
-from reslab.errors import ConfigError, DataError, ReslabError
+from reslab.errors import DataError
 from reslab.rundir import RunDir
-from reslab.vocab import DATASETS
 
 
 def _quoted(text: str) -> str:
@@ -121,55 +121,19 @@ def _train(args: argparse.Namespace) -> int:
 
 def resolve_new(args: argparse.Namespace) -> Config:
     """The config of a new run; with --data-dir alone, the dataset is what the directory holds
-    (or, with data.download, what the settings name: the download fills the directory)."""
+    (reslab.data.detect; with data.download, what the settings name: the download fills it)."""
+    from reslab.data.detect import dataset_in_dir
+
     overrides = _overrides(args)
     cfg = load_config(args.recipe, overrides)
     named = args.data is not None or any(o.split("=", 1)[0].strip() == "data.dataset" for o in args.set or [])
     if args.data_dir is None or named:
         return cfg
-    found, note = detect_dataset(Path(args.data_dir).expanduser())
-    if found is None and not cfg.data.download and not holds_dataset(cfg.data.dataset, args.data_dir):
-        raise ConfigError(
-            f"--data-dir {args.data_dir}: neither an ImageFolder tree ({args.data_dir}/train/<class>/ with "
-            f"images), a CSV file, nor the {cfg.data.dataset} files the settings train on; name the dataset "
-            f"with --data ({', '.join(DATASETS)})"
-        )
-    if found is None or found == cfg.data.dataset:
+    found = dataset_in_dir(args.data_dir, cfg.data.dataset, cfg.data.download)
+    if found is None or found.dataset == cfg.data.dataset:
         return cfg
-    print(note, file=sys.stderr)
-    return load_config(args.recipe, [f"data.dataset={found}", *overrides])
-
-
-def detect_dataset(path: Path) -> tuple[str | None, str]:
-    """What a --data-dir holds, if it is one of the own-image datasets: ("imagefolder", note) for
-    a tree with train/<class>/ folders of images, ("csv", note) for a .csv file, else (None, "")."""
-    from reslab.data.decode import IMAGE_SUFFIXES
-
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return "csv", f"--data-dir {path} is a CSV file: training on its rows (data.dataset=csv)"
-    train = path / "train"
-    if not train.is_dir():
-        return None, ""
-    classes = [d for d in sorted(train.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    if not any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for d in classes for f in d.iterdir()):
-        return None, ""  # stops at the first image
-    return "imagefolder", (
-        f"--data-dir {path} holds an ImageFolder tree ({len(classes)} class folders in train/): "
-        "training on it (data.dataset=imagefolder)"
-    )
-
-
-def holds_dataset(dataset: str, data_dir: str) -> bool:
-    """Whether `data_dir` holds the training files of `dataset` (never for synthetic, which reads
-    none). Files the loader would find elsewhere (Debian's Fashion-MNIST) do not count."""
-    from reslab.data.datasets import source_files
-
-    root = Path(data_dir).expanduser().resolve()
-    try:
-        files = source_files(dataset, "train", data_dir)
-    except ReslabError:  # its files are not there (a DataError), or the name does not fit the path
-        return False
-    return bool(files) and all(f.resolve().is_relative_to(root) for f in files)
+    print(found.note, file=sys.stderr)
+    return load_config(args.recipe, [f"data.dataset={found.dataset}", *overrides])
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -222,7 +186,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=float, help="train.epochs (clears train.iterations)")
     p.add_argument("--iterations", type=int, help="train.iterations (clears train.epochs)")
     p.add_argument("--seed", type=int, help="train.seed")
-    p.add_argument("--device", help="train.device: auto, cpu, cuda, cuda:N")
+    add_device(p, default=None)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")

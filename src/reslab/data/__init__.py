@@ -12,6 +12,7 @@ Large ImageFolder trees (ImageNet) go through `folder_batches.FolderTrainBatches
 ImageFolder tree or a CSV of path,label[,split] rows (`csv`), listed by one function
 (`folder.list_samples`) for both loaders. `sources.DataSource` names a
 run's parts (train, val, test), says which loader a run uses, for training and every evaluation.
+`detect.dataset_in_dir` says which own-image dataset (ImageFolder tree, CSV) a data directory holds.
 """
 
 from reslab.data.array_dataset import ArrayDataset, convert_channels, stratified_split_indices, train_val_split

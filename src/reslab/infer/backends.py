@@ -26,6 +26,7 @@ import json
 import reprlib
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -35,13 +36,12 @@ import torch
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
 from reslab.errors import CheckpointError, ConfigError, InputShapeError
-from reslab.vocab import INFER_BACKENDS
-from reslab.weights import WeightsMeta
+from reslab.vocab import INFER_BACKENDS, ONNX_PRECISIONS
+from reslab.weights import Weights, WeightsMeta, load_weights, read_meta, resolve_weights
 
 ONNX_SUFFIX = ".onnx"
 META_PREFIX = "reslab."
 REQUIRED_KEYS = ("model", "num_classes", "in_chans", "input_size", "mean", "std")
-ONNX_PRECISIONS = ("fp32", "int8")  # reslab.precision: what `reslab export` (--int8) wrote
 
 
 class Predictor(Protocol):
@@ -296,6 +296,24 @@ def choose_backend(requested: str, torch_only: list[str]) -> tuple[str, str]:
     return "onnxruntime", "auto: faster than PyTorch on CPU"
 
 
+Loaded = tuple[Predictor, WeightsMeta, int]  # what load_predictor returns: predictor, metadata, parameter count
+Say = Callable[[str], None]  # receives one line about which backend runs and why
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """How the PyTorch fast path runs weights (`FastPredictor`); none of it applies to onnxruntime."""
+
+    fold: bool = True  # fold BatchNorm into the convolutions
+    precision: str = "auto"  # a vocab.INFER_PRECISIONS word
+    compile: bool = False  # torch.compile
+
+    def flags(self) -> list[str]:
+        """The PyTorch-only flags these options amount to (under --backend auto, PyTorch then runs)."""
+        flags = [flag for flag, on in (("--compile", self.compile), ("--no-fold", not self.fold)) if on]
+        return flags + (["--precision bf16"] if self.precision == "bf16" else [])
+
+
 def load_predictor(
     source: str | Path,
     *,
@@ -305,7 +323,8 @@ def load_predictor(
     compile: bool = False,
     tta_flip: bool | None = None,
     log: Callable[[str], object] | None = None,
-) -> tuple[Predictor, WeightsMeta, int]:
+    weights: Weights | None = None,
+) -> Loaded:
     """(predictor, meta, parameter count) for weights or an ONNX file named by the user.
 
     backend: see `choose_backend`. fold / precision / compile shape the PyTorch fast path
@@ -314,6 +333,8 @@ def load_predictor(
     tta_flip (None: as the weights' metrics were measured) averages each image's and its mirror's
     logits. `log` receives one line saying which backend runs and why (and a line before a first
     export, and a warning line before falling back to PyTorch); without it a fallback is a warning.
+    `weights`: the `Weights` the caller already loaded from `source` (Grad-CAM needs them too); the
+    PyTorch backend runs them and a first ONNX export exports them, so the file is loaded once.
     """
 
     def say(line: str) -> None:
@@ -322,22 +343,21 @@ def load_predictor(
         elif line.startswith("warning: "):
             warnings.warn(line.removeprefix("warning: "), stacklevel=4)
 
+    options = TorchOptions(fold, precision, compile)
     if is_onnx_file(source):
-        return _onnx_file_predictor(source, backend, fold, precision, compile, tta_flip, say)
-    torch_only = [flag for flag, on in (("--compile", compile), ("--no-fold", not fold)) if on]
-    torch_only += ["--precision bf16"] if precision == "bf16" else []
-    chosen, why = choose_backend(backend, torch_only)
+        return _onnx_file_predictor(Path(source), backend, options, tta_flip, say)
+    chosen, why = choose_backend(backend, options.flags())
     if chosen == "onnxruntime":
-        loaded = _cached_onnx_predictor(source, backend, why, tta_flip, say)
+        loaded = _cached_onnx_predictor(source, weights, backend == "onnxruntime", why, tta_flip, say)
         if loaded is not None:
             return loaded
         why = "auto: fallback, the ONNX export was not usable"
-    return _torch_predictor(source, fold, precision, compile, tta_flip, why, say)
+    return _torch_predictor(weights if weights is not None else load_weights(source), options, tta_flip, why, say)
 
 
-def _onnx_file_predictor(source, backend, fold, precision, compile, tta_flip, say):
+def _onnx_file_predictor(source: Path, backend: str, options: TorchOptions, tta_flip: bool | None, say: Say) -> Loaded:
     """A user's .onnx file, run as it was exported (`load_predictor`)."""
-    if compile or not fold or precision != "auto":
+    if options != TorchOptions():
         raise ConfigError(
             "--precision, --compile and --no-fold apply to PyTorch weights; an ONNX file "
             "runs as `reslab export` wrote it (fp32, or int8 with --int8)"
@@ -349,20 +369,21 @@ def _onnx_file_predictor(source, backend, fold, precision, compile, tta_flip, sa
     return with_temperature(predictor, predictor.meta), predictor.meta, predictor.num_params
 
 
-def _cached_onnx_predictor(source, backend, why, tta_flip, say):
+def _cached_onnx_predictor(
+    source: str | Path, weights: Weights | None, strict: bool, why: str, tta_flip: bool | None, say: Say
+) -> Loaded | None:
     """Weights under onnxruntime on their cached, verified export (`load_predictor`); None when the
-    export is not usable and auto falls back to PyTorch (under --backend onnxruntime: an error)."""
+    export is not usable and auto falls back to PyTorch (`strict`, --backend onnxruntime: an error)."""
     from reslab.infer.export import ExportError
     from reslab.infer.onnx_cache import cached_onnx
-    from reslab.weights import read_meta, resolve_weights
 
-    path = resolve_weights(source)
-    meta = read_meta(path)  # the weights' own record (metrics, temperature), not the export's copy
+    path = weights.path if weights is not None and weights.path is not None else resolve_weights(source)
+    meta = weights.meta if weights is not None else read_meta(path)  # the weights' own record, not the export's
     try:
-        cache = cached_onnx(path, log=say)
+        cache = cached_onnx(path, log=say, weights=weights)
     except (ExportError, OSError) as exc:
         problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if backend == "onnxruntime":
+        if strict:
             if isinstance(exc, OSError):
                 raise ConfigError(
                     f"cannot write the ONNX export of {path} ({problem}); set RESLAB_CACHE_DIR to a "
@@ -381,19 +402,18 @@ def _cached_onnx_predictor(source, backend, why, tta_flip, say):
     return with_temperature(predictor, meta), meta, predictor.num_params
 
 
-def _torch_predictor(source, fold, precision, compile, tta_flip, why, say):
+def _torch_predictor(weights: Weights, options: TorchOptions, tta_flip: bool | None, why: str, say: Say) -> Loaded:
     """Weights on the PyTorch fast path (`load_predictor`)."""
     from reslab.infer.fast import FastPredictor
     from reslab.models import count_params
-    from reslab.weights import load_weights
 
-    weights = load_weights(source)
     flip = weights.meta.tta_flip if tta_flip is None else tta_flip
+    o = options
     fast = FastPredictor(
-        weights.model, weights.preprocess, fold=fold, precision=precision, compile=compile, tta_flip=flip
+        weights.model, weights.preprocess, fold=o.fold, precision=o.precision, compile=o.compile, tta_flip=flip
     )
     say(
         f"backend torch ({why}): {fast.precision}, "
-        f"{'BatchNorm folded' if fold else 'BatchNorm kept'}{', compiled' if compile else ''}"
+        f"{'BatchNorm folded' if o.fold else 'BatchNorm kept'}{', compiled' if o.compile else ''}"
     )
     return with_temperature(fast, weights.meta), weights.meta, count_params(weights.model)

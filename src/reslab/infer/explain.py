@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,10 @@ from reslab.atomic import atomic_write_bytes
 from reslab.data.decode import DEFAULT_MAX_PIXELS
 from reslab.data.preprocess import Preprocess
 from reslab.errors import ConfigError
+from reslab.infer.backends import Predictor, is_onnx_file
+from reslab.infer.predict import Prediction, predict_batches
 from reslab.models.resnet import ResNet
-from reslab.weights import Weights, WeightsMeta
+from reslab.weights import Weights, WeightsMeta, load_weights
 
 OVERLAY_MIN_SIDE = 224  # overlays of small inputs (28 x 28) are enlarged to at least this many pixels
 HEAT_ALPHA = 0.5  # weight of the heatmap colour over the image
@@ -122,46 +124,86 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def overlay_names(files: Sequence[str]) -> list[str]:
-    """A file name per image: STEM.gradcam.png, STEM-2.gradcam.png for a second image of that stem."""
-    names, seen = [], set()
-    for file in files:
+class OverlayNames:
+    """A file name per image: STEM.gradcam.png, STEM-2.gradcam.png for a second image of that stem,
+    and so on, over every image it has named (so one folder holds them all)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, file: str) -> str:
         stem = Path(file).stem or "image"
         name, n = f"{stem}{SUFFIX}", 2
-        while name in seen:
+        while name in self.seen:
             name, n = f"{stem}-{n}{SUFFIX}", n + 1
-        seen.add(name)
-        names.append(name)
-    return names
+        self.seen.add(name)
+        return name
 
 
-def explain_files(
-    cam: GradCam,
-    files: Sequence[tuple[str, int]],
-    out_dir: str | Path,
+def overlay_names(files: Sequence[str]) -> list[str]:
+    """`OverlayNames` of `files`, in order."""
+    name = OverlayNames()
+    return [name(file) for file in files]
+
+
+class OverlayWriter:
+    """Grad-CAM overlay PNGs of images already decoded, written into one folder, named by
+    `OverlayNames`: of the class `target`, or of the class each image is given (its top-1)."""
+
+    def __init__(self, cam: GradCam, out_dir: str | Path, target: int | None = None) -> None:
+        self.cam = cam
+        self.out_dir = Path(out_dir)
+        self.target = target
+        self.names = OverlayNames()
+
+    def write(self, files: Sequence[str], images: torch.Tensor, top1: Sequence[int]) -> list[Path]:
+        """One PNG per uint8 image (n, C, S, S) decoded from `files`; the paths written, in order."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        maps, _ = self.cam(images, list(top1) if self.target is None else self.target)
+        paths = [self.out_dir / self.names(file) for file in files]
+        for image, heat, path in zip(images, maps, paths):
+            atomic_write_bytes(path, png_bytes(overlay(image, heat)))
+        return paths
+
+
+def explainable_weights(source: str | Path) -> Weights:
+    """The PyTorch weights of `source` for Grad-CAM, which needs gradients: an ONNX file is refused
+    before anything is read. Give them to `load_predictor(weights=...)` too, which then does not
+    load them again."""
+    if is_onnx_file(source):
+        raise ConfigError(
+            f"Grad-CAM needs gradients, hence PyTorch weights, and {source} is an ONNX file; give the "
+            ".safetensors file, run directory or shipped name it was exported from"
+        )
+    return load_weights(source)
+
+
+def predict_explained(
+    predictor: Predictor,
+    meta: WeightsMeta,
+    files: Sequence[tuple[str, str | None]],
+    writer: OverlayWriter,
     *,
     batch_size: int = 32,
+    k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> list[tuple[str, Path | None, str | None]]:
-    """Write a Grad-CAM overlay PNG of the given class into `out_dir` for each (image file, class id),
-    named by `overlay_names`; [(file, the PNG written or None, the decoding error or None)] in order."""
-    from reslab.infer.predict import decode_batches
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = overlay_names([f for f, _ in files])
-    results: list[tuple[str, Path | None, str | None]] = []
-    for chunk, images in decode_batches(
-        cam.preprocess, [(f, None) for f, _ in files], batch_size=batch_size, max_pixels=max_pixels
+) -> Iterator[tuple[Prediction, Path | None]]:
+    """`predict_files`' predictions, each with the Grad-CAM overlay `writer` wrote of it (None for a
+    file that failed): each image is decoded once, for the prediction and its explanation. The
+    explained network must take the images the predictor decodes (channels, size, resize rule)."""
+    explained, decoded = writer.cam.preprocess, predictor.preprocess
+    shape = (explained.in_chans, explained.input_size, explained.resize)
+    if shape != (decoded.in_chans, decoded.input_size, decoded.resize):
+        raise ConfigError(
+            f"Grad-CAM's network takes {shape} (channels, size, resize) but the predictor decodes "
+            f"{(decoded.in_chans, decoded.input_size, decoded.resize)}: explain the weights that predict"
+        )
+    writer.out_dir.mkdir(parents=True, exist_ok=True)
+    for predictions, images in predict_batches(
+        predictor, meta, files, batch_size=batch_size, k=k, max_pixels=max_pixels
     ):
-        start = len(results)
-        good = [start + i for i, (_, error) in enumerate(chunk) if error is None]
-        if images is not None:
-            maps, _ = cam(images, [files[k][1] for k in good])
-            for image, heat, k in zip(images, maps, good):
-                atomic_write_bytes(out_dir / names[k], png_bytes(overlay(image, heat)))
-        results += [
-            (file, None, error) if error is not None else (file, out_dir / names[start + i], None)
-            for i, (file, error) in enumerate(chunk)
-        ]
-    return results
+        good = [p for p in predictions if p.error is None]  # in order, one per image decoded
+        paths = iter(
+            [] if images is None else writer.write([p.file for p in good], images, [p.top[0][0] for p in good])
+        )
+        yield from ((p, next(paths) if p.error is None else None) for p in predictions)

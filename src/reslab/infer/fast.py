@@ -32,19 +32,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Literal
 
 import torch
 from torch import nn
 
 from reslab.data.preprocess import Preprocess
-from reslab.device import native_bf16_supported
+from reslab.device import CPU, autocast, native_bf16_supported, resolve_precision
 from reslab.errors import ConfigError, InputShapeError
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from reslab.models.resnet import ResNet
-
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = ("auto", "fp32", "bf16")
+from reslab.vocab import INFER_PRECISIONS
 
 # (conv, bn) attribute pairs in which the BN directly follows the conv, per block type.
 # Post-activation blocks: conv -> BN in every branch layer. Pre-activation blocks: the BN that
@@ -57,14 +54,6 @@ FOLD_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     PreActBasicBlock: (("conv1", "bn2"),),
     PreActBottleneck: (("conv1", "bn2"), ("conv2", "bn3")),
 }
-
-
-def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if native_bf16_supported() else "fp32"
-    return precision  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -152,7 +141,9 @@ class FastPredictor:
         dynamic: bool | None = None,
         tta_flip: bool = False,
     ) -> None:
-        self.precision = resolve_precision(precision)
+        if precision not in INFER_PRECISIONS:
+            raise ConfigError(f"precision must be one of {INFER_PRECISIONS}, got {precision!r}")
+        self.precision = resolve_precision(precision, CPU)
         if self.precision == "bf16" and not native_bf16_supported():
             warnings.warn(
                 "bf16 requested but this CPU has no native bf16 support; it will be emulated "
@@ -195,10 +186,8 @@ class FastPredictor:
         return self.stats.apply(images)  # the one uint8 -> float affine (reslab.data.norm); keeps the layout
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self._forward(x).float()
-        return self._forward(x).float()
+        with autocast(CPU, self.precision):
+            return self._forward(x).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

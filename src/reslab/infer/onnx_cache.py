@@ -41,7 +41,7 @@ from pathlib import Path
 from reslab.atomic import atomic_write_bytes
 from reslab.data.cache import default_cache_dir
 from reslab.infer.export import DEFAULT_TOLERANCE, export_model
-from reslab.weights import PRETRAINED_DIR, load_weights
+from reslab.weights import PRETRAINED_DIR, Weights, load_weights
 
 CACHE_FORMAT = 1  # bumped when the file or its record changes meaning, to rebuild old caches
 Log = Callable[[str], object]  # receives one line (no newline) about what is being done
@@ -147,11 +147,24 @@ def _reuse(path: Path, digest: str, started: float) -> CachedOnnx:
     )
 
 
-def _build(
-    weights_path: Path, path: Path, digest: str, reason: str, tolerance: float, log: Log | None, started: float
-) -> CachedOnnx:
+@dataclass(frozen=True)
+class _Source:
+    """The weights a cached export is made from: their file, its SHA-256, and the `Weights` when the
+    caller has loaded them already (else they are loaded only if an export must be built)."""
+
+    path: Path
+    digest: str
+    loaded: Weights | None = None
+
+    def weights(self) -> Weights:
+        # checked first: a damaged file fails in one line, before any output
+        return self.loaded if self.loaded is not None else load_weights(self.path)
+
+
+def _build(source: _Source, path: Path, reason: str, tolerance: float, log: Log | None, started: float) -> CachedOnnx:
     """Export and verify in a temporary folder, then move the file and its record into place."""
-    weights = load_weights(weights_path)  # checked first: a damaged file fails in one line, before any output
+    weights_path, digest = source.path, source.digest
+    weights = source.weights()
     if log is not None:
         log(f"exporting the weights to ONNX once ({reason}), verifying against PyTorch: {path}")
     with tempfile.TemporaryDirectory(prefix="reslab-onnx-") as tmp:
@@ -180,9 +193,8 @@ def _build(
     )
 
 
-def _cached_at(
-    weights_path: Path, path: Path, digest: str, tolerance: float, log: Log | None, started: float
-) -> CachedOnnx:
+def _cached_at(source: _Source, path: Path, tolerance: float, log: Log | None, started: float) -> CachedOnnx:
+    digest = source.digest
     if untrusted_because(path, digest, tolerance) is None:  # the common case: no lock needed to read
         return _reuse(path, digest, started)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,23 +202,29 @@ def _cached_at(
         reason = untrusted_because(path, digest, tolerance)  # another process may have built it meanwhile
         if reason is None:
             return _reuse(path, digest, started)
-        return _build(weights_path, path, digest, reason, tolerance, log, started)
+        return _build(source, path, reason, tolerance, log, started)
 
 
 def cached_onnx(
-    weights_path: str | Path, *, tolerance: float = DEFAULT_TOLERANCE, log: Log | None = None
+    weights_path: str | Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    log: Log | None = None,
+    weights: Weights | None = None,
 ) -> CachedOnnx:
     """The verified ONNX export of the weights file `weights_path`, built on first use (see the
-    module docstring). Raises ExportError when a fresh export does not match PyTorch, OSError when
-    neither beside the weights nor the user cache dir can be written."""
+    module docstring). `weights`: that file's `Weights` when the caller has loaded them already, so
+    that a first export does not load the file again. Raises ExportError when a fresh export does
+    not match PyTorch, OSError when neither beside the weights nor the user cache dir can be written."""
     started = time.perf_counter()
     weights_path = Path(weights_path)
     digest = file_sha256(weights_path)
+    source = _Source(weights_path, digest, weights)
     path = cache_path(weights_path, digest)
     try:
-        return _cached_at(weights_path, path, digest, tolerance, log, started)
+        return _cached_at(source, path, tolerance, log, started)
     except OSError:
         fallback = user_cache_path(digest)
         if path == fallback:
             raise
-        return _cached_at(weights_path, fallback, digest, tolerance, log, started)  # e.g. a read-only mount
+        return _cached_at(source, fallback, tolerance, log, started)  # e.g. a read-only mount

@@ -111,6 +111,31 @@ def decode_batches(
             yield chunk, (torch.stack(tensors) if tensors else None)
 
 
+def predict_batches(
+    predictor: Predictor,
+    meta: WeightsMeta,
+    files: Sequence[tuple[str, str | None]],
+    *,
+    batch_size: int = 32,
+    k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> Iterator[tuple[list[Prediction], torch.Tensor | None]]:
+    """A batch of `files` at a time, decoded by `decode_batches` and classified in one call: (its
+    predictions in order, the uint8 (n, C, S, S) images of its n predictions without an error, or
+    None), so that a caller may use the decoded images again (Grad-CAM: reslab.infer.explain)."""
+    names = meta.class_names
+    for chunk, images in decode_batches(
+        predictor.preprocess, files, batch_size=batch_size, max_pixels=max_pixels, workers=workers
+    ):
+        results = [Prediction(path, error=error) for path, error in chunk]
+        if images is not None:
+            good = [r for r in results if r.error is None]
+            for result, top in zip(good, top_k(predictor(images), names, k)):
+                result.top = top
+        yield results, images
+
+
 def predict_files(
     predictor: Predictor,
     meta: WeightsMeta,
@@ -121,17 +146,11 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
 ) -> Iterator[Prediction]:
-    """Predictions in the order of `files` ([(path, error)] as from `collect_images`), each batch
-    decoded by `decode_batches`, then classified in one call."""
-    names = meta.class_names
-    for chunk, images in decode_batches(
-        predictor.preprocess, files, batch_size=batch_size, max_pixels=max_pixels, workers=workers
+    """Predictions in the order of `files` ([(path, error)] as from `collect_images`), a batch at a
+    time (`predict_batches`)."""
+    for results, _ in predict_batches(
+        predictor, meta, files, batch_size=batch_size, k=k, max_pixels=max_pixels, workers=workers
     ):
-        results = [Prediction(path, error=error) for path, error in chunk]
-        if images is not None:
-            good = [r for r in results if r.error is None]
-            for result, top in zip(good, top_k(predictor(images), names, k)):
-                result.top = top
         yield from results
 
 

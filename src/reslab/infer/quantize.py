@@ -47,6 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ from reslab.data.preprocess import Preprocess
 from reslab.infer.backends import OnnxPredictor
 from reslab.infer.export import ExportError
 from reslab.weights import WeightsMeta
+
+if TYPE_CHECKING:  # onnxruntime is imported by the functions that use it
+    from onnxruntime.quantization import CalibrationDataReader
 
 CALIBRATION_IMAGES = 512  # images whose activations set the int8 ranges
 VERIFY_IMAGES = 1000  # held-out images on which int8 is compared with fp32
@@ -285,31 +289,9 @@ def calibration_batches(images: torch.Tensor, stats: NormStats) -> list[np.ndarr
     return [stats.apply(images[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(images), CALIBRATION_BATCH)]
 
 
-def quantize_onnx(
-    fp32_path: str | Path,
-    out: str | Path,
-    images: torch.Tensor,
-    stats: NormStats,
-    *,
-    method: str = "percentile",
-) -> dict[str, object]:
-    """Write the int8 QDQ model of `fp32_path` to `out` (see the module docstring); returns its settings.
-
-    images: uint8 (N, C, S, S) calibration images; normalised here exactly as the predictors do.
-    method: "percentile" (default, see above) or "minmax".
-    """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    batches = calibration_batches(images, stats)
+def calibration_reader(batches: list[np.ndarray]) -> CalibrationDataReader:
+    """An onnxruntime `CalibrationDataReader` feeding `batches` to the graph's "input", one at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):  # set_range + __len__: what "CalibStridedMinMax" calls
         def __init__(self) -> None:
@@ -325,6 +307,26 @@ def quantize_onnx(
             x = next(self.queue, None)
             return None if x is None else {"input": x}
 
+    return Batches()
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    out: str | Path,
+    images: torch.Tensor,
+    stats: NormStats,
+    *,
+    method: str = "percentile",
+) -> dict[str, object]:
+    """Write the int8 QDQ model of `fp32_path` to `out` (see the module docstring); returns its settings.
+
+    images: uint8 (N, C, S, S) calibration images; normalised here exactly as the predictors do.
+    method: "percentile" (default, see above) or "minmax".
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
     methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}
     if method not in methods:
         raise ExportError(f"unknown calibration method {method!r}; choose {' or '.join(methods)}")
@@ -336,7 +338,7 @@ def quantize_onnx(
         quantize_static(
             str(pre),
             str(out),
-            Batches(),
+            calibration_reader(calibration_batches(images, stats)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

@@ -135,7 +135,8 @@ class MicroBatcher:
             images = torch.stack([x for x, _ in batch])
             try:
                 logits = await loop.run_in_executor(self._executor, self.run_batch, images)
-            except Exception as exc:  # a model failure fails this batch's requests, not the server
+            except Exception as exc:  # noqa: BLE001  (not swallowed: forwarded to each request of the batch,
+                # which fails with it; a model failure must not stop the server's only batching task)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -181,35 +182,45 @@ class BodySizeLimit:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
+        length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await self._reply_413(send)
-        state = {"received": 0, "exceeded": False, "replied": False}
-
-        async def limited_receive() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_body:
-                    state["exceeded"] = True
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: dict) -> None:
-            if state["exceeded"]:  # whatever the app answers (a 400 from the form parser): 413
-                if not state["replied"]:
-                    state["replied"] = True
-                    await self._reply_413(send)
-                return
-            await send(message)
-
+        guard = _BodyGuard(self, receive, send)
         try:
-            await self.app(scope, limited_receive, guarded_send)
+            await self.app(scope, guard.receive, guard.send)
         except _BodyTooLarge:
-            if not state["replied"]:
-                state["replied"] = True
-                await self._reply_413(send)
+            await guard.reply_once()
+
+
+class _BodyGuard:
+    """One request under `BodySizeLimit`: `receive` counts the body and raises _BodyTooLarge past the
+    limit; from then on `send` answers 413, once, whatever the app answers (a 400 from the form parser)."""
+
+    def __init__(self, limit: BodySizeLimit, receive: Callable, send: Callable) -> None:
+        self.limit = limit
+        self._receive, self._send = receive, send
+        self.received = 0  # body bytes so far
+        self.exceeded = self.replied = False
+
+    async def receive(self) -> dict:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit.max_body:
+                self.exceeded = True
+                raise _BodyTooLarge
+        return message
+
+    async def send(self, message: dict) -> None:
+        if self.exceeded:
+            await self.reply_once()
+            return
+        await self._send(message)
+
+    async def reply_once(self) -> None:
+        if not self.replied:
+            self.replied = True
+            await self.limit._reply_413(self._send)
 
 
 async def decode_upload(file: UploadFile, preprocess: Preprocess, config: ServeConfig, slots: asyncio.Semaphore):
@@ -236,7 +247,8 @@ async def decode_upload(file: UploadFile, preprocess: Preprocess, config: ServeC
         raise HTTPException(422, str(exc)) from None
     except MemoryError:
         raise HTTPException(413, f"{label}: not enough memory to decode this image") from None
-    except Exception as exc:  # a decoder bug on hostile input is still the input's fault
+    except Exception as exc:  # noqa: BLE001  (a decoder bug on hostile input is still the input's fault:
+        # Pillow's plugins raise many types, SyntaxError and struct.error among them; a 422, never a 500)
         raise HTTPException(422, f"{label}: cannot decode ({type(exc).__name__})") from None
 
 
@@ -264,17 +276,8 @@ def metadata_of(predictor: Predictor, meta: WeightsMeta, config: ServeConfig, nu
     }
 
 
-def create_app(
-    predictor: Predictor,
-    meta: WeightsMeta,
-    config: ServeConfig | None = None,
-    *,
-    num_params: int = 0,
-    explainer: GradCam | None = None,
-) -> Any:
-    """The FastAPI application serving `predictor` (see the module docstring); `explainer` answers
-    POST /explain (None: 501, e.g. for an ONNX file)."""
-    config = config or ServeConfig()
+def lifespan_of(predictor: Predictor, config: ServeConfig) -> Callable[[FastAPI], Any]:
+    """The app's lifespan: warm the predictor up, then run the batcher while the app serves."""
     preprocess = predictor.preprocess
     shape = (preprocess.in_chans, preprocess.input_size, preprocess.input_size)
 
@@ -298,7 +301,21 @@ def create_app(
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="reslab", description=f"{meta.model} image classifier", lifespan=lifespan)
+    return lifespan
+
+
+def create_app(
+    predictor: Predictor,
+    meta: WeightsMeta,
+    config: ServeConfig | None = None,
+    *,
+    num_params: int = 0,
+    explainer: GradCam | None = None,
+) -> Any:
+    """The FastAPI application serving `predictor` (see the module docstring); `explainer` answers
+    POST /explain (None: 501, e.g. for an ONNX file)."""
+    config = config or ServeConfig()
+    app = FastAPI(title="reslab", description=f"{meta.model} image classifier", lifespan=lifespan_of(predictor, config))
     app.add_middleware(BodySizeLimit, max_body=config.max_upload_bytes + MULTIPART_SLACK)
 
     @app.get("/health")
@@ -316,6 +333,14 @@ def create_app(
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
         return metadata_of(predictor, meta, config, num_params)
+
+    add_predict_route(app, meta, predictor.preprocess, config)
+    add_explain_route(app, explainer, meta, predictor.preprocess, config)
+    return app
+
+
+def add_predict_route(app: Any, meta: WeightsMeta, preprocess: Preprocess, config: ServeConfig) -> None:
+    """POST /predict on `app`: the top-k classes of one upload, run by the app's micro-batcher."""
 
     @app.post("/predict")
     async def predict(
@@ -337,9 +362,6 @@ def create_app(
                 "predictions": predictions,
             }
         )
-
-    add_explain_route(app, explainer, meta, preprocess, config)
-    return app
 
 
 def busy(detail: str) -> JSONResponse:
