@@ -6,64 +6,64 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from reslab.machine import environment
+from reslab.rundir import ClassWeights, Distributed, KeptWeights, RunSummary, StoppedEarly
 from reslab.weights import WeightsMeta
 
 if TYPE_CHECKING:
     from reslab.train.trainer import Trainer
 
 
-def run_summary(trainer: Trainer, final: dict[str, Any], digests: list[str] | None) -> dict[str, Any]:
+def run_summary(trainer: Trainer, final: dict[str, Any], digests: list[str] | None) -> RunSummary:
     """summary.json: what the run did, what it kept, and on what."""
     s, dist = trainer.state, trainer.dist
-    summary = {
-        "run_dir": str(trainer.run),
-        "model": trainer.cfg.model.name,
-        "dataset": trainer.data.name,
-        "synthetic_data": trainer.data.synthetic,
-        "steps": s.step,
-        "total_steps": trainer.total,
-        "epochs": round(s.step / trainer.steps_per_epoch, 3),
-        "wall_time_s": round(time.perf_counter() - trainer.wall_start, 2),
-        "final": final,  # the last evaluation
-        "kept": kept_summary(trainer, final),  # the evaluation of the weights the run ended with
-        "skipped_steps": s.skipped_steps,
-        "class_weights": class_weights_summary(trainer),
-        "environment": environment(),
-    }
+    stopped_early = None
     if trainer.stopped_early:
-        summary["stopped_early"] = {
-            "step": s.step,
-            "evaluations_without_improvement": trainer.best.stale,
-            "early_stop": trainer.cfg.train.early_stop,
-        }
+        stopped_early = StoppedEarly(
+            step=s.step, evaluations_without_improvement=trainer.best.stale, early_stop=trainer.cfg.train.early_stop
+        )
+    distributed = None
     if dist.world_size > 1:
-        summary["distributed"] = {
-            "world_size": dist.world_size,
-            "backend": dist.backend,
-            "weights_sha256_per_rank": digests,
-        }
-    return summary
+        distributed = Distributed(world_size=dist.world_size, backend=dist.backend, weights_sha256_per_rank=digests)
+    return RunSummary(
+        run_dir=str(trainer.run),
+        model=trainer.cfg.model.name,
+        dataset=trainer.data.name,
+        synthetic_data=trainer.data.synthetic,
+        steps=s.step,
+        total_steps=trainer.total,
+        epochs=round(s.step / trainer.steps_per_epoch, 3),
+        wall_time_s=round(time.perf_counter() - trainer.wall_start, 2),
+        final=final,  # the last evaluation
+        kept=kept_summary(trainer, final),  # the evaluation of the weights the run ended with
+        skipped_steps=s.skipped_steps,
+        class_weights=class_weights_summary(trainer),
+        environment=environment(),
+        stopped_early=stopped_early,
+        distributed=distributed,
+    )
 
 
-def kept_summary(trainer: Trainer, final: dict[str, Any]) -> dict[str, Any]:
+def kept_summary(trainer: Trainer, final: dict[str, Any]) -> KeptWeights:
     """Which weights the run ended with (train.keep), and their evaluation on the watched part."""
     keep, watch = trainer.cfg.train.keep, trainer.watch
     record = trainer.best.record if keep == "best" else final
-    kept: dict[str, Any] = {"keep": keep, "step": record.get("step", trainer.state.step), "part": watch}
-    if watch:
-        kept["top1_error"] = record.get(f"{watch}_top1_error")
-    kept["evaluation"] = record
-    return kept
+    return KeptWeights(
+        keep=keep,
+        step=record.get("step", trainer.state.step),
+        part=watch,
+        top1_error=record.get(f"{watch}_top1_error") if watch else None,
+        evaluation=record,
+    )
 
 
-def class_weights_summary(trainer: Trainer) -> str | dict[str, Any]:
+def class_weights_summary(trainer: Trainer) -> str | ClassWeights:
     if trainer.class_weights is None:
         return "none"
-    return {
-        "mode": trainer.cfg.optim.class_weights,
-        "class_counts": trainer.data.train.class_counts().tolist(),
-        "weights": [round(w, 6) for w in trainer.class_weights.tolist()],
-    }
+    return ClassWeights(
+        mode=trainer.cfg.optim.class_weights,
+        class_counts=trainer.data.train.class_counts().tolist(),
+        weights=[round(w, 6) for w in trainer.class_weights.tolist()],
+    )
 
 
 def weights_meta(trainer: Trainer, final: dict[str, Any], step: int | None = None) -> WeightsMeta:
