@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError
-from reslab.records import RecordError, checked, dumps, from_json, load_json, optional
+from reslab.records import checked, dumps, load_record, optional
 from reslab.rundir import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, RunDir
 
 RECORD_FILE, RUNS_DIR, EVALS_DIR = "experiment.json", "runs", "evals"
@@ -150,12 +150,7 @@ class ExperimentDir:
 
     def read_record(self) -> ExperimentRecord | None:
         """experiment.json, or None when there is none; a damaged file is a ConfigError naming it."""
-        if not self.holds_experiment():
-            return None
-        try:
-            return from_json(ExperimentRecord, load_json(self.record_file))
-        except RecordError as exc:
-            raise ConfigError(f"{exc.about(self.record_file)}; repair it or choose another --out") from None
+        return load_record(ExperimentRecord, self.record_file, ConfigError, "repair it or choose another --out")
 
     def write_record(self, record: ExperimentRecord) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,17 @@ def load_json(path: Path, max_bytes: int | None = None) -> object:
         raise RecordError("", f"is not valid JSON ({short(str(exc))})") from None
 
 
+def load_record(cls: type[R], path: Path, error: type[Exception], hint: str) -> R | None:
+    """The `cls` record in `path`, or None when there is no such file; a damaged one is an `error`
+    of one line naming the file, then `hint` (what to do about it)."""
+    if not path.is_file():
+        return None
+    try:
+        return from_json(cls, load_json(path))
+    except RecordError as exc:
+        raise error(f"{exc.about(path)}; {hint}") from None
+
+
 def from_json(cls: type[R], value: object, key: str = "") -> R:
     """A `cls` record from parsed JSON `value` (see the module docstring); a RecordError names what does not fit."""
     if not isinstance(value, dict):

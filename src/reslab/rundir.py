@@ -32,7 +32,7 @@ import yaml
 from reslab.atomic import atomic_write_bytes, remove_stale_temps
 from reslab.config import Config, config_from_dict
 from reslab.errors import ConfigError
-from reslab.records import RecordError, dumps, from_json, load_json, optional
+from reslab.records import dumps, load_record, optional
 
 RunState = Literal["finished", "partial", "new"]
 
@@ -52,6 +52,7 @@ DAMAGED_SUFFIX = ".damaged"
 # ---- summary.json --------------------------------------------------------------------------------
 
 Metrics = dict[str, float]  # an evaluation record: {"step": 400, "test_top1_error": 0.0875, ...}
+MetricsRecord = dict[str, float | str]  # a line of metrics.jsonl: an evaluation, and RunLog's notes
 
 
 @dataclass(kw_only=True)
@@ -296,24 +297,17 @@ class RunDir:
     def read_summary(self) -> RunSummary | None:
         """summary.json, or None while the run is not finished; a damaged or hand-edited file is a
         ConfigError naming it."""
-        if not self.summary.is_file():
-            return None
-        try:
-            return from_json(RunSummary, load_json(self.summary))
-        except RecordError as exc:
-            raise ConfigError(
-                f"{exc.about(self.summary)}; repair it, or delete it and resume the run to write it again "
-                f"(reslab train --resume {self.path})"
-            ) from None
+        hint = f"repair it, or delete it and resume the run to write it again (reslab train --resume {self.path})"
+        return load_record(RunSummary, self.summary, ConfigError, hint)
 
     def write_summary(self, summary: RunSummary) -> None:
         atomic_write_bytes(self.summary, dumps(summary, indent=2))
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self) -> list[MetricsRecord]:
         """metrics.jsonl records by step. A resumed run may have logged a step twice (evaluations
         after its last checkpoint are repeated); the later record wins. A line cut short by a
         crash is skipped."""
-        by_step: dict[int, dict[str, Any]] = {}
+        by_step: dict[int, MetricsRecord] = {}
         if not self.metrics.is_file():
             return []
         for line in self.metrics.read_text().splitlines():
@@ -339,6 +333,6 @@ class RunDir:
                 pass
         atomic_write_bytes(self.metrics, "".join(kept).encode())
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: MetricsRecord) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")

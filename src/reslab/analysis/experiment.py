@@ -79,7 +79,7 @@ class Experiment:
         return self.dir.runs_dir
 
     @classmethod
-    def open(cls, path: Path, name: str, explicit: dict[str, Any], defaults: Settings) -> Experiment:
+    def open(cls, path: Path, name: str, explicit: dict[str, object], defaults: Settings) -> Experiment:
         """Open `path` for experiment `name` (new or existing) without writing anything yet; see
         start(). Settings: explicit > saved > defaults. A directory that holds another experiment,
         or something else, is an error."""
@@ -111,7 +111,7 @@ class Experiment:
         self.dir.write_record(self.record)
 
 
-def _check_resumable(folder: ExperimentDir, record: ExperimentRecord, name: str, explicit: dict[str, Any]) -> None:
+def _check_resumable(folder: ExperimentDir, record: ExperimentRecord, name: str, explicit: dict[str, object]) -> None:
     """An existing experiment directory resumes only the same experiment under the same FIXED settings."""
     if record.experiment != name:
         raise ConfigError(

@@ -16,6 +16,7 @@ from reslab.atomic import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 TRAIN_STYLE = {"linewidth": 1.0, "linestyle": "--"}  # thin: training error
@@ -196,7 +197,7 @@ def error_vs_depth_figure(
     return _save(fig, path)
 
 
-def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     """Lay out, write the PNG and free the figure."""
     fig.tight_layout(rect=rect)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))

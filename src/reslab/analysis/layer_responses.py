@@ -10,6 +10,7 @@ functions are closer to zero), and deeper ResNets less still.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,13 +89,13 @@ def response_norms(model: ResNet) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def layer_response_stds(model: ResNet, batches) -> list[float]:
+def layer_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, object]]) -> list[float]:
     """Per 3x3 layer: the per-channel std of its BN output over all images and positions, averaged
     over channels. Sums are accumulated in float64, so the result does not depend on batching."""
     norms = response_norms(model)
     sums = [None] * len(norms)
 
-    def hook(index: int):
+    def hook(index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = output.detach().double().transpose(0, 1).flatten(1)  # (B, C, H, W) -> (C, B*H*W)
             s = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])

@@ -14,8 +14,8 @@ from typing import Any
 
 from reslab.errors import DataError
 from reslab.expdir import ExperimentDir
-from reslab.records import RecordError, from_json, load_json
-from reslab.rundir import RunDir, RunSummary
+from reslab.records import load_record
+from reslab.rundir import MetricsRecord, RunDir, RunSummary
 
 
 @dataclass
@@ -43,14 +43,8 @@ class TrainErrorCurve:
     @classmethod
     def read(cls, run: RunDir) -> TrainErrorCurve | None:
         """The run's train_error.json, or None; a damaged one is a DataError naming it."""
-        if not run.train_error.is_file():
-            return None
-        try:
-            return from_json(cls, load_json(run.train_error))
-        except RecordError as exc:
-            raise DataError(
-                f"{exc.about(run.train_error)}; delete it (the report then plots the running training error)"
-            ) from None
+        hint = "delete it (the report then plots the running training error)"
+        return load_record(cls, run.train_error, DataError, hint)
 
 
 @dataclass
@@ -59,7 +53,7 @@ class Run:
 
     path: Path
     config: dict[str, Any]  # config.yaml as written (the report shows its sections)
-    metrics: list[dict[str, Any]]  # metrics.jsonl's records by step
+    metrics: list[MetricsRecord]  # metrics.jsonl's records by step
     summary: RunSummary | None  # None while the run is not finished
 
     @property
@@ -102,7 +96,7 @@ class Run:
         return self.dataset == "synthetic"
 
     @property
-    def final(self) -> dict[str, Any]:
+    def final(self) -> MetricsRecord:
         """The last evaluation: summary.json's, else (unfinished) the last record of metrics.jsonl."""
         return (self.summary.final if self.summary else None) or (self.metrics[-1] if self.metrics else {})
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reslab.machine import environment
-from reslab.rundir import ClassWeights, Distributed, KeptWeights, RunSummary, StoppedEarly
+from reslab.rundir import ClassWeights, Distributed, KeptWeights, Metrics, RunSummary, StoppedEarly
 from reslab.weights import WeightsMeta
 
 if TYPE_CHECKING:
     from reslab.train.trainer import Trainer
 
 
-def run_summary(trainer: Trainer, final: dict[str, Any], digests: list[str] | None) -> RunSummary:
+def run_summary(trainer: Trainer, final: Metrics, digests: list[str] | None) -> RunSummary:
     """summary.json: what the run did, what it kept, and on what."""
     s, dist = trainer.state, trainer.dist
     stopped_early = None
@@ -43,7 +43,7 @@ def run_summary(trainer: Trainer, final: dict[str, Any], digests: list[str] | No
     )
 
 
-def kept_summary(trainer: Trainer, final: dict[str, Any]) -> KeptWeights:
+def kept_summary(trainer: Trainer, final: Metrics) -> KeptWeights:
     """Which weights the run ended with (train.keep), and their evaluation on the watched part."""
     keep, watch = trainer.cfg.train.keep, trainer.watch
     record = trainer.best.record if keep == "best" else final
@@ -66,7 +66,7 @@ def class_weights_summary(trainer: Trainer) -> str | ClassWeights:
     )
 
 
-def weights_meta(trainer: Trainer, final: dict[str, Any], step: int | None = None) -> WeightsMeta:
+def weights_meta(trainer: Trainer, final: Metrics, step: int | None = None) -> WeightsMeta:
     """What weights record: architecture, classes, preprocessing, data, metrics, command; `step`
     (the kept weights of train.keep=best) says which step's evaluation the metrics are."""
     cfg, data = trainer.cfg, trainer.data
