@@ -1,7 +1,7 @@
 """The package's layer order, checked by parsing every import (function-level ones included).
 
-    errors, atomic, machine, vocab                  (0) no reslab imports but each other
-    config, models, data, rundir, device            (1) the building blocks
+    errors, atomic, machine, vocab, records         (0) no reslab imports but each other
+    config, models, data, rundir, expdir, device    (1) the building blocks
     weights, checkpoint, hub                        (2) what a trained network and a run's state are
     evaluation                                      (3) one evaluation for everyone above
     train, infer                                    (4) training; prediction, export, serving
@@ -23,8 +23,8 @@ import pytest
 SRC = Path(__file__).parents[1] / "src" / "reslab"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "atomic": 0, "machine": 0, "vocab": 0,
-    "config": 1, "models": 1, "data": 1, "rundir": 1, "device": 1,
+    "errors": 0, "atomic": 0, "machine": 0, "vocab": 0, "records": 0,
+    "config": 1, "models": 1, "data": 1, "rundir": 1, "expdir": 1, "device": 1,
     "weights": 2, "checkpoint": 2, "hub": 2,
     "evaluation": 3,
     "train": 4, "infer": 4,

@@ -21,9 +21,10 @@ import reprlib
 from pathlib import Path
 
 from reslab.errors import CheckpointError, ConfigError
+from reslab.rundir import WEIGHTS_FILE
 
 HF_HUB = "hf-hub:"  # prefix of a Hub repository wherever weights are accepted
-HUB_WEIGHTS_FILE = "weights.safetensors"  # the one file of a repository that reslab loads
+HUB_WEIGHTS_FILE = WEIGHTS_FILE  # the one file of a repository that reslab loads, named as in a run
 INSTALL_HINT = "pip install 'reslab[hub]' (huggingface_hub)"
 
 

@@ -14,12 +14,15 @@
     eval-DATASET/         what `reslab eval` writes for these weights
 
 Training (`reslab.train`), checkpoints (`reslab.checkpoint`), evaluation and the analysis read
-and write runs through `RunDir`; none of them names a file of a run itself.
+and write runs through `RunDir`; none of them names a file of a run itself. summary.json is a
+`RunSummary`: the trainer fills it, `RunDir.write_summary` writes it and every reader gets it back
+from `RunDir.read_summary` (see reslab.records).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,12 +32,106 @@ import yaml
 from reslab.atomic import atomic_write_bytes, remove_stale_temps
 from reslab.config import Config, config_from_dict
 from reslab.errors import ConfigError
+from reslab.records import dumps, load_record, optional
 
 RunState = Literal["finished", "partial", "new"]
 
+CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR = "config.yaml", "metrics.jsonl", "tb"
+# Also the folder torch.hub downloads weights into (torch.hub.get_dir()/checkpoints, train/pretrained.py).
+CHECKPOINTS_DIR = "checkpoints"
+WEIGHTS_FILE, BEST_WEIGHTS_FILE = "weights.safetensors", "best.safetensors"
+SUMMARY_FILE, TRAIN_ERROR_FILE, TRAIN_LOG_FILE = "summary.json", "train_error.json", "train.log"
+# A report's files, of a run and of an experiment (reslab.expdir): the page (and its .md beside
+# it), the numbers, and a run report's figure.
+REPORT_FILE, RESULTS_FILE, CURVES_FIGURE = "report.html", "results.json", "error_curves.png"
 CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "ckpt-", ".pt"
 DIGEST_SUFFIX = ".sha256"
 DAMAGED_SUFFIX = ".damaged"
+
+
+# ---- summary.json --------------------------------------------------------------------------------
+
+Metrics = dict[str, float]  # an evaluation record: {"step": 400, "test_top1_error": 0.0875, ...}
+MetricsRecord = dict[str, float | str]  # a line of metrics.jsonl: an evaluation, and RunLog's notes
+
+
+@dataclass(kw_only=True)
+class KeptWeights:
+    """Which weights the run ended with (train.keep) and their evaluation on the watched part."""
+
+    keep: str  # "last" or "best"
+    step: int  # the step whose weights were kept
+    part: str | None  # the watched part ("val", "test"); None or "" when nothing is evaluated
+    top1_error: float | None = optional()  # on `part`; absent when nothing is watched
+    evaluation: Metrics = field(default_factory=dict)  # the whole evaluation of the kept weights
+
+
+@dataclass(kw_only=True)
+class ClassWeights:
+    """optim.class_weights: the loss weight of each class and the counts it came from."""
+
+    mode: str
+    class_counts: list[int]
+    weights: list[float]
+
+
+@dataclass(kw_only=True)
+class StoppedEarly:
+    """train.early_stop ended the run before its last step."""
+
+    step: int
+    evaluations_without_improvement: int
+    early_stop: int
+
+
+@dataclass(kw_only=True)
+class Distributed:
+    """A run over several processes (torchrun) and whether they ended with the same weights."""
+
+    world_size: int
+    backend: str
+    weights_sha256_per_rank: list[str] | None = None
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """summary.json: what the run did, what it kept, and on what. Written once, at the end of a
+    run, after its weights; keys an older reslab did not write read as their defaults."""
+
+    run_dir: str = ""
+    model: str
+    dataset: str
+    synthetic_data: bool = False
+    steps: int  # steps trained
+    total_steps: int | None = optional()  # steps planned (more than `steps` when stopped early)
+    epochs: float | None = optional()
+    wall_time_s: float | None = optional()  # seconds, this process (a resumed run: since the resume)
+    final: Metrics  # the last evaluation
+    kept: KeptWeights | None = optional()  # the evaluation of the weights the run ended with
+    skipped_steps: int = 0  # steps skipped for a non-finite loss
+    class_weights: str | ClassWeights = "none"
+    environment: dict[str, str | int | float | None] = field(default_factory=dict)  # machine.environment()
+    stopped_early: StoppedEarly | None = optional()
+    distributed: Distributed | None = optional()
+
+    @property
+    def total(self) -> int:
+        """The steps the run was planned for (an older summary.json: the steps trained)."""
+        return self.total_steps if self.total_steps is not None else self.steps
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """A report on runs: the page (its Markdown twin beside it), its figure and its numbers."""
+
+    page: Path
+    figure: Path
+    results: Path
+
+    @classmethod
+    def named_after(cls, page: Path) -> ReportFiles:
+        """`reslab report --out DIR/NAME.html`: DIR/NAME_error_curves.png and DIR/NAME_results.json."""
+        return cls(page, page.with_name(f"{page.stem}_{CURVES_FIGURE}"), page.with_name(f"{page.stem}_{RESULTS_FILE}"))
 
 
 class RunDir:
@@ -63,43 +160,48 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG_FILE
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
 
     @property
     def tensorboard(self) -> Path:
-        return self.path / "tb"
+        return self.path / TENSORBOARD_DIR
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     @property
     def weights(self) -> Path:
-        return self.path / "weights.safetensors"
+        return self.path / WEIGHTS_FILE
 
     @property
     def best_weights(self) -> Path:
-        return self.path / "best.safetensors"
+        return self.path / BEST_WEIGHTS_FILE
 
     @property
     def summary(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY_FILE
 
     @property
     def train_error(self) -> Path:
-        return self.path / "train_error.json"
+        return self.path / TRAIN_ERROR_FILE
 
     @property
     def train_log(self) -> Path:
-        return self.path / "train.log"
+        return self.path / TRAIN_LOG_FILE
 
     @property
     def report(self) -> Path:
-        return self.path / "report.html"
+        return self.path / REPORT_FILE
+
+    @property
+    def report_files(self) -> ReportFiles:
+        """The run's own report (`reslab reproduce`): report.html, error_curves.png, results.json."""
+        return ReportFiles(self.report, self.path / CURVES_FIGURE, self.path / RESULTS_FILE)
 
     def eval_dir(self, dataset: str) -> Path:
         return self.path / f"eval-{dataset}"
@@ -192,14 +294,20 @@ class RunDir:
         """config.yaml as a `Config` (not validated); every error names the file."""
         return config_from_dict(self.read_config(), str(self.config))
 
-    def read_summary(self) -> dict[str, Any] | None:
-        return json.loads(self.summary.read_text()) if self.summary.is_file() else None
+    def read_summary(self) -> RunSummary | None:
+        """summary.json, or None while the run is not finished; a damaged or hand-edited file is a
+        ConfigError naming it."""
+        hint = f"repair it, or delete it and resume the run to write it again (reslab train --resume {self.path})"
+        return load_record(RunSummary, self.summary, ConfigError, hint)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def write_summary(self, summary: RunSummary) -> None:
+        atomic_write_bytes(self.summary, dumps(summary, indent=2))
+
+    def read_metrics(self) -> list[MetricsRecord]:
         """metrics.jsonl records by step. A resumed run may have logged a step twice (evaluations
         after its last checkpoint are repeated); the later record wins. A line cut short by a
         crash is skipped."""
-        by_step: dict[int, dict[str, Any]] = {}
+        by_step: dict[int, MetricsRecord] = {}
         if not self.metrics.is_file():
             return []
         for line in self.metrics.read_text().splitlines():
@@ -225,6 +333,6 @@ class RunDir:
                 pass
         atomic_write_bytes(self.metrics, "".join(kept).encode())
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: MetricsRecord) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -263,4 +263,4 @@ def test_kill_at_write_boundary_then_resume(tmp_path: Path, reference: Path, tar
     assert weights.keys() == expected.keys()
     assert [k for k in weights if not torch.equal(weights[k], expected[k])] == []
     assert final_metrics(run) == final_metrics(reference)
-    assert RunDir(run).read_summary()["final"].keys() == RunDir(reference).read_summary()["final"].keys()
+    assert RunDir(run).read_summary().final.keys() == RunDir(reference).read_summary().final.keys()

@@ -9,30 +9,31 @@ and the test error (bold), averaged over seeds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from reslab.analysis import paper
-from reslab.analysis.experiment import Execution, ExperimentDir
+from reslab.analysis.degradation_results import CurvePair, DegradationResults, FinalErrors, NetworkRow
+from reslab.analysis.experiment import Execution, Experiment
 from reslab.analysis.figures import Panel, Schedules, Series, curves_figure, palette
-from reslab.analysis.plan import check_data, check_depths, cifar_model, training_plan
+from reslab.analysis.plan import TrainingPlan, check_data, check_depths, cifar_model, training_plan
 from reslab.analysis.report_page import Page, environment
-from reslab.analysis.runs import Run, mean_curve, mean_std, pct
+from reslab.analysis.runs import Curve, Run, mean_curve, mean_std, pct
 from reslab.analysis.schedules import OtherSchedule, load_other_schedule, schedule_label
 from reslab.analysis.train_error import training_error_curve
 from reslab.analysis.training_experiment import (
-    claims_results,
+    claim_records,
     claims_section,
     commands_section,
     method_section,
     not_reproduced_reasons,
-    results_header,
+    reasons_shown,
     runs_results,
     runs_section,
     train_experiment,
+    training_environment,
     write_run_reports,
 )
-from reslab.atomic import atomic_write_bytes
+from reslab.expdir import FIG1, FIG6, FIG_SCHEDULES, ExperimentDir
 
 NAME = "degradation"
 DEFAULT_DATA = "cifar10"
@@ -45,7 +46,7 @@ def label(residual: bool, depth: int) -> str:
     return f"{'ResNet' if residual else 'plain'}-{depth}"
 
 
-def run(exp: ExperimentDir, execution: Execution) -> Path:
+def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     check_depths(s.depths)
     check_data(s)
@@ -56,7 +57,7 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in depths]
     specs = [plan.spec(model, seed) for _, _, model in nets for seed in range(s.seeds)]
     runs, states = train_experiment(exp, specs, execution)
-    train_images = min(training_error_curve(r.path, s.train_images)["images"] for r in runs)
+    train_images = min(training_error_curve(r.path, s.train_images).images for r in runs)
     write_run_reports(runs)
 
     by_net = {(residual, depth): [r for r in runs if r.model == model] for residual, depth, model in nets}
@@ -65,80 +66,96 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     synthetic = any(r.synthetic for r in runs)
     claims = _claims(stats, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
-    fig6, fig1 = _figures(exp.path, stats, depths, s.data, synthetic, plan.milestones)
+    fig6, fig1 = _figures(exp.dir, stats, depths, s.data, synthetic, plan.milestones)
     this_schedule = schedule_label(plan.iterations, s.epochs)
     if other and other.label == this_schedule:
         other.label += " (--compare)"
     what_train = runs[0].train_error_curve()[1]
-
-    results = {
-        **results_header(NAME, s, plan, synthetic),
-        "eval_every": plan.eval_every,
-        "settings": s.to_dict(),
-        "training_error_plotted": what_train,
-        "table": table,
-        **claims_results(claims, reasons),
-        "curves": _curves_results(stats),
-        **({"compared_with": other.to_dict()} if other else {}),
-        "runs": runs_results(runs),
-        "environment": environment(),
-    }
-    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
+    exp.dir.write_results(_results(exp, plan, runs, stats, table, claims, reasons, other))
 
     page = Page(f"Degradation: plain vs residual networks on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 1 and Fig. 6: {SUMMARY}.")
     claims_section(page, claims, reasons)
     _summary_section(page, table, fig6, fig1, what_train)
     if other:
-        fig = _schedules_figure(exp.path, stats, depths, s.data, synthetic, plan.milestones, this_schedule, other)
-        _schedules_section(page, table, this_schedule, plan.milestones, other, other.differences(s.to_dict()), fig)
+        fig = _schedules_figure(exp.dir, stats, depths, s.data, synthetic, plan.milestones, this_schedule, other)
+        _schedules_section(page, table, this_schedule, plan.milestones, other, other.differences(s), fig)
     method_section(page, plan, runs[0], s.seeds, [_training_error_note(plan.eval_every, train_images)])
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
     page.paragraph(f"Next: layer responses (Fig. 7) of these runs: reslab reproduce layer-responses --from {exp.path}")
-    page.environment((runs[0].summary or {}).get("environment"))
-    return page.write(exp.path / "report.html")
+    page.environment(training_environment(runs))
+    return page.write(exp.dir.report)
 
 
-def _table(by_net: dict[tuple[bool, int], list[Run]], stats: dict) -> list[dict]:
-    """results.json's summary rows: each network's final errors (mean and std over seeds) and parameters."""
+def _results(
+    exp: Experiment,
+    plan: TrainingPlan,
+    runs: list[Run],
+    stats: dict,
+    table: list[NetworkRow],
+    claims: list[dict],
+    reasons: list[str],
+    other: OtherSchedule | None,
+) -> DegradationResults:
+    """What results.json records: the summary table, claims, mean curves, runs and the --compare schedule."""
+    return DegradationResults(
+        experiment=NAME,
+        synthetic_data=any(r.synthetic for r in runs),
+        data=exp.settings.data,
+        iterations=plan.iterations,
+        milestones=plan.milestones,
+        eval_every=plan.eval_every,
+        settings=exp.settings,
+        training_error_plotted=runs[0].train_error_curve()[1],
+        curves=_curves_results(stats),
+        table=table,
+        claims=claim_records(claims),
+        not_reproduced_reasons=reasons_shown(claims, reasons),
+        compared_with=other.compared_with() if other else None,
+        runs=runs_results(runs),
+        environment=environment(),
+    )
+
+
+def _table(by_net: dict[tuple[bool, int], list[Run]], stats: dict) -> list[NetworkRow]:
+    """The summary rows of results.json: each network's final errors (mean and std over seeds) and parameters."""
     return [
-        {
-            "model": label(res, d),
-            "name": cifar_model(d, res),
-            "residual": res,
-            "depth": d,
-            "seeds": len(by_net[(res, d)]),
-            **{k: v for k, v in st.items() if k not in ("train", "test")},
-        }
+        NetworkRow(
+            model=label(res, d),
+            name=cifar_model(d, res),
+            residual=res,
+            depth=d,
+            seeds=len(by_net[(res, d)]),
+            train_error_mean=st["train_error_mean"],
+            train_error_std=st["train_error_std"],
+            test_error_mean=st["test_error_mean"],
+            test_error_std=st["test_error_std"],
+            best_test_error_mean=st["best_test_error_mean"],
+            params=st["params"],
+        )
         for (res, d), st in sorted(stats.items())
     ]
 
 
-def _curves_results(stats: dict) -> dict:
-    """results.json's mean training and test error curves of each network."""
-    return {
-        label(res, d): {
-            "train": {"steps": st["train"].steps, "values": st["train"].values},
-            "test": {"steps": st["test"].steps, "values": st["test"].values},
-        }
-        for (res, d), st in stats.items()
-    }
+def _curves_results(stats: dict) -> dict[str, CurvePair]:
+    """The mean training and test error curves of each network, for results.json."""
+    return {label(res, d): CurvePair(train=st["train"], test=st["test"]) for (res, d), st in stats.items()}
 
 
-def _summary_section(page: Page, table: list[dict], fig6: Path, fig1: Path, what_train: str) -> None:
+def _summary_section(page: Page, table: list[NetworkRow], fig6: Path, fig1: Path, what_train: str) -> None:
     """The summary table of final errors and the Fig. 6 and Fig. 1 style figures."""
     page.heading("Summary")
     page.table(
         ["model", "seeds", "final training error %", "final test error %", "best test error %", "params"],
         [
             [
-                row["model"],
-                row["seeds"],
-                pct(row["train_error_mean"], row["train_error_std"]),
-                pct(row["test_error_mean"], row["test_error_std"]),
-                pct(row["best_test_error_mean"]),
-                f"{row['params']:,}" if row["params"] else "n/a",
+                row.model,
+                row.seeds,
+                pct(row.train_error_mean, row.train_error_std),
+                pct(row.test_error_mean, row.test_error_std),
+                pct(row.best_test_error_mean),
+                f"{row.params:,}" if row.params else "n/a",
             ]
             for row in table
         ],
@@ -164,7 +181,7 @@ def _training_error_note(eval_every: int, train_images: int) -> str:
 
 
 def _figures(
-    out: Path, stats: dict, depths: list[int], data: str, synthetic: bool, lr_drops: list[int]
+    out: ExperimentDir, stats: dict, depths: list[int], data: str, synthetic: bool, lr_drops: list[int]
 ) -> tuple[Path, Path]:
     """Fig. 6 style (plain left, ResNets right) and Fig. 1 style (plain nets: training | test error)."""
     colors = palette(depths)
@@ -174,7 +191,7 @@ def _figures(
             Panel(f"plain networks ({data})", _series(stats, False, colors)),
             Panel(f"ResNets ({data})", _series(stats, True, colors)),
         ],
-        out / "fig6_plain_vs_resnet.png",
+        out.figure(FIG6),
         title=title,
         note="thin dashed: training error, bold: test error (mean over seeds); dotted: the learning rate / 10",
         lr_drops=lr_drops,
@@ -190,7 +207,7 @@ def _figures(
                 [Series(label(False, d), *_xy(stats[(False, d)]["test"]), colors[d], "test") for d in depths],
             ),
         ],
-        out / "fig1_plain_train_test.png",
+        out.figure(FIG1),
         title=title,
         lr_drops=lr_drops,
     )
@@ -198,7 +215,7 @@ def _figures(
 
 
 def _schedules_figure(
-    out: Path,
+    out: ExperimentDir,
     stats: dict,
     depths: list[int],
     data: str,
@@ -216,14 +233,15 @@ def _schedules_figure(
         for d in depths:
             name = label(residual, d)
             for kind in ("train", "test"):
-                theirs = other.curves.get(name, {}).get(kind)
+                pair = other.curves.get(name)
+                theirs = getattr(pair, kind) if pair else None
                 if theirs:
                     series.append(Series(name, *_xy(theirs), colors[d], kind, faded=True))
                 series.append(Series(name, *_xy(stats[(residual, d)][kind]), colors[d], kind))
         panels.append(Panel(f"{'ResNets' if residual else 'plain networks'} ({data})", series))
     return curves_figure(
         panels,
-        out / "fig_schedules.png",
+        out.figure(FIG_SCHEDULES),
         title="SYNTHETIC DATA" if synthetic else None,
         note=f"bold: test error, thin dashed: training error; full colour: {this_schedule}, "
         f"faded: {other.label}; dotted: lr / 10 of each",
@@ -234,7 +252,7 @@ def _schedules_figure(
 
 def _schedules_section(
     page: Page,
-    table: list[dict],
+    table: list[NetworkRow],
     this_schedule: str,
     milestones: list[int],
     other: OtherSchedule,
@@ -255,15 +273,9 @@ def _schedules_section(
     )
     rows = []
     for row in table:
-        theirs = other.finals.get(row["model"], {})
+        theirs = other.finals.get(row.model, FinalErrors())
         rows.append(
-            [
-                row["model"],
-                pct(theirs.get("train")),
-                pct(row["train_error_mean"]),
-                pct(theirs.get("test")),
-                pct(row["test_error_mean"]),
-            ]
+            [row.model, pct(theirs.train), pct(row.train_error_mean), pct(theirs.test), pct(row.test_error_mean)]
         )
     page.table(
         [
@@ -315,7 +327,7 @@ def _series(stats: dict, residual: bool, colors: dict) -> list[Series]:
     return out
 
 
-def _xy(curve) -> tuple[list[int], list[float]]:
+def _xy(curve: Curve) -> tuple[list[int], list[float]]:
     return curve.steps, curve.values
 
 

@@ -1,9 +1,7 @@
-"""Experiment directories and their runs: experiment.json, resuming, parallel training.
+"""Running an experiment: its settings and experiment.json, resuming, parallel training.
 
-Layout of an experiment directory (default runs/reproduce/EXPERIMENT-DATA):
-    experiment.json     the experiment's name, its settings, and every command that ran it
-    runs/NAME/          one training run each (reslab.train.loop's run directory)
-    report.html, *.png, results.json
+The directory's files are named by `reslab.expdir.ExperimentDir` (default runs/reproduce/
+EXPERIMENT-DATA); an `Experiment` is one opened for this invocation: its name, settings and record.
 
 Running an experiment again resumes it: a run with summary.json is reused, a run with
 checkpoints but no summary.json continues from its newest checkpoint, the rest are trained.
@@ -13,8 +11,6 @@ process with an equal share of the cores (one run is spread over processes by to
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shlex
 import shutil
@@ -26,43 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError, DataError, ReslabError
+from reslab.expdir import ExperimentDir, ExperimentRecord, Invocation, Settings
 from reslab.models import model_info
 from reslab.rundir import RunDir
 
-EXPERIMENT_FILE = "experiment.json"
 DEFAULT_ROOT = Path("runs") / "reproduce"
 
 
 class RunFailedError(ReslabError):
     """One or more training runs of an experiment failed; the others are kept."""
-
-
-@dataclass
-class Settings:
-    """What an experiment was asked to do. The FIXED ones decide what each run trains, so an
-    existing experiment directory only resumes under the same values."""
-
-    data: str  # dataset name (cifar10, fashion-mnist, synthetic, imagefolder, ...)
-    data_dir: str | None = None  # where the dataset files are
-    seeds: int = 1  # runs per model, seeds 0 .. seeds-1
-    epochs: float | None = None  # training length in epochs (converted to iterations)
-    iterations: int | None = None  # training length in iterations
-    depths: list[int] = field(default_factory=list)  # network depths
-    overrides: list[str] = field(default_factory=list)  # --set section.key=value, applied last
-    train_images: int = 5000  # degradation: training images for the training-error curve
-    images: int = 1000  # layer-responses: test images whose responses are measured
-    source: str | None = None  # layer-responses: an experiment directory whose runs to analyse
-    runs: list[str] = field(default_factory=list)  # layer-responses: run directories
-    weights: list[str] = field(default_factory=list)  # imagenet-table: [NAME=]PATH
-    batch_size: int = 32  # imagenet-table: images per evaluation batch
-    compare: str | None = None  # degradation: another schedule's experiment (or its results.json) drawn beside
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 FIXED = ("data", "epochs", "iterations", "overrides")
@@ -92,66 +63,70 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class ExperimentDir:
-    """An experiment's directory and its experiment.json."""
+class Experiment:
+    """An experiment opened for this invocation: its directory, name, settings and experiment.json."""
 
-    def __init__(self, path: Path, name: str, settings: Settings, record: dict[str, Any]) -> None:
-        self.path, self.name, self.settings, self.record = path, name, settings, record
+    def __init__(self, folder: ExperimentDir, name: str, settings: Settings, record: ExperimentRecord) -> None:
+        self.dir, self.name, self.settings, self.record = folder, name, settings, record
         self.command = ""  # the command line of this invocation, recorded by start()
 
-    @classmethod
-    def open(cls, path: Path, name: str, explicit: dict[str, Any], defaults: Settings) -> ExperimentDir:
-        """Open `path` for experiment `name` (new or existing) without writing anything yet; see
-        start(). Settings: explicit > saved > defaults. A directory that holds another experiment,
-        or something else, is an error."""
-        file = path / EXPERIMENT_FILE
-        saved: dict[str, Any] = {}
-        record: dict[str, Any] = {"experiment": name, "created": _now(), "invocations": []}
-        if file.is_file():
-            try:
-                record = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{file} is damaged ({exc}); repair it or choose another --out") from None
-            if record.get("experiment") != name:
-                raise ConfigError(
-                    f"{path} belongs to the {record.get('experiment')!r} experiment (see {file}), not {name!r}; "
-                    f"choose another directory with --out (e.g. --out {DEFAULT_ROOT / name}), or delete {path} "
-                    "to start over"
-                )
-            saved = record.get("settings", {})
-            for key in FIXED:
-                if key in explicit and key in saved and explicit[key] != saved[key]:
-                    raise ConfigError(
-                        f"{path} holds a {name} experiment with {key}={saved[key]!r}, but this command asks for "
-                        f"{key}={explicit[key]!r}; rerun with the same value (or leave it out) to resume it, "
-                        "or choose another --out for the new settings"
-                    )
-        elif path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ConfigError(
-                f"{path} exists and is not a reslab experiment directory (no {EXPERIMENT_FILE}); "
-                "choose a new or empty directory with --out"
-            )
-        carried = {k: v for k, v in saved.items() if k in defaults.to_dict() and k not in PER_INVOCATION}
-        merged = {**defaults.to_dict(), **carried, **explicit}
-        settings = Settings(**merged)
-        record["settings"] = settings.to_dict()
-        return cls(path, name, settings, record)
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
     @property
     def runs_dir(self) -> Path:
-        return self.path / "runs"
+        return self.dir.runs_dir
+
+    @classmethod
+    def open(cls, path: Path, name: str, explicit: dict[str, object], defaults: Settings) -> Experiment:
+        """Open `path` for experiment `name` (new or existing) without writing anything yet; see
+        start(). Settings: explicit > saved > defaults. A directory that holds another experiment,
+        or something else, is an error."""
+        folder = ExperimentDir(path)
+        record = folder.read_record()
+        carried: dict[str, object] = {}
+        if record is None:
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise ConfigError(
+                    f"{path} exists and is not a reslab experiment directory (no {folder.record_file.name}); "
+                    "choose a new or empty directory with --out"
+                )
+            record = ExperimentRecord(experiment=name, created=_now())
+        else:
+            _check_resumable(folder, record, name, explicit)
+            carried = {k: v for k, v in record.settings.to_dict().items() if k not in PER_INVOCATION}
+        record.settings = Settings(**{**defaults.to_dict(), **carried, **explicit})
+        return cls(folder, name, record.settings, record)
 
     def start(self) -> None:
         """Create the directory (once the experiment has checked its inputs) and record the command."""
-        self.record.setdefault("invocations", []).append({"time": _now(), "command": self.command})
+        self.record.invocations.append(Invocation(time=_now(), command=self.command))
         self.save()
 
     def save(self) -> None:
         from reslab import __version__
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.record["reslab_version"] = __version__
-        atomic_write_bytes(self.path / EXPERIMENT_FILE, json.dumps(self.record, indent=2).encode())
+        self.record.reslab_version = __version__
+        self.dir.write_record(self.record)
+
+
+def _check_resumable(folder: ExperimentDir, record: ExperimentRecord, name: str, explicit: dict[str, object]) -> None:
+    """An existing experiment directory resumes only the same experiment under the same FIXED settings."""
+    if record.experiment != name:
+        raise ConfigError(
+            f"{folder.path} belongs to the {record.experiment!r} experiment (see {folder.record_file}), not "
+            f"{name!r}; choose another directory with --out (e.g. --out {DEFAULT_ROOT / name}), or delete "
+            f"{folder.path} to start over"
+        )
+    saved = record.settings.to_dict()
+    for key in FIXED:
+        if key in explicit and explicit[key] != saved[key]:
+            raise ConfigError(
+                f"{folder.path} holds a {name} experiment with {key}={saved[key]!r}, but this command asks for "
+                f"{key}={explicit[key]!r}; rerun with the same value (or leave it out) to resume it, "
+                "or choose another --out for the new settings"
+            )
 
 
 def _now() -> str:
@@ -240,58 +215,87 @@ def _train_here(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], exe
 
 
 def _train_in_subprocesses(todo: list[RunSpec], runs_dir: Path, states: dict[str, str], parallel: int) -> None:
-    threads = max(1, available_cores() // parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    pool = _Subprocesses(runs_dir, states, parallel, threads=max(1, available_cores() // parallel))
     # Longest runs first (deepest nets): with K slots the last run to start is then a short one,
     # so the experiment ends close to (total work) / K instead of waiting on a deep net started last.
     pending = sorted(todo, key=lambda spec: -model_info(spec.model).depth)
-    running, failed, stopped = [], [], []
     try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                spec = pending.pop(0)
-                run_dir = runs_dir / spec.name
-                if states[spec.name] == "partial":
-                    args = ["train", "--resume", str(run_dir), "--set", f"train.threads={threads}"]
-                else:
-                    _fresh(run_dir)
-                    args = [*spec.train_args(run_dir), "--no-progress", "--set", f"train.threads={threads}"]
-                log = open(RunDir(run_dir).train_log, "ab")
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "reslab", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-                )
-                running.append((spec, proc, log))
-                print(
-                    f"started {spec.name}: pid {proc.pid}, {threads} thread(s), log {RunDir(run_dir).train_log}",
-                    file=sys.stderr,
-                )
+        while pending or pool.running:
+            while pending and len(pool.running) < parallel:
+                pool.start(pending.pop(0))
             time.sleep(0.2)
-            for item in list(running):
-                spec, proc, log = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                log.close()
-                if proc.returncode == 3:  # stopped by a signal after writing a checkpoint
-                    stopped.append(spec.name)
-                    pending.clear()  # someone is stopping the experiment: start nothing new
-                elif proc.returncode != 0:
-                    tail = RunDir(runs_dir / spec.name).train_log.read_text(errors="replace").strip().splitlines()
-                    failed.append(f"{spec.name} (exit {proc.returncode}: {tail[-1] if tail else 'no output'})")
-                else:
-                    print(f"finished {spec.name}", file=sys.stderr)
+            if not pool.reap():
+                pending.clear()  # someone is stopping the experiment: start nothing new
     except KeyboardInterrupt:
-        for _, proc, _ in running:  # each writes a checkpoint and exits; the next call resumes
+        pool.terminate()
+        raise
+    pool.raise_for_outcome(len(todo))
+
+
+@dataclass
+class _Subprocesses:
+    """Training runs in `python -m reslab train` processes, each with `threads` threads and its
+    output in its run's train.log."""
+
+    runs_dir: Path
+    states: dict[str, str]  # run name -> its state before this invocation
+    parallel: int
+    threads: int
+    running: list[tuple[RunSpec, subprocess.Popen, IO[bytes]]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "NAME (exit CODE: last line of its log)"
+    stopped: list[str] = field(default_factory=list)  # stopped by a signal, checkpoint written
+
+    def start(self, spec: RunSpec) -> None:
+        run = RunDir(self.runs_dir / spec.name)
+        threads = ["--set", f"train.threads={self.threads}"]
+        if self.states[spec.name] == "partial":
+            args = ["train", "--resume", str(run.path), *threads]
+        else:
+            _fresh(run.path)
+            args = [*spec.train_args(run.path), "--no-progress", *threads]
+        log = open(run.train_log, "ab")
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        proc = subprocess.Popen([sys.executable, "-m", "reslab", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.running.append((spec, proc, log))
+        print(f"started {spec.name}: pid {proc.pid}, {self.threads} thread(s), log {run.train_log}", file=sys.stderr)
+
+    def reap(self) -> bool:
+        """Take in the runs that ended; False when one was stopped by a signal."""
+        carry_on = True
+        for item in list(self.running):
+            spec, proc, log = item
+            if proc.poll() is None:
+                continue
+            self.running.remove(item)
+            log.close()
+            if proc.returncode == 3:  # stopped by a signal after writing a checkpoint
+                self.stopped.append(spec.name)
+                carry_on = False
+            elif proc.returncode != 0:
+                tail = RunDir(self.runs_dir / spec.name).train_log.read_text(errors="replace").strip().splitlines()
+                self.failed.append(f"{spec.name} (exit {proc.returncode}: {tail[-1] if tail else 'no output'})")
+            else:
+                print(f"finished {spec.name}", file=sys.stderr)
+        return carry_on
+
+    def terminate(self) -> None:
+        """Each running run writes a checkpoint and exits; the next invocation resumes them."""
+        for _, proc, _ in self.running:
             proc.send_signal(signal.SIGTERM)
-        for _, proc, log in running:
+        for _, proc, log in self.running:
             proc.wait()
             log.close()
-        raise
-    if stopped and not failed:
-        print(f"stopped (checkpoint written): {', '.join(stopped)}; rerun the same command to resume", file=sys.stderr)
-        raise KeyboardInterrupt
-    if failed:
-        raise RunFailedError(
-            f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}; see each run's "
-            "train.log. Finished runs are kept: rerun the same command to retry the others"
-        )
+
+    def raise_for_outcome(self, runs: int) -> None:
+        """A stop by a signal is a KeyboardInterrupt (when nothing failed); failures a RunFailedError."""
+        if self.stopped and not self.failed:
+            print(
+                f"stopped (checkpoint written): {', '.join(self.stopped)}; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise KeyboardInterrupt
+        if self.failed:
+            raise RunFailedError(
+                f"{len(self.failed)} of {runs} runs failed: {'; '.join(self.failed)}; see each run's "
+                "train.log. Finished runs are kept: rerun the same command to retry the others"
+            )

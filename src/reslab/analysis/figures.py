@@ -16,6 +16,7 @@ from reslab.atomic import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 TRAIN_STYLE = {"linewidth": 1.0, "linestyle": "--"}  # thin: training error
@@ -75,48 +76,60 @@ def curves_figure(
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     top = max([max(s.values) for p in panels for s in p.series if s.values] or [0.01])
     for ax, panel in zip(axes[0], panels):
-        labels_seen: dict[str, str] = {}
-        kinds = set()
-        for s in panel.series:
-            if not s.steps:
-                continue
-            style = TRAIN_STYLE if s.kind == "train" else TEST_STYLE if s.kind == "test" else {"linewidth": 1.6}
-            marker = "o" if len(s.steps) <= 12 else None
-            alpha = FADED_ALPHA if s.faded else 1.0
-            ax.plot(
-                s.steps, [100 * v for v in s.values], color=s.color, marker=marker, markersize=3, alpha=alpha, **style
-            )
-            labels_seen.setdefault(s.label, s.color)
-            kinds.add(s.kind)
+        labels_seen, kinds = _draw_series(ax, panel.series)
         for step in lr_drops:
             ax.axvline(step, **LR_DROP_STYLE)
         for step in schedules.faded_lr_drops if schedules else ():
             ax.axvline(step, alpha=FADED_ALPHA, **LR_DROP_STYLE)
-        handles = [Line2D([], [], color=c, linewidth=2.4, label=lbl) for lbl, c in labels_seen.items()]
-        if {"train", "test"} <= kinds:
-            handles += [
-                Line2D([], [], color="0.3", label="training error", **TRAIN_STYLE),
-                Line2D([], [], color="0.3", label="test error", **TEST_STYLE),
-            ]
-        if lr_drops and handles:
-            handles.append(Line2D([], [], label="lr / 10", **LR_DROP_STYLE))
-        if schedules and handles:
-            handles += [
-                Line2D([], [], color="0.3", linewidth=2.4, label=schedules.label),
-                Line2D([], [], color="0.3", linewidth=2.4, alpha=FADED_ALPHA, label=schedules.faded_label),
-            ]
+        handles = _legend_handles(labels_seen, kinds, bool(lr_drops), schedules)
         if handles:
             ax.legend(handles=handles, fontsize=8, loc="upper right")
         ax.set_title(panel.title)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
-        ax.set_ylim(0, min(100.0, 100 * top * 1.08 + 1))
+        ax.set_ylim(0, min(100.0, 100 * top * 1.08 + 1))  # %, the same in every panel
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     if note:
         fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="0.3")
     return _save(fig, path, rect=(0, 0.04 if note else 0, 1, 1))
+
+
+def _draw_series(ax: plt.Axes, series: list[Series]) -> tuple[dict[str, str], set[str]]:
+    """Plot each series in % (markers when few points); returns {label: colour} and the kinds drawn."""
+    labels_seen: dict[str, str] = {}
+    kinds = set()
+    for s in series:
+        if not s.steps:
+            continue
+        style = TRAIN_STYLE if s.kind == "train" else TEST_STYLE if s.kind == "test" else {"linewidth": 1.6}
+        marker = "o" if len(s.steps) <= 12 else None
+        alpha = FADED_ALPHA if s.faded else 1.0
+        ax.plot(s.steps, [100 * v for v in s.values], color=s.color, marker=marker, markersize=3, alpha=alpha, **style)
+        labels_seen.setdefault(s.label, s.color)
+        kinds.add(s.kind)
+    return labels_seen, kinds
+
+
+def _legend_handles(
+    labels_seen: dict[str, str], kinds: set[str], lr_drops: bool, schedules: Schedules | None
+) -> list[Line2D]:
+    """One entry per label, then the line styles: training vs test error, lr drops, the two schedules."""
+    handles = [Line2D([], [], color=c, linewidth=2.4, label=lbl) for lbl, c in labels_seen.items()]
+    if {"train", "test"} <= kinds:
+        handles += [
+            Line2D([], [], color="0.3", label="training error", **TRAIN_STYLE),
+            Line2D([], [], color="0.3", label="test error", **TEST_STYLE),
+        ]
+    if lr_drops and handles:
+        handles.append(Line2D([], [], label="lr / 10", **LR_DROP_STYLE))
+    if schedules and handles:
+        handles += [
+            Line2D([], [], color="0.3", linewidth=2.4, label=schedules.label),
+            Line2D([], [], color="0.3", linewidth=2.4, alpha=FADED_ALPHA, label=schedules.faded_label),
+        ]
+    return handles
 
 
 def layer_responses_figure(
@@ -184,7 +197,7 @@ def error_vs_depth_figure(
     return _save(fig, path)
 
 
-def _save(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
     """Lay out, write the PNG and free the figure."""
     fig.tight_layout(rect=rect)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))

@@ -9,20 +9,23 @@ evals/, so a rerun only evaluates what is new or changed.
 
 from __future__ import annotations
 
-import json
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from reslab.analysis import paper
-from reslab.analysis.experiment import Execution, ExperimentDir
+from reslab.analysis.experiment import Execution, Experiment
+from reslab.analysis.paper import ImageNetRow
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import pct
+from reslab.analysis.training_experiment import invocation_lines
 from reslab.atomic import atomic_write_bytes
 from reslab.device import resolve_device
 from reslab.errors import ConfigError, DataError
+from reslab.expdir import ExperimentResults
 from reslab.models import model_info
+from reslab.records import RecordError, dumps, from_json, load_json
 from reslab.weights import resolve_weights
 
 NAME = "imagenet-table"
@@ -39,6 +42,54 @@ NOTES = [  # how to read the table, below it
     "1-crop: shorter side resized to 256 (for 224 crops), centre crop. 10-crop: corners + centre and mirrors, "
     "softmax scores averaged.",
 ]
+
+
+@dataclass(kw_only=True)
+class CropErrors:
+    """One weights file's evaluation in one test mode."""
+
+    top1_error: float  # fractions
+    top5_error: float
+    images: int
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class EvaluationKey:
+    """Which file was evaluated on which data: a saved evaluation of another key is stale."""
+
+    weights: str  # resolved path
+    size: int  # bytes
+    mtime_ns: int
+    data_dir: str  # resolved path
+
+
+@dataclass(kw_only=True)
+class SavedEvaluation:
+    """evals/NAME.json: a weights file's 1-crop and 10-crop errors, kept for the next invocation."""
+
+    key: EvaluationKey
+    one_crop: CropErrors = field(metadata={"key": "1-crop"})
+    ten_crop: CropErrors = field(metadata={"key": "10-crop"})
+
+
+@dataclass(kw_only=True)
+class ImagenetRow:
+    name: str  # as given ([NAME=]PATH) or the weights' model
+    model: str
+    weights: str  # path of the weights file
+    one_crop: CropErrors = field(metadata={"key": "1-crop"})
+    ten_crop: CropErrors = field(metadata={"key": "10-crop"})
+    paper: ImageNetRow | None  # the paper's row for the network, if it has one
+
+
+@dataclass(kw_only=True)
+class ImagenetResults(ExperimentResults):
+    """results.json of `reslab reproduce imagenet-table`."""
+
+    data_dir: str
+    table: list[ImagenetRow]
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def parse_weights(items: list[str]) -> list[tuple[str | None, Path]]:
@@ -59,7 +110,7 @@ def parse_weights(items: list[str]) -> list[tuple[str | None, Path]]:
 
 def evaluate_weights_file(
     path: Path, root: Path, mode: str, batch_size: int, workers: int, device: torch.device
-) -> dict:
+) -> CropErrors:
     """1-crop or 10-crop top-1/top-5 of one weights file on root/val, streamed by DataLoader workers."""
     from reslab.data.folder import list_image_files
     from reslab.data.sources import DataSource
@@ -78,15 +129,12 @@ def evaluate_weights_file(
     source = DataSource("imagefolder", data_dir=str(root), in_memory=False, workers=workers)
     plan = EvalPlan(source, part="val", eval_mode=MODES[mode], batch_size=batch_size)
     m = evaluate_weights(weights, plan, device)
-    return {
-        "top1_error": m["top1_error"],
-        "top5_error": m["top5_error"],
-        "images": m["images"],
-        "seconds": round(m["seconds"], 2),
-    }
+    return CropErrors(
+        top1_error=m["top1_error"], top5_error=m["top5_error"], images=m["images"], seconds=round(m["seconds"], 2)
+    )
 
 
-def _paper_row(model: str, options: dict) -> paper.ImageNetRow | None:
+def _paper_row(model: str, options: dict) -> ImageNetRow | None:
     try:
         info = model_info(model)
     except KeyError:
@@ -96,26 +144,23 @@ def _paper_row(model: str, options: dict) -> paper.ImageNetRow | None:
     return paper.imagenet_row(info.depth, info.family != "plain", options.get("shortcut"))
 
 
-def run(exp: ExperimentDir, execution: Execution) -> Path:
+def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     root, entries = _check_inputs(s.data_dir, s.weights)
     exp.start()
     dev = resolve_device(execution.device)
-    evals_dir = exp.path / "evals"
-    evals_dir.mkdir(parents=True, exist_ok=True)
     table = []
     for name, path in entries:
         meta_model, options, _ = _meta(path)
         label = name or meta_model
-        cache = evals_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".json")
+        cache = exp.dir.eval_cache(label)
         saved = _saved_evaluation(label, path, root, cache, s.batch_size, execution.workers, dev)
         table.append(_results_row(label, meta_model, path, saved, _paper_row(meta_model, options)))
-    results = {"experiment": NAME, "data_dir": str(root), "table": table, "environment": environment()}
-    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
+    exp.dir.write_results(ImagenetResults(experiment=NAME, data_dir=str(root), table=table, environment=environment()))
 
     page = Page("ImageNet Tables 2-3: 1-crop and 10-crop errors")
     page.paragraph(f"Compares with {paper.PAPER}, Tables 2-3: {SUMMARY}.")
-    if not any(row["10-crop"]["images"] == 50_000 for row in table):
+    if not any(row.ten_crop.images == 50_000 for row in table):
         page.banner(
             "note",
             f"{root}/val does not hold the 50,000 ImageNet validation images: these numbers are "
@@ -125,11 +170,10 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.bullets(NOTES)
     page.heading("Commands")
     page.code(
-        [f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])]
-        + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries]
+        invocation_lines(exp) + [f"reslab eval {p} --data imagefolder --data-dir {root} --crops 10" for _, p in entries]
     )
     page.environment()
-    return page.write(exp.path / "report.html")
+    return page.write(exp.dir.report)
 
 
 def _check_inputs(data_dir: str | None, weights: list[str]) -> tuple[Path, list[tuple[str | None, Path]]]:
@@ -151,57 +195,57 @@ def _check_inputs(data_dir: str | None, weights: list[str]) -> tuple[Path, list[
 
 def _saved_evaluation(
     label: str, path: Path, root: Path, cache: Path, batch_size: int, workers: int, device: torch.device
-) -> dict:
+) -> SavedEvaluation:
     """1-crop and 10-crop results of one weights file, read from `cache` when it holds an evaluation of the
-    same file (path, size, mtime) on the same data; else evaluated now and saved there."""
+    same file (path, size, mtime) on the same data; else (none, another, or a damaged one) evaluated now
+    and saved there."""
     stat = path.stat()
-    key = {
-        "weights": str(path.resolve()),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "data_dir": str(root.resolve()),
-    }
-    saved = json.loads(cache.read_text()) if cache.is_file() else {}
-    if saved.get("key") != key:
+    key = EvaluationKey(
+        weights=str(path.resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns, data_dir=str(root.resolve())
+    )
+    try:
+        saved = from_json(SavedEvaluation, load_json(cache)) if cache.is_file() else None
+    except RecordError:
+        saved = None  # a cache: evaluate again
+    if saved is None or saved.key != key:
         print(f"evaluating {label} ({path}) on {root}/val: 1-crop and 10-crop", flush=True)
-        saved = {
-            "key": key,
-            **{mode: evaluate_weights_file(path, root, mode, batch_size, workers, device) for mode in MODES},
-        }
-        atomic_write_bytes(cache, json.dumps(saved, indent=1).encode())
+        one, ten = (evaluate_weights_file(path, root, mode, batch_size, workers, device) for mode in MODES)
+        saved = SavedEvaluation(key=key, one_crop=one, ten_crop=ten)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, dumps(saved))
     return saved
 
 
-def _results_row(label: str, model: str, path: Path, saved: dict, ref: paper.ImageNetRow | None) -> dict:
+def _results_row(label: str, model: str, path: Path, saved: SavedEvaluation, ref: ImageNetRow | None) -> ImagenetRow:
     """One weights file's row of results.json: our errors, and the paper's row for the network if it has one."""
-    return {
-        "name": label,
-        "model": model,
-        "weights": str(path),
-        "1-crop": saved["1-crop"],
-        "10-crop": saved["10-crop"],
-        "paper": None if ref is None else {"label": ref.label, "top1": ref.top1, "top5": ref.top5, "table": ref.table},
-    }
+    return ImagenetRow(
+        name=label,
+        model=model,
+        weights=str(path),
+        one_crop=saved.one_crop,
+        ten_crop=saved.ten_crop,
+        paper=ref,
+    )
 
 
-def _errors_table(page: Page, table: list[dict]) -> None:
+def _errors_table(page: Page, table: list[ImagenetRow]) -> None:
     """Our 1-crop and 10-crop errors beside the paper's row for the same network, from results.json's rows."""
     rows = []
     for row in table:
-        one, ten, ref = row["1-crop"], row["10-crop"], row["paper"]
+        one, ten, ref = row.one_crop, row.ten_crop, row.paper
         rows.append(
             [
-                row["name"],
-                row["model"],
-                f"{one['images']:,}",
-                pct(one["top1_error"]),
-                pct(one["top5_error"]),
-                pct(ten["top1_error"]),
-                pct(ten["top5_error"]),
-                ref["label"] if ref else "n/a",
-                f"{ref['top1']:.2f}" if ref else "n/a",
-                f"{ref['top5']:.2f}" if ref and ref["top5"] is not None else "n/a",
-                f"{100 * ten['top1_error'] - ref['top1']:+.2f}" if ref else "n/a",
+                row.name,
+                row.model,
+                f"{one.images:,}",
+                pct(one.top1_error),
+                pct(one.top5_error),
+                pct(ten.top1_error),
+                pct(ten.top5_error),
+                ref.label if ref else "n/a",
+                f"{ref.top1:.2f}" if ref else "n/a",
+                f"{ref.top5:.2f}" if ref and ref.top5 is not None else "n/a",
+                f"{100 * ten.top1_error - ref.top1:+.2f}" if ref else "n/a",
             ]
         )
     page.table(

@@ -9,26 +9,33 @@ functions are closer to zero), and deeper ResNets less still.
 
 from __future__ import annotations
 
-import json
 import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from reslab.analysis import paper
-from reslab.analysis.experiment import DEFAULT_ROOT, Execution, ExperimentDir
+from reslab.analysis.experiment import DEFAULT_ROOT, Execution, Experiment
 from reslab.analysis.figures import layer_responses_figure, palette
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.run_report import expand_run_dirs
 from reslab.analysis.runs import Run, load_run
-from reslab.analysis.training_experiment import claims_results, claims_section, not_reproduced_reasons
-from reslab.atomic import atomic_write_bytes
+from reslab.analysis.training_experiment import (
+    claim_records,
+    claims_section,
+    invocation_lines,
+    not_reproduced_reasons,
+    reasons_shown,
+)
 from reslab.data.batches import InMemoryEvalBatches
 from reslab.data.sources import fit_arrays
 from reslab.data.spec import EvalBatchSpec
 from reslab.errors import ConfigError
 from reslab.evaluation import data_source
+from reslab.expdir import FIG7, Claim, ExperimentDir, ExperimentResults
 from reslab.models import ResNet, model_info
 from reslab.weights import load_weights
 
@@ -37,6 +44,33 @@ DEFAULT_DATA = "cifar10"  # names the default --from: runs/reproduce/degradation
 DEFAULT_DEPTHS: list[int] = []
 TAKES = {"data", "source", "runs", "images"}
 SUMMARY = "std of each 3x3 layer's response, plain nets versus ResNets (Fig. 7)"
+WHAT = (
+    "per-channel std of each BN output that follows a 3x3 conv (before addition and ReLU), eval mode, "
+    "averaged over channels"
+)
+
+
+@dataclass(kw_only=True)
+class RunResponses:
+    run_dir: str
+    model: str
+    seed: int
+    responses: list[float]  # one std per 3x3 layer, in forward order
+
+
+@dataclass(kw_only=True)
+class LayerResponsesResults(ExperimentResults):
+    """results.json of `reslab reproduce layer-responses`."""
+
+    synthetic_data: bool = False
+    images: int  # test images measured
+    claims: list[Claim] = field(default_factory=list)
+    not_reproduced_reasons: list[str] = field(default_factory=list)
+    mean_response_std: dict[str, float]  # network -> mean over its layers (and seeds)
+    responses: dict[str, list[float]]  # network -> per layer, mean over seeds
+    runs: list[RunResponses] = field(default_factory=list)
+    what: str = WHAT
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def response_norms(model: ResNet) -> list[nn.BatchNorm2d]:
@@ -57,13 +91,13 @@ def response_norms(model: ResNet) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def layer_response_stds(model: ResNet, batches) -> list[float]:
+def layer_response_stds(model: ResNet, batches: Iterable[tuple[torch.Tensor, object]]) -> list[float]:
     """Per 3x3 layer: the per-channel std of its BN output over all images and positions, averaged
     over channels. Sums are accumulated in float64, so the result does not depend on batching."""
     norms = response_norms(model)
     sums = [None] * len(norms)
 
-    def hook(index: int):
+    def hook(index: int) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = output.detach().double().transpose(0, 1).flatten(1)  # (B, C, H, W) -> (C, B*H*W)
             s = torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
@@ -104,18 +138,18 @@ def net_label(model: str) -> tuple[str, bool, int]:
     return f"{'ResNet' if residual else 'plain'}-{info.depth}", residual, info.depth
 
 
-def find_runs(exp: ExperimentDir) -> list[Run]:
+def find_runs(exp: Experiment) -> list[Run]:
     s = exp.settings
     if s.runs:
         dirs = expand_run_dirs(s.runs)
     else:
-        source = Path(s.source) if s.source else DEFAULT_ROOT / f"degradation-{s.data}"
-        if not (source / "runs").is_dir():
+        source = ExperimentDir(s.source if s.source else DEFAULT_ROOT / f"degradation-{s.data}")
+        if not source.runs_dir.is_dir():
             raise ConfigError(
                 f"no finished experiment at {source}: run `reslab reproduce degradation --data {s.data}` "
                 "first, or pass --from EXPERIMENT_DIR or --runs RUN_DIR ..."
             )
-        dirs = expand_run_dirs([str(source)])
+        dirs = expand_run_dirs([str(source.path)])
     runs = [load_run(d) for d in dirs]
     done = [r for r in runs if r.dir.weights.is_file()]
     if not done:
@@ -126,7 +160,7 @@ def find_runs(exp: ExperimentDir) -> list[Run]:
     return done
 
 
-def run(exp: ExperimentDir, execution: Execution) -> Path:
+def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     runs = find_runs(exp)
     exp.start()
@@ -138,25 +172,21 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     overall = {k: statistics.fmean(v) for k, v in means.items()}
     synthetic = any(r.synthetic for r in runs)
     claims = _claims(info, overall)
-    iterations = min(int((r.summary or {}).get("steps", 0)) for r in runs)
+    iterations = min(r.summary.steps if r.summary else 0 for r in runs)
     reasons = not_reproduced_reasons(runs[0].dataset, iterations, min(len(v) for v in groups.values()), synthetic)
-    fig = _figure(exp.path / "fig7_layer_responses.png", means, info, synthetic)
-
-    results = {
-        "experiment": NAME,
-        "synthetic_data": synthetic,
-        "images": s.images,
-        **claims_results(claims, reasons),
-        "mean_response_std": overall,
-        "responses": means,
-        "runs": [
-            {"run_dir": str(r.path), "model": r.model, "seed": r.seed, "responses": per_run[r.name]} for r in runs
-        ],
-        "what": "per-channel std of each BN output that follows a 3x3 conv (before addition and ReLU), "
-        "eval mode, averaged over channels",
-        "environment": environment(),
-    }
-    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
+    fig = _figure(exp.dir.figure(FIG7), means, info, synthetic)
+    results = LayerResponsesResults(
+        experiment=NAME,
+        synthetic_data=synthetic,
+        images=s.images,
+        claims=claim_records(claims),
+        not_reproduced_reasons=reasons_shown(claims, reasons),
+        mean_response_std=overall,
+        responses=means,
+        runs=[RunResponses(run_dir=str(r.path), model=r.model, seed=r.seed, responses=per_run[r.name]) for r in runs],
+        environment=environment(),
+    )
+    exp.dir.write_results(results)
 
     page = Page("Layer responses: plain nets vs ResNets", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Fig. 7: {SUMMARY}.")
@@ -176,12 +206,12 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     page.heading("Runs analysed")
     page.table(
         ["run", "model", "seed", "dataset", "steps"],
-        [[str(r.path), r.model, r.seed, r.dataset, (r.summary or {}).get("steps", "")] for r in runs],
+        [[str(r.path), r.model, r.seed, r.dataset, r.summary.steps if r.summary else ""] for r in runs],
     )
     page.heading("Commands")
-    page.code([f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])])
+    page.code(invocation_lines(exp))
     page.environment()
-    return page.write(exp.path / "report.html")
+    return page.write(exp.dir.report)
 
 
 def _group_by_net(

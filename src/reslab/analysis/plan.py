@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from reslab.analysis.experiment import RunSpec, Settings
+from reslab.analysis.experiment import RunSpec
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.config import load_config
 from reslab.data import load_cached, source_files
 from reslab.data.datasets import stored_splits
 from reslab.errors import ConfigError, DataError
+from reslab.expdir import Settings
 from reslab.models import model_info
 
 RECIPE = "cifar-paper"

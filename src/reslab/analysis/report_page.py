@@ -14,6 +14,7 @@ import base64
 import html
 import os
 import platform
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ class Page:
         self.md.append("\n".join(f"- [{_md_text(t)}]({_url(p.with_suffix('.md'))})" for p, t in links))
         self.pages += [p for p, _ in links]
 
-    def environment(self, training_env: dict[str, Any] | None = None) -> None:
+    def environment(self, training_env: Mapping[str, object] | None = None) -> None:
         """Software versions and hardware of this machine, and of the training runs if known."""
         self.heading("Software and hardware")
         rows = [[k, v] for k, v in environment().items()]

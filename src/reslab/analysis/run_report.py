@@ -7,22 +7,53 @@ results JSON with the same numbers.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from reslab.analysis.figures import Panel, Series, curves_figure, palette
 from reslab.analysis.report_page import Page, environment
-from reslab.analysis.runs import Run, load_run, pct
+from reslab.analysis.runs import Curve, Run, load_run, pct
 from reslab.atomic import atomic_write_bytes
 from reslab.errors import ConfigError, DataError
+from reslab.expdir import ExperimentDir
+from reslab.records import dumps
+from reslab.rundir import ReportFiles
+
+
+@dataclass(kw_only=True)
+class RunEntry:
+    """One run in a report's results JSON: final metrics and curves."""
+
+    label: str
+    run_dir: str
+    model: str
+    dataset: str
+    seed: int
+    synthetic_data: bool
+    finished: bool
+    final: dict[str, float | str]  # summary.json's final evaluation, else metrics.jsonl's last record
+    wall_time_s: float | None
+    train_error_final: float | None
+    train_error_what: str  # what the training error curve is
+    curves: dict[str, Curve]  # "test_top1_error", "train_error" -> fractions against iterations
+
+
+@dataclass(kw_only=True)
+class RunsReportResults:
+    """The results JSON beside a runs report (a run's results.json, `reslab report`'s NAME_results.json)."""
+
+    runs: list[RunEntry]
+    synthetic_data: bool
+    environment: dict[str, str]
 
 
 def expand_run_dirs(paths: list[str]) -> list[Path]:
     """Run directories as given; an experiment directory stands for all of its runs."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if (p / "experiment.json").is_file() and (p / "runs").is_dir():
-            found = sorted(d for d in (p / "runs").iterdir() if (d / "config.yaml").is_file())
+        experiment = ExperimentDir(p)
+        if experiment.holds_experiment() and experiment.runs_dir.is_dir():
+            found = [run.path for run in experiment.list_runs()]
             if not found:
                 raise DataError(f"experiment directory {p} has no runs yet")
             out += found
@@ -60,31 +91,26 @@ def _settings_row(label: str, run: Run) -> list[str]:
     ]
 
 
-def runs_report(
-    runs: list[Run],
-    html_path: Path,
-    *,
-    title: str | None = None,
-    figure_name: str = "error_curves.png",
-    results_name: str = "results.json",
-) -> Path:
+def runs_report(runs: list[Run], files: ReportFiles, *, title: str | None = None) -> Path:
     """Write the page (and the figure and results beside it); returns the page's path."""
-    out_dir = html_path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.page.parent.mkdir(parents=True, exist_ok=True)
     labels = labels_of(runs)
     synthetic = [lbl for lbl, r in zip(labels, runs) if r.synthetic]
     title = title or (f"Training run {labels[0]}" if len(runs) == 1 else f"Comparison of {len(runs)} training runs")
     page = Page(title, synthetic=bool(synthetic))
     _banners(page, labels, runs, synthetic)
     _final_metrics_table(page, labels, runs)
-    _curves_section(page, labels, runs, out_dir / figure_name, bool(synthetic))
+    _curves_section(page, labels, runs, files.figure, bool(synthetic))
     _settings_section(page, labels, runs)
     _commands_section(page, labels, runs)
-    page.environment(next(((r.summary or {}).get("environment") for r in runs if r.summary), None))
-    results = [_run_results(label, run) for label, run in zip(labels, runs)]
-    summary = {"runs": results, "synthetic_data": bool(synthetic), "environment": environment()}
-    atomic_write_bytes(out_dir / results_name, json.dumps(summary, indent=1).encode())
-    return page.write(html_path)
+    page.environment(next((r.summary.environment for r in runs if r.summary), None))
+    results = RunsReportResults(
+        runs=[_run_results(label, run) for label, run in zip(labels, runs)],
+        synthetic_data=bool(synthetic),
+        environment=environment(),
+    )
+    atomic_write_bytes(files.results, dumps(results))
+    return page.write(files.page)
 
 
 def _banners(page: Page, labels: list[str], runs: list[Run], synthetic: list[str]) -> None:
@@ -122,15 +148,16 @@ def _final_metrics_table(page: Page, labels: list[str], runs: list[Run]) -> None
 
 
 def _final_metrics_row(label: str, run: Run) -> list:
-    f, summary = run.final, run.summary or {}
+    f, summary = run.final, run.summary
+    wall_time = summary.wall_time_s if summary else None
     return [
         label,
         run.model,
         run.dataset + (" (SYNTHETIC)" if run.synthetic else ""),
         run.seed,
-        f"{summary.get('steps', f.get('step', 0)):,}",
-        summary.get("epochs", f.get("epoch", "")),
-        f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "unfinished",
+        f"{summary.steps if summary else f.get('step', 0):,}",
+        summary.epochs if summary and summary.epochs is not None else f.get("epoch", ""),
+        f"{wall_time:.0f} s" if wall_time is not None else "unfinished",
         pct(run.train_error_curve()[0].last),
         pct(f.get("test_top1_error")),
         pct(f.get("test_top5_error")),
@@ -173,7 +200,7 @@ def _commands_section(page: Page, labels: list[str], runs: list[Run]) -> None:
     page.heading("Commands")
     lines = []
     for label, run in zip(labels, runs):
-        command = (run.summary or {}).get("environment", {}).get("command")
+        command = run.summary.environment.get("command") if run.summary else None
         lines.append(f"# {label}: trained by: {command or 'unfinished run'}")
         equivalent = _experiment_train_command(run)
         if equivalent:
@@ -181,45 +208,43 @@ def _commands_section(page: Page, labels: list[str], runs: list[Run]) -> None:
         lines.append(f"reslab train --resume {run.path}" if not run.finished else f"reslab eval {run.path}")
     page.code(lines)
     for label, run in zip(labels, runs):
-        config_text = (run.path / "config.yaml").read_text() if (run.path / "config.yaml").is_file() else ""
-        page.details(f"{label}: config.yaml", config_text)
+        config = run.dir.config
+        page.details(f"{label}: {config.name}", config.read_text() if config.is_file() else "")
 
 
-def _run_results(label: str, run: Run) -> dict:
+def _run_results(label: str, run: Run) -> RunEntry:
     """One run's entry in the results JSON: final metrics and curves."""
     train_curve, what = run.train_error_curve()
-    test = run.curve("test_top1_error")
-    return {
-        "label": label,
-        "run_dir": str(run.path),
-        "model": run.model,
-        "dataset": run.dataset,
-        "seed": run.seed,
-        "synthetic_data": run.synthetic,
-        "finished": run.finished,
-        "final": run.final,
-        "wall_time_s": (run.summary or {}).get("wall_time_s"),
-        "train_error_final": train_curve.last,
-        "train_error_what": what,
-        "curves": {
-            "test_top1_error": {"steps": test.steps, "values": test.values},
-            "train_error": {"steps": train_curve.steps, "values": train_curve.values},
-        },
-    }
+    return RunEntry(
+        label=label,
+        run_dir=str(run.path),
+        model=run.model,
+        dataset=run.dataset,
+        seed=run.seed,
+        synthetic_data=run.synthetic,
+        finished=run.finished,
+        final=run.final,
+        wall_time_s=run.summary.wall_time_s if run.summary else None,
+        train_error_final=train_curve.last,
+        train_error_what=what,
+        curves={"test_top1_error": run.curve("test_top1_error"), "train_error": train_curve},
+    )
 
 
 def _experiment_train_command(run: Run) -> str | None:
-    """A run of a `reslab reproduce` experiment: its `reslab train` command from experiment.json."""
-    file = run.path.parent.parent / "experiment.json"
-    if run.path.parent.name != "runs" or not file.is_file():
+    """A run of a `reslab reproduce` experiment: its `reslab train` command from experiment.json
+    (None when there is none, or it cannot be read: the page then shows only the recorded command)."""
+    experiment = ExperimentDir(run.path.parent.parent)
+    if experiment.runs_dir != run.path.parent:
         return None
     try:
-        return json.loads(file.read_text()).get("runs", {}).get(run.name)
-    except json.JSONDecodeError:
+        record = experiment.read_record()
+    except ConfigError:
         return None
+    return (record.runs or {}).get(run.name) if record else None
 
 
-def _xy(curve) -> tuple[list[int], list[float]]:
+def _xy(curve: Curve) -> tuple[list[int], list[float]]:
     return curve.steps, curve.values
 
 
@@ -230,7 +255,4 @@ def report_command_output(run_dirs: list[str], out: Path, title: str | None) -> 
     runs = [load_run(p) for p in expand_run_dirs(run_dirs)]
     if not any(r.metrics for r in runs):
         raise DataError("none of the runs has any evaluations yet (empty metrics.jsonl); nothing to report")
-    stem = out.stem
-    return runs_report(
-        runs, out, title=title, figure_name=f"{stem}_error_curves.png", results_name=f"{stem}_results.json"
-    )
+    return runs_report(runs, ReportFiles.named_after(out), title=title)

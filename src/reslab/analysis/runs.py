@@ -7,19 +7,15 @@ and a per-run report. Files are named by `RunDir` only.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reslab.errors import DataError
-from reslab.rundir import RunDir, RunState
-
-
-def run_state(run_dir: Path) -> RunState:
-    """finished: summary.json exists; partial: checkpoints to resume from; new: anything else."""
-    return RunDir(run_dir).state()
+from reslab.expdir import ExperimentDir
+from reslab.records import load_record
+from reslab.rundir import MetricsRecord, RunDir, RunSummary
 
 
 @dataclass
@@ -35,14 +31,30 @@ class Curve:
         return self.values[-1] if self.values else None
 
 
+@dataclass(kw_only=True)
+class TrainErrorCurve:
+    """train_error.json: a run's training-set error evaluated from its checkpoints (train_error.py)."""
+
+    images: int  # training images evaluated at each step
+    steps: list[int]
+    train_top1_error: list[float]  # fractions, one per step
+    what: str = ""  # how it was measured, in words
+
+    @classmethod
+    def read(cls, run: RunDir) -> TrainErrorCurve | None:
+        """The run's train_error.json, or None; a damaged one is a DataError naming it."""
+        hint = "delete it (the report then plots the running training error)"
+        return load_record(cls, run.train_error, DataError, hint)
+
+
 @dataclass
 class Run:
     """One training run, read back from its directory."""
 
     path: Path
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any] | None
+    config: dict[str, Any]  # config.yaml as written (the report shows its sections)
+    metrics: list[MetricsRecord]  # metrics.jsonl's records by step
+    summary: RunSummary | None  # None while the run is not finished
 
     @property
     def name(self) -> str:
@@ -70,7 +82,7 @@ class Run:
         schedule = self.config.get("schedule") or {}
         if schedule.get("name") != "multistep":
             return []
-        last = (self.summary or {}).get("steps") or (self.metrics[-1]["step"] if self.metrics else 0)
+        last = (self.summary.steps if self.summary else 0) or (self.metrics[-1]["step"] if self.metrics else 0)
         return [m for m in schedule.get("milestones", []) if isinstance(m, int) and 0 < m <= last]
 
     @property
@@ -80,12 +92,13 @@ class Run:
     @property
     def synthetic(self) -> bool:
         if self.summary is not None:
-            return bool(self.summary.get("synthetic_data"))
+            return self.summary.synthetic_data
         return self.dataset == "synthetic"
 
     @property
-    def final(self) -> dict[str, Any]:
-        return (self.summary or {}).get("final") or (self.metrics[-1] if self.metrics else {})
+    def final(self) -> MetricsRecord:
+        """The last evaluation: summary.json's, else (unfinished) the last record of metrics.jsonl."""
+        return (self.summary.final if self.summary else None) or (self.metrics[-1] if self.metrics else {})
 
     def curve(self, key: str) -> Curve:
         """(steps, values) of a metrics.jsonl key, e.g. "test_top1_error" or "train_error"."""
@@ -95,11 +108,10 @@ class Run:
     def train_error_curve(self) -> tuple[Curve, str]:
         """The training error curve and what it is: the training-set error evaluated from
         checkpoints (train_error.json) when present, else the running error of each epoch."""
-        path = self.dir.train_error
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return Curve(data["steps"], data["train_top1_error"]), (
-                f"top-1 error on {data['images']} fixed training images, eval mode, no augmentation"
+        saved = TrainErrorCurve.read(self.dir)
+        if saved is not None:
+            return Curve(saved.steps, saved.train_top1_error), (
+                f"top-1 error on {saved.images} fixed training images, eval mode, no augmentation"
             )
         return self.curve("train_error"), "running error over each epoch's augmented mini-batches (train mode)"
 
@@ -113,7 +125,7 @@ def load_run(path: str | Path) -> Run:
     if not run.config.is_file():
         hint = (
             " (an experiment directory: pass its runs/*, or the directory itself to `reslab report`)"
-            if (path / "experiment.json").is_file()
+            if ExperimentDir(path).holds_experiment()
             else ""
         )
         raise DataError(f"{path} is not a reslab run directory: it has no {run.config.name}{hint}")

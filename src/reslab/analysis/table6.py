@@ -7,28 +7,29 @@ paper's, and our parameter counts (from the trained models) beside the paper's.
 from __future__ import annotations
 
 import itertools
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reslab.analysis import paper
-from reslab.analysis.experiment import Execution, ExperimentDir
+from reslab.analysis.experiment import Execution, Experiment
 from reslab.analysis.figures import Panel, Series, curves_figure, error_vs_depth_figure, palette
 from reslab.analysis.plan import check_data, check_depths, cifar_model, training_plan
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, mean_curve, mean_std, pct
 from reslab.analysis.training_experiment import (
-    claims_results,
+    claim_records,
     claims_section,
     commands_section,
     method_section,
     not_reproduced_reasons,
-    results_header,
+    reasons_shown,
     runs_results,
     runs_section,
     train_experiment,
+    training_environment,
     write_run_reports,
 )
-from reslab.atomic import atomic_write_bytes
+from reslab.expdir import TABLE6_CURVES, TABLE6_VS_DEPTH, Claim, ExperimentDir, ExperimentResults, RunResult, Settings
 from reslab.weights import load_weights
 
 NAME = "cifar10-table6"
@@ -44,7 +45,52 @@ METHOD_NOTES = [  # the Method items only Table 6 has
 ]
 
 
-def run(exp: ExperimentDir, execution: Execution) -> Path:
+@dataclass(kw_only=True)
+class PaperColumns:
+    """A depth's row of Table 6: the paper's numbers (None for a depth the paper did not train)."""
+
+    depth: int
+    paper_params: str | None  # as the paper prints it: "0.27M"
+    paper_params_exact: int | None  # counted from the architecture
+    paper_error: float | None  # test error, %
+
+
+@dataclass(kw_only=True)
+class OurRow(PaperColumns):
+    """A depth trained here: our numbers beside the paper's."""
+
+    model: str
+    seeds: int  # runs with a final test error
+    test_error_mean: float  # fraction, over seeds
+    test_error_std: float | None  # None for one seed
+    test_errors: list[float]  # each seed's
+    params: int
+
+
+@dataclass(kw_only=True)
+class NotRun(PaperColumns):
+    """A depth of the paper's that was not trained here."""
+
+    run: bool = False
+
+
+@dataclass(kw_only=True)
+class Table6Results(ExperimentResults):
+    """results.json of `reslab reproduce cifar10-table6`."""
+
+    synthetic_data: bool = False
+    data: str
+    iterations: int
+    milestones: list[int]
+    settings: Settings
+    table: list[OurRow | NotRun]  # every depth run here or in the paper, shallowest first
+    claims: list[Claim] = field(default_factory=list)
+    not_reproduced_reasons: list[str] = field(default_factory=list)
+    runs: list[RunResult] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     check_depths(s.depths)
     check_data(s)
@@ -61,17 +107,21 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     rows, table = _table(ours, depths)
     claims = _claims(ours, depths)
     reasons = not_reproduced_reasons(s.data, plan.iterations, s.seeds, synthetic)
-    fig, curves = _figures(exp.path, ours, depths, s.data, synthetic)
-
-    results = {
-        **results_header(NAME, s, plan, synthetic),
-        "settings": s.to_dict(),
-        "table": table,
-        **claims_results(claims, reasons),
-        "runs": runs_results(runs),
-        "environment": environment(),
-    }
-    atomic_write_bytes(exp.path / "results.json", json.dumps(results, indent=1).encode())
+    fig, curves = _figures(exp.dir, ours, depths, s.data, synthetic)
+    results = Table6Results(
+        experiment=NAME,
+        synthetic_data=synthetic,
+        data=s.data,
+        iterations=plan.iterations,
+        milestones=plan.milestones,
+        settings=s,
+        table=table,
+        claims=claim_records(claims),
+        not_reproduced_reasons=reasons_shown(claims, reasons),
+        runs=runs_results(runs),
+        environment=environment(),
+    )
+    exp.dir.write_results(results)
 
     page = Page(f"CIFAR-10 Table 6: ResNets on {s.data}", synthetic=synthetic)
     page.paragraph(f"Reproduces {paper.PAPER}, Table 6: {SUMMARY}.")
@@ -82,17 +132,19 @@ def run(exp: ExperimentDir, execution: Execution) -> Path:
     method_section(page, plan, runs[0], s.seeds, METHOD_NOTES)
     runs_section(page, exp, runs, states)
     commands_section(page, exp, specs)
-    page.environment((runs[0].summary or {}).get("environment"))
-    return page.write(exp.path / "report.html")
+    page.environment(training_environment(runs))
+    return page.write(exp.dir.report)
 
 
-def _figures(out: Path, ours: dict[int, dict], depths: list[int], data: str, synthetic: bool) -> tuple[Path, Path]:
+def _figures(
+    out: ExperimentDir, ours: dict[int, dict], depths: list[int], data: str, synthetic: bool
+) -> tuple[Path, Path]:
     """Test error against depth (ours and the paper's), and our mean test error curves."""
     shown = set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)
     fig = error_vs_depth_figure(
         {d: (o["test_error_mean"], o["test_error_std"]) for d, o in ours.items()},
         {d: r.error for d, r in paper.TABLE6.items() if d in shown},
-        out / "table6_error_vs_depth.png",
+        out.figure(TABLE6_VS_DEPTH),
         title=("SYNTHETIC DATA: " if synthetic else "") + f"test error on {data}",
     )
     colors = palette(depths)
@@ -106,7 +158,7 @@ def _figures(out: Path, ours: dict[int, dict], depths: list[int], data: str, syn
                 ],
             )
         ],
-        out / "table6_test_curves.png",
+        out.figure(TABLE6_CURVES),
         title="SYNTHETIC DATA" if synthetic else None,
     )
     return fig, curves
@@ -154,7 +206,7 @@ def _our_numbers(group: list[Run]) -> dict:
     }
 
 
-def _table(ours: dict[int, dict], depths: list[int]) -> tuple[list[list], list[dict]]:
+def _table(ours: dict[int, dict], depths: list[int]) -> tuple[list[list], list[OurRow | NotRun]]:
     """Rows for every depth run here or in the paper: (HTML rows, results.json rows)."""
     rows, table = [], []
     for d in sorted(set(depths) | set(paper.TABLE6_DEFAULT_DEPTHS)):
@@ -172,15 +224,13 @@ def _table(ours: dict[int, dict], depths: list[int]) -> tuple[list[list], list[d
                 ref.note if ref else "",
             ]
         )
-        table.append(
-            {
-                "depth": d,
-                "paper_params": ref.params if ref else None,
-                "paper_params_exact": ref.params_exact if ref else None,
-                "paper_error": ref.error if ref else None,
-                **({k: v for k, v in o.items() if k != "curve"} if o else {"run": False}),
-            }
-        )
+        columns = {
+            "depth": d,
+            "paper_params": ref.params if ref else None,
+            "paper_params_exact": ref.params_exact if ref else None,
+            "paper_error": ref.error if ref else None,
+        }
+        table.append(OurRow(**columns, **{k: v for k, v in o.items() if k != "curve"}) if o else NotRun(**columns))
     return rows, table
 
 

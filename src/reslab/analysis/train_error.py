@@ -10,12 +10,12 @@ the checkpoints are then pruned to the newest `keep`.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from reslab.analysis.runs import TrainErrorCurve
 from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import read_checkpoint
 from reslab.data.array_dataset import ArrayDataset
@@ -23,6 +23,7 @@ from reslab.data.batches import InMemoryEvalBatches
 from reslab.data.sources import fit_arrays
 from reslab.data.spec import EvalBatchSpec
 from reslab.evaluation import data_source, evaluate
+from reslab.records import dumps
 from reslab.rundir import RunDir
 from reslab.weights import load_weights
 
@@ -39,12 +40,15 @@ def training_subset(run_dir: Path, images: int) -> ArrayDataset:
     return train.subset(pick)
 
 
-def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str | torch.device = "cpu") -> dict:
-    """Evaluate every checkpoint of a finished run on the training subset; write and return
-    {"images", "steps", "train_top1_error"}. A curve already written is reused."""
+def training_error_curve(
+    run_dir: Path, images: int, keep: int = 2, device: str | torch.device = "cpu"
+) -> TrainErrorCurve:
+    """Evaluate every checkpoint of a finished run on the training subset; write and return the
+    curve (train_error.json). A curve already written is reused."""
     run = RunDir(run_dir)
-    if run.train_error.is_file():
-        return json.loads(run.train_error.read_text())
+    saved = TrainErrorCurve.read(run)
+    if saved is not None:
+        return saved
     weights = load_weights(run.weights, device)
     subset = fit_arrays(training_subset(run.path, images), weights.preprocess)
     batches = InMemoryEvalBatches(subset, EvalBatchSpec(256, stats=weights.stats, device=device))
@@ -60,14 +64,14 @@ def training_error_curve(run_dir: Path, images: int, keep: int = 2, device: str 
         m = evaluate(weights.model, batches.epoch(0), weights.meta.num_classes, device=torch.device(device))
         steps.append(checkpoint.step)
         errors.append(m["top1_error"])
-    result = {
-        "images": len(subset),
-        "steps": steps,
-        "train_top1_error": errors,
-        "what": "top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
+    result = TrainErrorCurve(
+        images=len(subset),
+        steps=steps,
+        train_top1_error=errors,
+        what="top-1 error on a fixed subset of the training images (eval mode, no augmentation), "
         "evaluated from the checkpoint written at each step",
-    }
-    atomic_write_bytes(run.train_error, json.dumps(result, indent=1).encode())
+    )
+    atomic_write_bytes(run.train_error, dumps(result))
     for old in paths[:-keep] if keep > 0 else []:
         run.remove_checkpoint(old)
     return result

@@ -8,12 +8,13 @@ import os
 import shlex
 from pathlib import Path
 
-from reslab.analysis.experiment import Execution, ExperimentDir, RunSpec, Settings, train_runs
+from reslab.analysis.experiment import Execution, Experiment, RunSpec, train_runs
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.analysis.plan import TrainingPlan
 from reslab.analysis.report_page import Page
 from reslab.analysis.run_report import runs_report
 from reslab.analysis.runs import Run, load_run, pct
+from reslab.expdir import Claim, RunResult
 
 STATE_WORDS = {"finished": "reused (finished before)", "partial": "resumed from checkpoint", "new": "trained"}
 TORCHRUN_NOTE = (
@@ -23,41 +24,39 @@ TORCHRUN_NOTE = (
 )
 
 
-def train_experiment(
-    exp: ExperimentDir, specs: list[RunSpec], execution: Execution
-) -> tuple[list[Run], dict[str, str]]:
+def train_experiment(exp: Experiment, specs: list[RunSpec], execution: Execution) -> tuple[list[Run], dict[str, str]]:
     """Train (or reuse, or resume) every run; write each run's own report; read them back."""
-    exp.record["runs"] = {s.name: s.command(exp.runs_dir / s.name) for s in specs}
+    exp.record.runs = {s.name: s.command(exp.runs_dir / s.name) for s in specs}
     exp.save()
     states = train_runs(specs, exp.runs_dir, execution)
-    runs = [load_run(exp.runs_dir / s.name) for s in specs]
+    runs = [load_run(exp.dir.run(s.name).path) for s in specs]
     return runs, states
 
 
 def write_run_reports(runs: list[Run]) -> None:
     for run in runs:
-        runs_report([run], run.dir.report)
+        runs_report([run], run.dir.report_files)
 
 
-def results_header(name: str, s: Settings, plan: TrainingPlan, synthetic: bool) -> dict:
-    """The first keys of a training experiment's results.json: which experiment, on what data, how long."""
-    return {
-        "experiment": name,
-        "synthetic_data": synthetic,
-        "data": s.data,
-        "iterations": plan.iterations,
-        "milestones": plan.milestones,
-    }
+def claim_records(claims: list[dict]) -> list[Claim]:
+    """The claims (as `_claims` of each experiment builds them) for results.json."""
+    return [Claim(claim=c["claim"], reproduced=bool(c["reproduced"]), detail=c["detail"]) for c in claims]
 
 
-def claims_results(claims: list[dict], reasons: list[str]) -> dict:
-    """The claims for results.json, with the possible reasons only when a claim did not reproduce."""
-    return {"claims": claims, "not_reproduced_reasons": reasons if any(not c["reproduced"] for c in claims) else []}
+def reasons_shown(claims: list[dict], reasons: list[str]) -> list[str]:
+    """The possible reasons results.json gives: only when a claim did not reproduce."""
+    return reasons if any(not c["reproduced"] for c in claims) else []
 
 
-def runs_results(runs: list[Run]) -> list[dict]:
+def runs_results(runs: list[Run]) -> list[RunResult]:
     """Each run's final metrics for results.json."""
-    return [{"name": r.name, "model": r.model, "seed": r.seed, "final": r.final} for r in runs]
+    return [RunResult(name=r.name, model=r.model, seed=r.seed, final=r.final) for r in runs]
+
+
+def training_environment(runs: list[Run]) -> dict[str, str | int | float | None] | None:
+    """The software and hardware the first run trained on (its summary.json), for the report."""
+    summary = runs[0].summary if runs else None
+    return summary.environment if summary else None
 
 
 def method_section(page: Page, plan: TrainingPlan, run: Run, seeds: int, extra: list[str] = ()) -> None:
@@ -82,19 +81,19 @@ def method_section(page: Page, plan: TrainingPlan, run: Run, seeds: int, extra: 
     page.bullets(items + list(extra))
 
 
-def runs_section(page: Page, exp: ExperimentDir, runs: list[Run], states: dict[str, str]) -> None:
+def runs_section(page: Page, exp: Experiment, runs: list[Run], states: dict[str, str]) -> None:
     page.heading("Runs")
     rows = []
     for run in runs:
-        s = run.summary or {}
+        s = run.summary
         rows.append(
             [
                 run.name,
                 run.model,
                 run.seed,
                 STATE_WORDS[states.get(run.name, "finished")],
-                f"{s.get('steps', 0):,}",
-                f"{s.get('wall_time_s', 0):.0f} s",
+                f"{s.steps if s else 0:,}",
+                f"{(s.wall_time_s if s else None) or 0:.0f} s",
                 pct(run.final.get("test_top1_error")),
             ]
         )
@@ -105,10 +104,10 @@ def runs_section(page: Page, exp: ExperimentDir, runs: list[Run], states: dict[s
     page.link_list([(Path(os.path.relpath(r.dir.report, exp.path)), f"{r.name}: report") for r in runs])
 
 
-def commands_section(page: Page, exp: ExperimentDir, specs: list[RunSpec]) -> None:
+def commands_section(page: Page, exp: Experiment, specs: list[RunSpec]) -> None:
     page.heading("Commands")
     page.paragraph("This experiment was run with (each line one invocation; later ones resume):")
-    page.code([f"{i['time']}  {i['command']}" for i in exp.record.get("invocations", [])])
+    page.code(invocation_lines(exp))
     page.paragraph("Each run is equivalent to:")
     page.code([s.command(exp.runs_dir / s.name) for s in specs])
     example = specs[0]
@@ -118,6 +117,11 @@ def commands_section(page: Page, exp: ExperimentDir, specs: list[RunSpec]) -> No
             ["torchrun", "--nproc_per_node=2", "-m", "reslab", *example.train_args(exp.runs_dir / example.name)]
         )
     )
+
+
+def invocation_lines(exp: Experiment) -> list[str]:
+    """Each command that ran the experiment, with its time (experiment.json's invocations)."""
+    return [f"{i.time}  {i.command}" for i in exp.record.invocations]
 
 
 def not_reproduced_reasons(data: str, iterations: int, seeds: int, synthetic: bool) -> list[str]:

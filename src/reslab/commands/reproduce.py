@@ -12,9 +12,11 @@ import importlib
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from reslab.errors import ConfigError
+from reslab.expdir import ExperimentDir, Settings
+from reslab.rundir import REPORT_FILE
 
 # Each module exposes NAME, SUMMARY, DEFAULT_DATA, DEFAULT_DEPTHS, TAKES (the Settings it uses) and
 # run(experiment_dir, execution) -> the path of its report.html.
@@ -43,7 +45,7 @@ FLAGS = {
 POSITIVE = ("seeds", "epochs", "iterations", "train_images", "images", "batch_size")
 
 
-def experiment_module(name: str):
+def experiment_module(name: str) -> ModuleType:
     if name not in EXPERIMENTS:
         close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
         raise ConfigError(
@@ -61,7 +63,7 @@ def parse_depths(text: str) -> list[int]:
         raise ConfigError(f"--depths expects comma-separated integers such as 20,56; got {text!r}") from None
 
 
-def explicit_settings(args: argparse.Namespace, module: Any) -> dict[str, Any]:
+def explicit_settings(args: argparse.Namespace, module: ModuleType) -> dict[str, object]:
     """The settings given on the command line; giving one the experiment does not take is an error."""
     given = {
         "data": args.data,
@@ -92,7 +94,7 @@ def explicit_settings(args: argparse.Namespace, module: Any) -> dict[str, Any]:
     return given
 
 
-def canonical_command(module: Any, s: Any, out: Path, parallel: int) -> str:
+def canonical_command(module: ModuleType, s: Settings, out: Path, parallel: int) -> str:
     """The command line that reproduces this experiment exactly, every setting spelled out."""
     parts = ["reslab", "reproduce", module.NAME]
     for key in sorted(module.TAKES, key=list(FLAGS).index):
@@ -111,25 +113,17 @@ def canonical_command(module: Any, s: Any, out: Path, parallel: int) -> str:
 
 
 def _source_data(source: str | None) -> str | None:
-    """layer-responses --from DIR: the dataset of that experiment (names the default --out)."""
-    import json
-
-    file = Path(source) / "experiment.json" if source else None
-    if file is None or not file.is_file():
-        return None
+    """layer-responses --from DIR: the dataset of that experiment (names the default --out); None
+    when DIR holds none, or a damaged experiment.json (the experiment then says what is missing)."""
     try:
-        return json.loads(file.read_text()).get("settings", {}).get("data")
-    except json.JSONDecodeError:
+        record = ExperimentDir(source).read_record() if source else None
+    except ConfigError:
         return None
+    return record.settings.data if record and record.settings.data else None
 
 
 def reproduce_command(args: argparse.Namespace) -> int:
-    from reslab.analysis.experiment import (
-        DEFAULT_ROOT,
-        Execution,
-        ExperimentDir,
-        Settings,
-    )
+    from reslab.analysis.experiment import DEFAULT_ROOT, Execution, Experiment
 
     module = experiment_module(args.experiment)
     name = module.NAME
@@ -138,7 +132,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     explicit = explicit_settings(args, module)
     data = explicit.get("data") or _source_data(explicit.get("source")) or module.DEFAULT_DATA
     out = Path(args.out) if args.out else DEFAULT_ROOT / (name if name == "imagenet-table" else f"{name}-{data}")
-    exp = ExperimentDir.open(out, name, explicit, Settings(data=data, depths=list(module.DEFAULT_DEPTHS)))
+    exp = Experiment.open(out, name, explicit, Settings(data=data, depths=list(module.DEFAULT_DEPTHS)))
     exp.command = canonical_command(module, exp.settings, out, args.parallel)
     print(f"{name}: {module.SUMMARY}\nexperiment directory: {out}", file=sys.stderr)
     from reslab.train.loop import resolve_resume, train
@@ -196,6 +190,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
     )
     p.add_argument("experiment", metavar="EXPERIMENT", help=", ".join(EXPERIMENTS))
+    _add_training_flags(p)
+    _add_analysis_flags(p)
+    p.add_argument("--out", help="experiment directory (default runs/reproduce/EXPERIMENT-DATA)")
+    p.add_argument("--parallel", type=int, default=1, metavar="K", help="train K runs at once in subprocesses")
+    p.add_argument("--workers", type=int, default=2, help="imagenet-table: DataLoader workers (default 2)")
+    p.add_argument("--device", default="auto", help="device for evaluations: auto, cpu, cuda")
+    p.set_defaults(func=reproduce_command)
+
+    r = subparsers.add_parser(
+        "report",
+        help="one HTML page comparing training runs",
+        description="Write one self-contained HTML page comparing training runs: a table of final metrics, "
+        "their training and test error curves overlaid, settings, commands, versions. The figure "
+        "(STEM_error_curves.png) and the numbers (STEM_results.json) go beside the page.",
+    )
+    r.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (an experiment directory stands for all of its runs)",
+    )
+    r.add_argument("--out", default=REPORT_FILE, help=f"the page to write (default ./{REPORT_FILE})")
+    r.add_argument("--title", help="page title")
+    r.set_defaults(func=report_command)
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """What the training experiments train: data, seeds, length, depths, --set overrides."""
     p.add_argument("--data", help="dataset: cifar10 (default), cifar100, fashion-mnist, mnist, imagefolder, synthetic")
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--seeds", type=int, help="runs per network, seeds 0..N-1 (default 1)")
@@ -203,14 +225,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     length.add_argument("--epochs", type=float, help="training length in epochs (converted to iterations)")
     length.add_argument("--iterations", type=int, help="training length in iterations")
     p.add_argument("--depths", help="comma-separated depths 6n+2, e.g. 20,56 (default: the experiment's)")
-    p.add_argument("--out", help="experiment directory (default runs/reproduce/EXPERIMENT-DATA)")
-    p.add_argument("--parallel", type=int, default=1, metavar="K", help="train K runs at once in subprocesses")
     p.add_argument(
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
         help="override a training setting of every run (repeatable)",
     )
+
+
+def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
+    """The settings only one experiment takes (degradation, layer-responses, imagenet-table)."""
     p.add_argument(
         "--train-images", type=int, help="degradation: training images for the training-error curve (default 5000)"
     )
@@ -235,23 +259,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="imagenet-table: weights file or run directory to evaluate (repeatable)",
     )
     p.add_argument("--batch-size", type=int, help="imagenet-table: images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="imagenet-table: DataLoader workers (default 2)")
-    p.add_argument("--device", default="auto", help="device for evaluations: auto, cpu, cuda")
-    p.set_defaults(func=reproduce_command)
-
-    r = subparsers.add_parser(
-        "report",
-        help="one HTML page comparing training runs",
-        description="Write one self-contained HTML page comparing training runs: a table of final metrics, "
-        "their training and test error curves overlaid, settings, commands, versions. The figure "
-        "(STEM_error_curves.png) and the numbers (STEM_results.json) go beside the page.",
-    )
-    r.add_argument(
-        "run_dirs",
-        nargs="+",
-        metavar="RUN_DIR",
-        help="run directories (an experiment directory stands for all of its runs)",
-    )
-    r.add_argument("--out", default="report.html", help="the page to write (default ./report.html)")
-    r.add_argument("--title", help="page title")
-    r.set_defaults(func=report_command)

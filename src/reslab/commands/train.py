@@ -17,7 +17,8 @@ from pathlib import Path
 from reslab.commands.args import add_device
 from reslab.config import Config, list_recipes, load_config
 from reslab.errors import DataError
-from reslab.rundir import RunDir
+from reslab.records import from_json
+from reslab.rundir import RunDir, RunSummary
 
 
 def _quoted(text: str) -> str:
@@ -49,16 +50,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.set or [])
 
 
-def kept_text(summary: dict) -> str:
+def kept_text(summary: RunSummary) -> str:
     """Which weights the run ended with, and why."""
-    kept = summary.get("kept") or {"keep": "last"}
-    if kept["keep"] != "best":
+    kept = summary.kept
+    if kept is None or kept.keep != "best":
         return "the last step's (train.keep=last)"
-    if kept.get("top1_error") is None:  # nothing was evaluated
+    if kept.top1_error is None:  # nothing was evaluated
         return "the last step's (train.keep=best, but no evaluation to choose by)"
-    total = summary.get("total_steps", summary["steps"])
     return (
-        f"best {kept['part']} top-1 error {100 * kept['top1_error']:.2f}% at step {kept['step']} of {total} "
+        f"best {kept.part} top-1 error {100 * kept.top1_error:.2f}% at step {kept.step} of {summary.total} "
         "(train.keep=best)"
     )
 
@@ -74,7 +74,7 @@ def print_summary(summary: dict) -> None:
     for key in sorted(final):
         if key.endswith("error"):
             rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
-    rows.append(("kept", kept_text(summary)))
+    rows.append(("kept", kept_text(from_json(RunSummary, summary))))
     early = summary.get("stopped_early")
     if early:
         total = summary.get("total_steps", summary["steps"])

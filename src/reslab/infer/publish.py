@@ -33,6 +33,7 @@ from reslab.errors import CheckpointError, ConfigError
 from reslab.hub import HF_HUB, HUB_WEIGHTS_FILE, INSTALL_HINT, check_repo_id, is_hub_spec, offline
 from reslab.infer.export import preprocessing_info
 from reslab.models import count_params, model_info
+from reslab.records import to_json
 from reslab.rundir import RunDir
 from reslab.weights import FORMAT_VERSION, Weights, load_weights, resolve_weights
 
@@ -64,13 +65,9 @@ def _run_of(source: str) -> RunDir | None:
 
 
 def _summary(run: RunDir | None) -> dict[str, Any]:
-    if run is None or not run.summary.is_file():
-        return {}
-    try:
-        summary = json.loads(run.summary.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(f"{run.summary} is damaged ({exc}); push the weights file instead") from None
-    return summary if isinstance(summary, dict) else {}
+    """The run's summary.json as JSON ({} for a weights file); a damaged one is RunDir's one-line error."""
+    summary = run.read_summary() if run is not None else None
+    return to_json(summary) if summary is not None else {}
 
 
 def card_metrics(weights: Weights, summary: dict[str, Any]) -> dict[str, float]:

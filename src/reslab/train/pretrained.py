@@ -27,6 +27,7 @@ import torch
 
 from reslab.errors import CheckpointError, ConfigError
 from reslab.models import ResNet
+from reslab.rundir import CHECKPOINTS_DIR  # torch.hub's download folder has a run's checkpoints/ name
 
 TORCHVISION = "torchvision:"  # model.pretrained prefix of torchvision's weights by name
 
@@ -82,7 +83,7 @@ def torchvision_weights(name: str) -> tuple[str, Any]:
 
 def torchvision_cache_path(url: str) -> Path:
     """Where torchvision keeps the file of `url`: torch.hub.get_dir()/checkpoints/<the URL's file name>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    return Path(torch.hub.get_dir()) / CHECKPOINTS_DIR / Path(urlparse(url).path).name
 
 
 def fetch_torchvision(name: str, url: str) -> Path:

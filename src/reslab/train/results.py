@@ -6,11 +6,10 @@ Both are built from what the run owns, handed over explicitly: its config, data,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from reslab.config import Config
 from reslab.machine import environment
-from reslab.rundir import RunDir
+from reslab.rundir import ClassWeights, Distributed, KeptWeights, Metrics, RunDir, RunSummary, StoppedEarly
 from reslab.train.build import Data
 from reslab.train.plan import RunPlan
 from reslab.train.state import TrainingState
@@ -29,62 +28,61 @@ class RunEnd:
 
 
 def run_summary(
-    run: RunDir, cfg: Config, data: Data, plan: RunPlan, training: TrainingState, final: dict[str, Any], end: RunEnd
-) -> dict[str, Any]:
+    run: RunDir, cfg: Config, data: Data, plan: RunPlan, training: TrainingState, final: Metrics, end: RunEnd
+) -> RunSummary:
     """summary.json: what the run did, what it kept, and on what."""
     position = training.position
-    summary = {
-        "run_dir": str(run),
-        "model": cfg.model.name,
-        "dataset": data.name,
-        "synthetic_data": data.synthetic,
-        "steps": position.step,
-        "total_steps": plan.total,
-        "epochs": round(position.step / plan.steps_per_epoch, 3),
-        "wall_time_s": round(end.wall_time_s, 2),
-        "final": final,  # the last evaluation
-        "kept": kept_summary(cfg.train.keep, plan.watch, training, final),  # the weights the run ended with
-        "skipped_steps": position.skipped_steps,
-        "class_weights": class_weights_summary(cfg, data, plan),
-        "environment": environment(),
-    }
+    stopped_early = None
     if end.stopped_early:
-        summary["stopped_early"] = {
-            "step": position.step,
-            "evaluations_without_improvement": training.best.stale,
-            "early_stop": cfg.train.early_stop,
-        }
+        stopped_early = StoppedEarly(
+            step=position.step, evaluations_without_improvement=training.best.stale, early_stop=cfg.train.early_stop
+        )
+    distributed = None
     if end.world_size > 1:
-        summary["distributed"] = {
-            "world_size": end.world_size,
-            "backend": end.backend,
-            "weights_sha256_per_rank": end.digests,
-        }
-    return summary
+        distributed = Distributed(world_size=end.world_size, backend=end.backend, weights_sha256_per_rank=end.digests)
+    return RunSummary(
+        run_dir=str(run),
+        model=cfg.model.name,
+        dataset=data.name,
+        synthetic_data=data.synthetic,
+        steps=position.step,
+        total_steps=plan.total,
+        epochs=round(position.step / plan.steps_per_epoch, 3),
+        wall_time_s=round(end.wall_time_s, 2),
+        final=final,  # the last evaluation
+        kept=kept_summary(cfg.train.keep, plan.watch, training, final),  # the weights the run ended with
+        skipped_steps=position.skipped_steps,
+        class_weights=class_weights_summary(cfg, data, plan),
+        environment=environment(),
+        stopped_early=stopped_early,
+        distributed=distributed,
+    )
 
 
-def kept_summary(keep: str, watch: str | None, training: TrainingState, final: dict[str, Any]) -> dict[str, Any]:
+def kept_summary(keep: str, watch: str | None, training: TrainingState, final: Metrics) -> KeptWeights:
     """Which weights the run ended with (train.keep), and their evaluation on the watched part."""
     record = training.best.record if keep == "best" else final
-    kept: dict[str, Any] = {"keep": keep, "step": record.get("step", training.position.step), "part": watch}
-    if watch:
-        kept["top1_error"] = record.get(f"{watch}_top1_error")
-    kept["evaluation"] = record
-    return kept
+    return KeptWeights(
+        keep=keep,
+        step=record.get("step", training.position.step),
+        part=watch,
+        top1_error=record.get(f"{watch}_top1_error") if watch else None,
+        evaluation=record,
+    )
 
 
-def class_weights_summary(cfg: Config, data: Data, plan: RunPlan) -> str | dict[str, Any]:
+def class_weights_summary(cfg: Config, data: Data, plan: RunPlan) -> str | ClassWeights:
     if plan.class_weights is None:
         return "none"
-    return {
-        "mode": cfg.optim.class_weights,
-        "class_counts": data.train.class_counts().tolist(),
-        "weights": [round(w, 6) for w in plan.class_weights.tolist()],
-    }
+    return ClassWeights(
+        mode=cfg.optim.class_weights,
+        class_counts=data.train.class_counts().tolist(),
+        weights=[round(w, 6) for w in plan.class_weights.tolist()],
+    )
 
 
 def weights_meta(
-    cfg: Config, data: Data, precision: str, data_sha256: str, final: dict[str, Any], step: int | None = None
+    cfg: Config, data: Data, precision: str, data_sha256: str, final: Metrics, step: int | None = None
 ) -> WeightsMeta:
     """What weights record: architecture, classes, preprocessing, data, metrics, command; `step`
     (the kept weights of train.keep=best) says which step's evaluation the metrics are."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import sys
 import time
@@ -36,14 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from reslab.atomic import atomic_write_bytes
 from reslab.checkpoint import Checkpoint, RunRecord, rng_states, save_checkpoint
 from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.device import resolve_precision
 from reslab.errors import CheckpointError, ReslabError
 from reslab.evaluation import evaluate
-from reslab.rundir import RunDir
+from reslab.records import to_json
+from reslab.rundir import RunDir, RunSummary
 from reslab.train.build import Data, apply_depth_rules, build_data, build_model
 from reslab.train.distributed import (
     Dist,
@@ -467,7 +466,7 @@ class Trainer:
         )
         summary = run_summary(self.run, self.cfg, self.data, self.plan, self.training, final, end)
         on_rank0(self.dist, lambda: self._write_results(final, summary, digests))
-        return summary
+        return to_json(summary)  # as summary.json holds it
 
     def _logged_final(self) -> dict[str, Any] | None:
         """The final evaluation a run resumed at its last step logged before it was stopped, with the
@@ -491,7 +490,7 @@ class Trainer:
         """Of the dataset's files: computed once, as keep=best writes weights at every new best."""
         return dataset_sha256(self.cfg.data.dataset, self.cfg.data.data_dir, listing=not self.cfg.data.in_memory)
 
-    def _write_results(self, final: dict[str, Any], summary: dict[str, Any], digests: list[str] | None) -> None:
+    def _write_results(self, final: dict[str, Any], summary: RunSummary, digests: list[str] | None) -> None:
         if digests and len(set(digests)) > 1:
             self.log.message(
                 f"warning: the {self.dist.world_size} processes ended with different weights; rank 0's are saved"
@@ -502,7 +501,7 @@ class Trainer:
             model, meta = self.eval_model, self._meta(final)
         self._save_weights(self.run.weights, model, meta)
         with self._writing(self.run.summary):
-            atomic_write_bytes(self.run.summary, json.dumps(summary, indent=2).encode())
+            self.run.write_summary(summary)
 
     def _save_weights(self, path: Path, model: nn.Module, meta: WeightsMeta) -> None:
         with self._writing(path):
