@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import huggingface_hub
 import pytest
+import tiny_run
+import torch
 import yaml
 from huggingface_hub import constants
+from safetensors import safe_open
+from tiny_run import TINY_TREE, tiny_tree, train_tiny_run
 
 from reslab.cli import main
 from reslab.infer.publish import HUB_FILES, training_command
+from reslab.infer.redact import LocalPaths, redact
 from reslab.weights import WeightsMeta, load_weights
 
 SMALL_RUN = [
@@ -35,12 +42,48 @@ SMALL_RUN = [
 ]
 
 
+def as_typed(args: list[str]) -> int:
+    """`main(args)` with sys.argv as a shell gives it for `reslab ARGS`: the command the run records."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["reslab", *args])
+        return main(args)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished (tiny, synthetic) training run."""
-    path = tmp_path_factory.mktemp("push") / "run"
-    assert main(["train", *SMALL_RUN, "--run-dir", str(path)]) == 0
-    return path
+    """A finished (tiny, synthetic) training run, typed with a relative --run-dir: its recorded
+    command names no local path, so push publishes it (and the weights) as they are."""
+    base = tmp_path_factory.mktemp("push")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        assert as_typed(["train", *SMALL_RUN, "--run-dir", "run"]) == 0
+    return base / "run"
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ImageFolder run (tests/data/tiny_run.py) typed with absolute paths: the data, the
+    run and the cache under the test's temporary folder, train.out_dir under the home directory."""
+    base = tmp_path_factory.mktemp("private")
+    tree = tiny_tree(base / "my-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiny_run, "main", as_typed)
+        return train_tiny_run(base / "run", tree, f"train.out_dir={Path.home() / 'reslab-runs'}")
+
+
+def machine_paths(run: Path) -> list[str]:
+    """The absolute paths of this machine nothing published may name: the run's folder and its
+    parents (short of the top-level folder, /tmp), the home directory and the working directory."""
+    parents = [p for p in (run, *run.parents) if len(p.parts) > 2]
+    return sorted({str(p) for p in (*parents, Path.home(), Path.cwd()) if p != Path(p.anchor)})
+
+
+def published_texts(folder: Path) -> dict[str, str]:
+    """Every file of a repository folder as text; the weights as their safetensors header's metadata."""
+    texts = {p.name: p.read_text() for p in folder.iterdir() if p.suffix != ".safetensors"}
+    with safe_open(folder / "weights.safetensors", "pt") as f:
+        texts["weights.safetensors"] = json.dumps(f.metadata())
+    return texts
 
 
 def card_header(card: str) -> dict:
@@ -92,6 +135,77 @@ def test_the_recorded_command_reads_as_typed() -> None:
     assert training_command("__main__.py train --recipe fast") == "reslab train --recipe fast"
     assert training_command("reslab train --recipe fast") == "reslab train --recipe fast"
     assert training_command("python my_script.py") == "python my_script.py"
+
+
+def test_push_publishes_no_local_path(private_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (private_run / "weights.safetensors").read_bytes()
+    local = load_weights(private_run)
+    tree = Path(local.meta.data_dir)
+    assert tree.is_absolute() and str(tree) in local.meta.command and str(private_run) in local.meta.command
+    out = tmp_path / "repo"
+    assert main(["push", str(private_run), "--repo", "someone/private", "--dry-run", str(out)]) == 0
+    assert "DATA_DIR, RUN_DIR" in capsys.readouterr().out
+
+    texts = published_texts(out)
+    assert sorted(texts) == sorted(HUB_FILES)
+    for name, text in texts.items():
+        for path in machine_paths(private_run):
+            assert path not in text, f"{name} publishes {path}"
+    card, uploaded = texts["README.md"], out / "weights.safetensors"
+    public = load_weights(uploaded)
+    assert public.meta.dataset == "imagefolder:my-data" and public.meta.data_dir == ""
+    command = training_command(public.meta.command)
+    assert "--data-dir DATA_DIR" in command and "--run-dir RUN_DIR" in command and command in card
+    assert "data.cache_dir=CACHE_DIR" in command and "train.out_dir=OUT_DIR" in command
+    # the data by kind, folder name, image count and checksum
+    counts = {part: sum(classes.values()) for part, classes in TINY_TREE.items()}
+    listed = ", ".join(f"{part} {n}" for part, n in counts.items())
+    assert f"imagefolder (folder `{tree.name}`), {sum(counts.values())} images ({listed})" in card
+    assert f"`{local.meta.data_sha256}`" in card and public.meta.data_sha256 == local.meta.data_sha256
+    # a copy with the same tensors: the same predictions; the card names the uploaded file's checksum
+    assert (private_run / "weights.safetensors").read_bytes() == before
+    assert f"SHA-256 `{hashlib.sha256(uploaded.read_bytes()).hexdigest()}`" in card
+    x = torch.randn(4, 3, public.meta.input_size, public.meta.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(public.model(x), local.model(x))
+    assert torch.equal(public.stats.mean, local.stats.mean) and torch.equal(public.stats.std, local.stats.std)
+
+
+def test_keep_paths_publishes_them_as_recorded(private_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    assert main(["push", str(private_run), "--repo", "someone/mine", "--dry-run", str(out), "--keep-paths"]) == 0
+    local = load_weights(private_run)
+    assert (out / "weights.safetensors").read_bytes() == (private_run / "weights.safetensors").read_bytes()
+    texts = published_texts(out)
+    for text in texts.values():
+        assert local.meta.data_dir in text
+    assert str(private_run) in texts["README.md"] and str(private_run) in texts["config.json"]
+
+
+def test_an_upload_publishes_no_local_path(private_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert main(["push", str(private_run), "--repo", "someone/private"]) == 0
+    _, upload = FakeApi.calls[-1]
+    sent = [upload["commit_message"], *(data.decode("utf-8", "replace") for data in upload["files"].values())]
+    for path in machine_paths(private_run):
+        assert not any(path in text for text in sent), f"the upload publishes {path}"
+
+
+def test_local_paths_become_placeholders() -> None:
+    known = LocalPaths.of({"DATA_DIR": ["/home/me/photos"], "RUN_DIR": ["/home/me/runs/x"]})
+    typed = (
+        "reslab train --data-dir /home/me/photos --run-dir=/home/me/runs/x --set data.cache_dir=/scratch/c "
+        "--recipe /etc/r.yaml imagefolder:/mnt/d ~/notes -o /out/f.npy --set schedule.milestones=[6,9] rel/dir"
+    )
+    assert redact(typed, known) == (
+        "reslab train --data-dir DATA_DIR --run-dir=RUN_DIR --set data.cache_dir=CACHE_DIR "
+        "--recipe RECIPE imagefolder:PATH PATH -o PATH --set schedule.milestones=[6,9] rel/dir"
+    )
+    assert redact("/home/me/photos/train/a.png /home/me/photos2", known) == "DATA_DIR/train/a.png PATH"
+    assert redact("https://example.org/x no:cacheprovider") == "https://example.org/x no:cacheprovider"
+    assert redact("'/srv/a b' [/srv/c] x=[6,9]") == "'PATH b' [PATH] x=[6,9]"
 
 
 @pytest.mark.parametrize(
