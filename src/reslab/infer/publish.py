@@ -46,8 +46,7 @@ from reslab.infer.export import preprocessing_info
 from reslab.infer.onnx_cache import file_sha256
 from reslab.infer.redact import DATA_DIR, RUN_DIR, data_location, folder_name, local_paths, public_meta
 from reslab.models import count_params, model_info
-from reslab.records import to_json
-from reslab.rundir import RunDir
+from reslab.rundir import RunDir, RunSummary
 from reslab.vocab import DATASETS
 from reslab.weights import FORMAT_VERSION, Weights, WeightsMeta, load_weights, resolve_weights, write_meta
 
@@ -103,16 +102,15 @@ def _run_of(source: str) -> RunDir | None:
     return RunDir(source) if not is_hub_spec(source) and Path(source).is_dir() else None
 
 
-def _summary(run: RunDir | None) -> dict[str, Any]:
-    """The run's summary.json as JSON ({} for a weights file); a damaged one is RunDir's one-line error."""
-    summary = run.read_summary() if run is not None else None
-    return to_json(summary) if summary is not None else {}
+def _summary(run: RunDir | None) -> RunSummary | None:
+    """The run's summary.json (None for a weights file); a damaged one is RunDir's one-line error."""
+    return run.read_summary() if run is not None else None
 
 
-def card_metrics(weights: Weights, summary: dict[str, Any]) -> dict[str, float]:
+def card_metrics(weights: Weights, summary: RunSummary | None) -> dict[str, float]:
     """The weights' evaluation: the run's kept evaluation when there is a summary, else the weights'."""
-    kept = summary.get("kept", {}) if isinstance(summary.get("kept"), dict) else {}
-    source = kept.get("evaluation") if isinstance(kept.get("evaluation"), dict) else weights.meta.metrics
+    kept = summary.kept if summary is not None else None
+    source = kept.evaluation if kept is not None and kept.evaluation else weights.meta.metrics
     return {
         k: float(v)
         for k, v in source.items()
@@ -184,7 +182,7 @@ def _metric_value(key: str, value: float) -> str:
     return f"{100 * value:.2f}%" if key.endswith(("error", "accuracy")) else f"{value:.4f}"
 
 
-def model_card(folder: HubFolder, summary: dict[str, Any], license_id: str) -> str:
+def model_card(folder: HubFolder, summary: RunSummary | None, license_id: str) -> str:
     """README.md of the repository (see the module docstring), from what is uploaded."""
     lines = _card_intro(folder, summary, license_id)
     lines += _results_section(folder.weights.meta, summary, folder.metrics)
@@ -194,7 +192,7 @@ def model_card(folder: HubFolder, summary: dict[str, Any], license_id: str) -> s
     return "\n".join(lines)
 
 
-def _card_intro(folder: HubFolder, summary: dict[str, Any], license_id: str) -> list[str]:
+def _card_intro(folder: HubFolder, summary: RunSummary | None, license_id: str) -> list[str]:
     """The YAML header the Hub reads, the title and one sentence on what the network is."""
     meta = folder.weights.meta
     info = model_info(meta.model)
@@ -210,28 +208,27 @@ def _card_intro(folder: HubFolder, summary: dict[str, Any], license_id: str) -> 
         f"`{meta.model}` ({info.family}, {info.paper}) classifying {meta.num_classes} classes, trained with "
         f"reslab{version} on {folder.data.title(meta.dataset)}."
     )
-    if summary.get("synthetic_data") or meta.dataset.startswith("synthetic"):
+    if (summary is not None and summary.synthetic_data) or meta.dataset.startswith("synthetic"):
         lines += ["", "> Trained on reslab's synthetic smoke-test data: the numbers below are not a result."]
     return lines
 
 
-def _results_section(meta: WeightsMeta, summary: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+def _results_section(meta: WeightsMeta, summary: RunSummary | None, metrics: dict[str, float]) -> list[str]:
     """The metrics table and how they were measured (which weights, TTA, precision, steps)."""
     lines = ["", "## Results", ""]
     if not metrics:
         return [*lines, "No metrics were recorded with these weights."]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {_metric_name(k)} | {_metric_value(k, v)} |" for k, v in metrics.items()]
-    kept = summary.get("kept") if isinstance(summary.get("kept"), dict) else {}
+    kept = summary.kept if summary is not None else None
     how = [
         f"flip test-time augmentation {'on' if meta.tta_flip else 'off'}",
         f"precision {meta.evaluation.get('precision', 'fp32')}",
     ]
-    if kept.get("step") is not None:
-        how.insert(0, f"weights kept by train.keep={kept.get('keep')} at step {kept['step']}")
-    if summary.get("steps") is not None:
-        epochs, wall = summary.get("epochs"), summary.get("wall_time_s")
-        how.append(f"{summary['steps']} steps ({epochs} epochs) in {wall} s wall time")
+    if kept is not None:
+        how.insert(0, f"weights kept by train.keep={kept.keep} at step {kept.step}")
+    if summary is not None:
+        how.append(f"{summary.steps} steps ({summary.epochs} epochs) in {summary.wall_time_s} s wall time")
     return [*lines, "", "Measured by reslab at the end of training: " + "; ".join(how) + "."]
 
 
