@@ -118,7 +118,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, sync_dir: b
         if die_at == "synced":
             _die()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # even KeyboardInterrupt: the temp file goes, then the error goes on
         Path(tmp).unlink(missing_ok=True)
         raise
     if die_at == "renamed":

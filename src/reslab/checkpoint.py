@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -306,7 +307,9 @@ def _unsafe_globals(path: Path) -> list[str]:
     try:
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # not a torch zip file (e.g. a bare pickle): no names to give
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        # ValueError: not a torch zip file (a bare pickle, garbage): no names to give. A damaged
+        # archive (RuntimeError) or a read error names none either; anything else is a bug, raised.
         return []
 
 
@@ -319,7 +322,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (a file of unknown content: UnpicklingError for a global,
+        # RuntimeError / EOFError / KeyError / ValueError for a malformed archive, by torch version; each
+        # is the file's, said in one line, with the globals it would call when there are any)
         unsafe = _unsafe_globals(path)
         what = f"it would call {', '.join(unsafe)}" if unsafe else f"{type(exc).__name__}"
         raise CheckpointError(

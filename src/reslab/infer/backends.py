@@ -36,6 +36,7 @@ import torch
 from reslab.data.norm import NormStats
 from reslab.data.preprocess import Preprocess
 from reslab.errors import CheckpointError, ConfigError, InputShapeError
+from reslab.infer.session import onnx_session
 from reslab.vocab import INFER_BACKENDS, ONNX_PRECISIONS
 from reslab.weights import Weights, WeightsMeta, load_weights, read_meta, resolve_weights
 
@@ -86,18 +87,6 @@ def with_temperature(predictor: Predictor, meta: WeightsMeta) -> Predictor:
 
 def is_onnx_file(source: str | Path) -> bool:
     return Path(source).suffix.lower() == ONNX_SUFFIX
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session; intra-op threads = torch.get_num_threads() unless given."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions, layout changes
-    options.log_severity_level = 3  # errors only: no warnings about unused initializers and such
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def read_onnx_meta(props: dict[str, str], path: str | Path) -> tuple[WeightsMeta, NormStats, dict[str, object]]:

@@ -38,8 +38,8 @@ import torch
 
 from reslab.atomic import atomic_write_bytes, staged
 from reslab.errors import ReslabError
-from reslab.infer.backends import onnx_session
 from reslab.infer.fast import fold_batchnorm
+from reslab.infer.session import onnx_session
 from reslab.models import count_params
 from reslab.models.resnet import ResNet
 from reslab.weights import Weights

@@ -63,7 +63,8 @@ def on_rank0(dist: Dist, fn: Callable[[], T]) -> T:
     if dist.main:
         try:
             box[0] = ("ok", fn())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (not swallowed: raised here and, as a message, on every rank;
+            # a rank-0 failure of any type must reach the others, which would otherwise wait forever)
             error = exc
             box[0] = ("error", str(exc) if isinstance(exc, ReslabError) else f"rank 0 failed: {exc!r}")
     torch.distributed.broadcast_object_list(box, src=0)
