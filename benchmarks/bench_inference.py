@@ -66,6 +66,7 @@ from reslab.weights import WeightsMeta, load_weights, save_weights
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+Side = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) uint8 -> (B, classes) float logits
 
 
 @dataclass
@@ -125,7 +126,7 @@ def print_header(args: argparse.Namespace) -> None:
     print()
 
 
-def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+def reference_side(case: Case, model: torch.nn.Module) -> tuple[str, Side]:
     """torchvision's ResNet-50 (eager fp32, NCHW) holding the same weights; else the reslab net unfused."""
     if case.name == "resnet50":
         import torchvision
@@ -154,7 +155,7 @@ def weights_file(model: torch.nn.Module, case: Case, workdir: Path) -> Path:
     return path
 
 
-def predict_side(path: Path) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+def predict_side(path: Path) -> tuple[str, Side]:
     """`reslab predict`'s default predictor for the weights file; its first use and a later use timed."""
     first_use = not path.with_name(path.name + ".onnx").exists()
     lines: list[str] = []
@@ -176,7 +177,7 @@ def predict_side(path: Path) -> tuple[str, Callable[[torch.Tensor], torch.Tensor
     return f"reslab predict default ({backend})", predictor
 
 
-def onnx_side(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_side(path: Path) -> Side:
     """Plain onnxruntime on `path`: default session options, torch's thread count, numpy normalisation."""
     import onnxruntime as ort
 
@@ -208,7 +209,7 @@ def int8_side(fp32_path: Path, case: Case, workdir: Path) -> OnnxPredictor:
     return OnnxPredictor(int8_path)
 
 
-def timed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+def timed(fn: Side, x: torch.Tensor, repeats: int) -> float:
     start = time.perf_counter()
     for _ in range(repeats):
         fn(x)
@@ -233,6 +234,63 @@ def ratio_line(label: str, times: dict[str, list[float]]) -> str:
     )
 
 
+def build_sides(
+    model: torch.nn.Module, case: Case, args: argparse.Namespace, path: Path, workdir: Path, predict: tuple[str, Side]
+) -> tuple[dict[str, Side], str]:
+    """The implementations to time, by label, the reference first (torchvision's or the unfused
+    net with --sides all, else `reslab predict`'s default), and the fast path's label ("" if none)."""
+    predict_label, predict_fn = predict
+    fp32_file = predict_fn.path if predict_fn.describe()["backend"] == "onnxruntime" else None
+    sides: dict[str, Side] = {}
+    if args.sides == "all":
+        ref_label, ref_fn = reference_side(case, model)
+        sides[ref_label] = ref_fn
+    sides[predict_label] = predict_fn
+    if fp32_file is not None:
+        sides[ONNX_LABEL] = onnx_side(fp32_file)
+    if args.sides != "all":
+        return sides, ""
+    preprocess = load_weights(path).preprocess
+    fast = FastPredictor(model, preprocess, precision=args.precision, compile=not args.no_compile, dynamic=False)
+    fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
+    sides[fast_label] = fast
+    sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, preprocess, precision=args.precision)
+    if fp32_file is not None:
+        sides[INT8_LABEL] = int8_side(fp32_file, case, workdir)
+    return sides, fast_label
+
+
+def warm_up(sides: dict[str, Side], model: torch.nn.Module, u8: torch.Tensor) -> None:
+    """One untimed call of each side (first calls build oneDNN primitives, compile, allocate), its
+    logits compared with reslab's unfused fp32 network."""
+    with torch.inference_mode():
+        expected = model((u8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)  # reslab unfused fp32
+    for label, fn in sides.items():
+        t0 = time.perf_counter()
+        out = fn(u8)
+        warm = time.perf_counter() - t0
+        print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
+
+
+def print_times(times: dict[str, list[float]], batch: int, compared: tuple[str, ...]) -> None:
+    """Each side's median and its per-round ratios to the first side; then each of `compared`
+    (those timed) against plain onnxruntime."""
+    ref = next(iter(times.values()))
+    print(
+        f"   {'side':<40} {'median ms/batch':>15} {'images/s':>9}   ratio reference/side per round: min / median / max"
+    )
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        ratios = [r / t for r, t in zip(ref, ts)]
+        print(
+            f"   {label:<40} {med * 1e3:15.1f} {batch / med:9.1f}   "
+            f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x"
+        )
+    for label in compared:
+        if label in times and ONNX_LABEL in times:
+            print(ratio_line(label, times))
+
+
 def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> None:
     torch.manual_seed(0)
     model = create_model(case.name).eval()
@@ -250,35 +308,10 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
     )
 
     path = weights_file(model, case, workdir)
-    predict_label, predict_fn = predict_side(path)
+    predict = predict_side(path)
     start = time.perf_counter()
-    fp32_file = predict_fn.path if predict_fn.describe()["backend"] == "onnxruntime" else None
-    sides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
-    if args.sides == "all":
-        ref_label, ref_fn = reference_side(case, model)
-        sides[ref_label] = ref_fn
-    sides[predict_label] = predict_fn
-    if fp32_file is not None:
-        sides[ONNX_LABEL] = onnx_side(fp32_file)
-    fast_label = ""
-    if args.sides == "all":
-        preprocess = load_weights(path).preprocess
-        fast = FastPredictor(model, preprocess, precision=args.precision, compile=not args.no_compile, dynamic=False)
-        fast_label = f"reslab fast ({'compiled, ' if not args.no_compile else ''}{fast.precision})"
-        sides[fast_label] = fast
-        sides[f"reslab eager folded+CL ({fast.precision})"] = FastPredictor(model, preprocess, precision=args.precision)
-        if fp32_file is not None:
-            sides[INT8_LABEL] = int8_side(fp32_file, case, workdir)
-    ref_label = next(iter(sides))
-
-    # Warm-up round: first calls build oneDNN primitives, compile, allocate; not timed as speed.
-    with torch.inference_mode():
-        expected = model((u8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)  # reslab unfused fp32
-    for label, fn in sides.items():
-        t0 = time.perf_counter()
-        out = fn(u8)
-        warm = time.perf_counter() - t0
-        print(f"   warm-up {label:<40} {warm:8.2f} s   numerics vs fp32 reference: {numerics(out, expected)}")
+    sides, fast_label = build_sides(model, case, args, path, workdir, predict)
+    warm_up(sides, model, u8)
     setup = time.perf_counter() - start
     what = f"int8 calibration on {case.calibration} images, " if INT8_LABEL in sides else ""
     print(f"   (setup incl. {what}warm-up: {setup:.1f} s)")
@@ -287,21 +320,7 @@ def run_case(key: str, case: Case, args: argparse.Namespace, workdir: Path) -> N
     for _ in range(args.rounds):
         for label, fn in sides.items():
             times[label].append(timed(fn, u8, case.repeats))
-
-    ref = times[ref_label]
-    print(
-        f"   {'side':<40} {'median ms/batch':>15} {'images/s':>9}   ratio reference/side per round: min / median / max"
-    )
-    for label, ts in times.items():
-        med = statistics.median(ts)
-        ratios = [r / t for r, t in zip(ref, ts)]
-        print(
-            f"   {label:<40} {med * 1e3:15.1f} {case.batch / med:9.1f}   "
-            f"{min(ratios):.2f}x / {statistics.median(ratios):.2f}x / {max(ratios):.2f}x"
-        )
-    for label in (predict_label, fast_label, INT8_LABEL):
-        if label in times and ONNX_LABEL in times:
-            print(ratio_line(label, times))
+    print_times(times, case.batch, (predict[0], fast_label, INT8_LABEL))
     print(f"   load average after the case: {load()}")
     print()
 

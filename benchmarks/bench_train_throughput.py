@@ -32,15 +32,19 @@ import time
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from reslab import create_model
-from reslab.config import load_config
+from reslab.config import Config, load_config
 from reslab.data import InMemoryTrainBatches, TrainBatchSpec, load_cached, make_synthetic
+from reslab.data.array_dataset import ArrayDataset
+from reslab.data.norm import NormStats
 from reslab.machine import cpu_model
-from reslab.models import count_macs
+from reslab.models import ResNet, count_macs
 from reslab.train.optim import build_optimizer
+from reslab.train.step import StepSettings
 
 TARGET = 2.5  # issue 3: reslab >= 2.5x the reference
 
@@ -185,7 +189,7 @@ def policies_main(args: argparse.Namespace, ds) -> None:
     print(f"(off = crop + flip only: {off:.0f} img/s)")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data",
@@ -203,19 +207,15 @@ def main() -> None:
     parser.add_argument("--policies", action="store_true", help="img/s of each augmentation variant (in memory)")
     parser.add_argument("--with-step", action="store_true", help="--policies: each batch through a train step")
     parser.add_argument("--images", type=int, default=20_000, help="synthetic-cifar: images generated")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    return parser.parse_args()
 
-    if args.data == "fashion-mnist":
-        ds = load_cached("fashion-mnist", "train", None)
-    else:
-        ds = make_synthetic("train", args.images, image_size=32, in_chans=3)
-    if args.policies:
-        return policies_main(args, ds)
-    c, h, _ = ds.image_shape
-    n_images = args.steps * args.batch_size * (args.rounds + 1)
-    ds = ds.subset(torch.arange(min(len(ds), n_images)))
+
+def reslab_side(
+    args: argparse.Namespace, ds: ArrayDataset
+) -> tuple[Config, InMemoryTrainBatches, ResNet, Optimizer, StepSettings]:
+    """The `fast` recipe's settings (with --set on top), the in-memory batches, its ResNet-20,
+    optimizer and step settings."""
+    from reslab.device import resolve_precision
 
     cfg = load_config(
         "fast",
@@ -231,45 +231,44 @@ def main() -> None:
         args.batch_size, augment="crop-flip", pad=4, normalize="channel", channels_last=cfg.train.channels_last
     )
     batches = InMemoryTrainBatches(ds, spec)
-    ours = create_model("resnet20", num_classes=10, in_chans=c)
+    ours = create_model("resnet20", num_classes=10, in_chans=ds.image_shape[0])
     if cfg.train.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
-    from reslab.device import resolve_precision
-    from reslab.train.step import StepSettings
-
     optimizer = build_optimizer(ours, cfg.optim)
     precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
     settings = StepSettings(lr=cfg.optim.lr, precision=precision, label_smoothing=cfg.optim.label_smoothing)
+    return cfg, batches, ours, optimizer, settings
 
-    mean, std = batches.stats.mean.flatten().tolist(), batches.stats.std.flatten().tolist()
+
+def reference_side(
+    args: argparse.Namespace, ds: ArrayDataset, stats: NormStats
+) -> tuple[ResNet, Optimizer, dict[int, DataLoader]]:
+    """The reference's ResNet-20, SGD, and a DataLoader over PIL images for 0 and for 2 workers."""
+    h = ds.image_shape[1]
+    mean, std = stats.mean.flatten().tolist(), stats.std.flatten().tolist()
     transform = T.Compose([T.RandomCrop(h, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     pil = PILDataset(ds.images, ds.labels, transform)
-    ref = create_model("resnet20", num_classes=10, in_chans=c)
+    ref = create_model("resnet20", num_classes=10, in_chans=ds.image_shape[0])
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
-
-    # Warm-up; pick the reference's faster worker count.
     loaders = {
         w: DataLoader(
             pil, batch_size=args.batch_size, shuffle=True, num_workers=w, drop_last=True, persistent_workers=w > 0
         )
         for w in (0, 2)
     }
-    warm = {w: reference_round(ref, ref_opt, loader, max(5, args.steps // 3)) for w, loader in loaders.items()}
-    workers = max(warm, key=warm.get)
-    loader = loaders[workers]
-    reslab_round(ours, optimizer, settings, batches, max(5, args.steps // 3), epoch=0)
+    return ref, ref_opt, loaders
 
-    ours_rates, ref_rates = [], []
-    for r in range(args.rounds):
-        ours_rates.append(reslab_round(ours, optimizer, settings, batches, args.steps, epoch=r + 1))
-        ref_rates.append(reference_round(ref, ref_opt, loader, args.steps))
-        print(
-            f"round {r + 1}: reslab {ours_rates[-1]:7.1f} img/s   reference {ref_rates[-1]:7.1f} img/s   "
-            f"ratio {ours_rates[-1] / ref_rates[-1]:.2f}x",
-            flush=True,
-        )
-    ratios = [a / b for a, b in zip(ours_rates, ref_rates)]
+
+def print_setup(
+    args: argparse.Namespace,
+    ours: ResNet,
+    image_shape: tuple[int, int, int],
+    warm: dict[int, float],
+    settings: StepSettings,
+    cfg: Config,
+) -> None:
+    """What was measured, on what: command, hardware, work, and how each side ran."""
+    c, h, _ = image_shape
     print()
     print(f"command:   {' '.join([sys.executable.split('/')[-1], *sys.argv])}")
     print(
@@ -282,13 +281,21 @@ def main() -> None:
         f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, pad-4 crop + flip + normalise"
     )
     print(
-        f"reference: DataLoader + PIL transforms, num_workers={workers} "
+        f"reference: DataLoader + PIL transforms, num_workers={max(warm, key=warm.get)} "
         f"(warm-up: 0 -> {warm[0]:.0f} img/s, 2 -> {warm[2]:.0f} img/s), eager fp32 NCHW, SGD momentum"
     )
     print(
-        f"reslab:    InMemoryTrainBatches + train_step, {precision} (train.precision {cfg.train.precision}), "
+        f"reslab:    InMemoryTrainBatches + train_step, {settings.precision} (train.precision {cfg.train.precision}), "
         f"{'channels_last' if cfg.train.channels_last else 'NCHW'}"
     )
+
+
+def print_rates(
+    ours: ResNet, image_shape: tuple[int, int, int], ours_rates: list[float], ref_rates: list[float]
+) -> None:
+    """The medians, the per-round ratios, and what the 2.5x target asks of the hardware."""
+    c, h, _ = image_shape
+    ratios = [a / b for a, b in zip(ours_rates, ref_rates)]
     print(f"median img/s: reslab {statistics.median(ours_rates):.1f}, reference {statistics.median(ref_rates):.1f}")
     print(
         f"ratio reslab/reference: median {statistics.median(ratios):.2f}x "
@@ -304,6 +311,46 @@ def main() -> None:
         f"reslab now runs {statistics.median(ours_rates) * step_flops / 1e9:.0f}; "
         f"fp32 matmul peak measured on these {torch.get_num_threads()} threads: {gemm_peak_gflops():.0f} GFLOP/s"
     )
+
+
+def compare_main(args: argparse.Namespace, ds: ArrayDataset) -> None:
+    """The default: reslab's training img/s against the reference loop's, rounds interleaved."""
+    n_images = args.steps * args.batch_size * (args.rounds + 1)
+    ds = ds.subset(torch.arange(min(len(ds), n_images)))
+    cfg, batches, ours, optimizer, settings = reslab_side(args, ds)
+    ref, ref_opt, loaders = reference_side(args, ds, batches.stats)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+
+    # Warm-up; pick the reference's faster worker count.
+    warm = {w: reference_round(ref, ref_opt, loader, max(5, args.steps // 3)) for w, loader in loaders.items()}
+    loader = loaders[max(warm, key=warm.get)]
+    reslab_round(ours, optimizer, settings, batches, max(5, args.steps // 3), epoch=0)
+
+    ours_rates, ref_rates = [], []
+    for r in range(args.rounds):
+        ours_rates.append(reslab_round(ours, optimizer, settings, batches, args.steps, epoch=r + 1))
+        ref_rates.append(reference_round(ref, ref_opt, loader, args.steps))
+        print(
+            f"round {r + 1}: reslab {ours_rates[-1]:7.1f} img/s   reference {ref_rates[-1]:7.1f} img/s   "
+            f"ratio {ours_rates[-1] / ref_rates[-1]:.2f}x",
+            flush=True,
+        )
+    print_setup(args, ours, ds.image_shape, warm, settings, cfg)
+    print_rates(ours, ds.image_shape, ours_rates, ref_rates)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.data == "fashion-mnist":
+        ds = load_cached("fashion-mnist", "train", None)
+    else:
+        ds = make_synthetic("train", args.images, image_size=32, in_chans=3)
+    if args.policies:
+        policies_main(args, ds)
+    else:
+        compare_main(args, ds)
 
 
 if __name__ == "__main__":

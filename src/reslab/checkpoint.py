@@ -187,59 +187,39 @@ class Checkpoint:
     @classmethod
     def from_payload(cls, payload: Any, path: Path | None = None) -> Checkpoint:
         """Check the structure of a loaded checkpoint; a CheckpointError says what is wrong."""
-        where = f"checkpoint {path}" if path else "checkpoint"
-
-        def need(mapping: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
-            if not isinstance(mapping, dict) or key not in mapping:
-                raise CheckpointError(f"{where} lacks {what}")
-            if not isinstance(mapping[key], kind):
-                raise CheckpointError(f"{where}: {what} has the wrong type ({type(mapping[key]).__name__})")
-            return mapping[key]
-
+        read = _PayloadReader(f"checkpoint {path}" if path else "checkpoint")
         if not isinstance(payload, dict):
-            raise CheckpointError(f"{where} is not a reslab checkpoint (a {type(payload).__name__}, not a mapping)")
-        model = need(payload, "model", dict, "the model weights ('model')")
-        if not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
-            raise CheckpointError(f"{where}: 'model' is not a state dict of tensors")
-        state = need(payload, "state", dict, "the training position ('state')")
-        position = {k: need(state, k, int, f"state.{k}") for k in cls.POSITION_KEYS}
-        if any(v < 0 for v in position.values()):
-            raise CheckpointError(f"{where}: negative training position {position}")
-        world = need(payload, "world_size", int, "'world_size'")
-        rng = need(payload, "rng", list, "the RNG states ('rng')")
-        order = need(payload, "data_order", list, "the data order ('data_order')")
-        if world < 1 or len(rng) != world or len(order) != world:
             raise CheckpointError(
-                f"{where}: {len(rng)} RNG states and {len(order)} data orders for {world} process(es)"
+                f"{read.where} is not a reslab checkpoint (a {type(payload).__name__}, not a mapping)"
             )
+        model = read.tensors(read.need(payload, "model", dict, "the model weights ('model')"), "'model'")
+        state = read.need(payload, "state", dict, "the training position ('state')")
+        position = {k: read.need(state, k, int, f"state.{k}") for k in cls.POSITION_KEYS}
+        if any(v < 0 for v in position.values()):
+            raise CheckpointError(f"{read.where}: negative training position {position}")
+        world, rng, order = read.processes(payload)
         ema = payload.get("ema")
         if ema is not None and not isinstance(ema, dict):
-            raise CheckpointError(f"{where}: 'ema' is not a state dict")
-        best, best_weights = payload.get("best"), payload.get("best_weights")
-        if best is not None:
-            best = {k: need(best, k, kind, f"best.{k}") for k, kind in cls.BEST_TYPES.items()}
-            if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in best["record"].items()):
-                raise CheckpointError(f"{where}: best.record is not a mapping of names to numbers")
-        if best_weights is not None and not (
-            isinstance(best_weights, dict) and all(isinstance(v, torch.Tensor) for v in best_weights.values())
-        ):
-            raise CheckpointError(f"{where}: 'best_weights' is not a state dict of tensors")
+            raise CheckpointError(f"{read.where}: 'ema' is not a state dict")
+        best_weights = payload.get("best_weights")
         elapsed = payload.get("elapsed", 0.0)
         return cls(
             model=model,
-            optimizer=need(payload, "optimizer", dict, "the optimizer state ('optimizer')"),
+            optimizer=read.need(payload, "optimizer", dict, "the optimizer state ('optimizer')"),
             position=position,
-            schedule=need(state, "schedule", dict, "state.schedule"),
+            schedule=read.need(state, "schedule", dict, "state.schedule"),
             rng=rng,
             data_order=order,
-            config=need(payload, "config", dict, "the run's config ('config')"),
+            config=read.need(payload, "config", dict, "the run's config ('config')"),
             elapsed=float(elapsed) if isinstance(elapsed, (int, float)) else 0.0,
             world_size=world,
             reslab_version=str(payload.get("reslab_version", "")),
             ema=ema,
             scaler=payload.get("scaler"),
-            best=best,
-            best_weights=best_weights,
+            best=read.best(payload.get("best"), cls.BEST_TYPES),
+            best_weights=read.tensors(best_weights, "'best_weights'", empty_ok=True)
+            if best_weights is not None
+            else None,
             path=path,
         )
 
@@ -248,6 +228,51 @@ class Checkpoint:
         if self.ema is not None:
             return {k[len("module.") :]: v for k, v in self.ema.items() if k.startswith("module.")}
         return self.model
+
+
+class _PayloadReader:
+    """Typed access to the mapping a checkpoint file holds; each problem is a CheckpointError that
+    names the file (`where`) and the part at fault."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def need(self, mapping: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if not isinstance(mapping, dict) or key not in mapping:
+            raise CheckpointError(f"{self.where} lacks {what}")
+        if not isinstance(mapping[key], kind):
+            raise CheckpointError(f"{self.where}: {what} has the wrong type ({type(mapping[key]).__name__})")
+        return mapping[key]
+
+    def tensors(self, value: Any, what: str, *, empty_ok: bool = False) -> dict[str, torch.Tensor]:
+        """A state dict of tensors (non-empty unless `empty_ok`)."""
+        if (
+            not isinstance(value, dict)
+            or not (value or empty_ok)
+            or not all(isinstance(v, torch.Tensor) for v in value.values())
+        ):
+            raise CheckpointError(f"{self.where}: {what} is not a state dict of tensors")
+        return value
+
+    def processes(self, payload: dict[str, Any]) -> tuple[int, list[Any], list[Any]]:
+        """(world size, RNG states, data orders): one state and one order per process."""
+        world = self.need(payload, "world_size", int, "'world_size'")
+        rng = self.need(payload, "rng", list, "the RNG states ('rng')")
+        order = self.need(payload, "data_order", list, "the data order ('data_order')")
+        if world < 1 or len(rng) != world or len(order) != world:
+            raise CheckpointError(
+                f"{self.where}: {len(rng)} RNG states and {len(order)} data orders for {world} process(es)"
+            )
+        return world, rng, order
+
+    def best(self, best: Any, types: dict[str, type | tuple[type, ...]]) -> dict[str, Any] | None:
+        """The best-so-far record (None in checkpoints of reslab before train.keep)."""
+        if best is None:
+            return None
+        best = {k: self.need(best, k, kind, f"best.{k}") for k, kind in types.items()}
+        if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in best["record"].items()):
+            raise CheckpointError(f"{self.where}: best.record is not a mapping of names to numbers")
+        return best
 
 
 # ---- Writing -------------------------------------------------------------------------------------

@@ -196,17 +196,28 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
+    return _coerce_scalar(value, annotation, where)
+
+
+def _number_in_text(text: str, annotation: type) -> Any:
+    """YAML 1.1 reads 1e30 (no dot) as a string: the number it spells (an int for an int field,
+    where it is whole), or the text unchanged when it spells none."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if annotation is float or not number.is_integer() else int(number)
+
+
+def _coerce_scalar(value: Any, annotation: Any, where: str) -> Any:
+    """`_coerce` for a bool, int, float or str field (anything else passes unchecked)."""
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
         except OverflowError:  # an int beyond 1.8e308
             raise ConfigError(f"{where}={shown(value)} is out of range: too large for a float") from None
     if annotation in (float, int) and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e30 (no dot) as a string
-            number = float(value)
-            value = number if annotation is float or not number.is_integer() else int(number)
-        except ValueError:
-            pass
+        value = _number_in_text(value, annotation)
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -420,12 +431,20 @@ def check_range(section: str, key: str, value: Any) -> None:
 
 
 def validate(cfg: Config) -> None:
+    """ConfigError for the first setting out of its range, not one of its choices, or at odds with
+    another. Without data.hflip it also turns flip augmentation and flip TTA off, in place."""
     for (section, key), value in ((name, getattr(getattr(cfg, name[0]), name[1])) for name in RANGES):
         if value is not None:  # data.image_size and data.in_chans may be None (native / auto); nothing else can
             check_range(section, key, value)
     if not cfg.data.hflip:  # mirrored images are other classes: no flip augmentation, no flip TTA
         cfg.data.augment = {"crop-flip": "crop", "flip": "none"}.get(cfg.data.augment, cfg.data.augment)
         cfg.train.tta_flip = False
+    _check_choices(cfg)
+    _check_combinations(cfg)
+
+
+def _check_choices(cfg: Config) -> None:
+    """Settings whose value must be one of a few: channels, names from `CHOICES`, the device, betas."""
     if cfg.data.in_chans == 2:
         raise ConfigError("data.in_chans=2: images are read as 1 (grey) or 3 (RGB) channels; use 1, 3 or null (auto)")
     for (section, key), choices in CHOICES.items():
@@ -436,6 +455,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {cfg.train.device!r}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers [beta1, beta2]; got {cfg.optim.betas}")
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Settings valid alone but not together (and model.shortcut, which may be None: the net's own)."""
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0 (Nesterov momentum without momentum is undefined)")
     if cfg.model.shortcut is not None and cfg.model.shortcut not in vocab.SHORTCUTS:

@@ -122,60 +122,77 @@ class WeightsMeta:
         return meta
 
     def check(self, where: str) -> None:
-        """Types and ranges of every field, so later code may trust them."""
-
-        def bad(name: str, what: str) -> CheckpointError:  # the value shortened: it may be megabytes
-            return CheckpointError(f"{where}: metadata {name}={reprlib.repr(getattr(self, name))} is not {what}")
-
-        def integer(name: str, low: int, high: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise bad(name, f"an integer in [{low}, {high}]")
-
-        if not isinstance(self.model, str) or not self.model:
-            raise bad("model", "a model name")
-        try:  # the name only: bounds on depth and width, nothing is built (ONNX files name one too)
-            model_info(self.model)
-        except ReslabError as exc:
-            raise CheckpointError(f"{where}: metadata names a model reslab cannot build ({exc})") from None
-        integer("num_classes", 1, MAX_CLASSES)
-        integer("in_chans", 1, MAX_IN_CHANS)
-        integer("input_size", 1, MAX_INPUT_SIZE)
-        if not isinstance(self.options, dict) or set(self.options) - set(OPTIONS) or not _valid_options(self.options):
-            raise bad(
-                "options",
-                f"a mapping of {', '.join(OPTIONS)} (shortcut one of {', '.join(SHORTCUTS)}, "
-                "zero_init_last true/false, drop_rate and drop_path_rate numbers in [0, 1))",
-            )
-        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
-            raise bad("classes", "a list of names")
-        if self.classes and len(self.classes) != self.num_classes:
-            raise bad("classes", f"{self.num_classes} names (num_classes)")
-        if not isinstance(self.metrics, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-            for k, v in self.metrics.items()
-        ):
-            raise bad("metrics", "a mapping of names to numbers")
-        if not isinstance(self.evaluation, dict) or not _valid_evaluation(self.evaluation):
-            raise bad(
-                "evaluation",
-                f"a mapping of tta_flip and channels_last (true/false) and precision ({', '.join(PRECISIONS)})",
-            )
-        low, high = TEMPERATURE_RANGE
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not low <= t <= high:  # NaN fails too
-            raise bad("temperature", f"a number in [{low:g}, {high:g}] (fit it again with `reslab calibrate`)")
-        if not isinstance(self.temperature_fit, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in self.temperature_fit.items()
-        ):
-            raise bad("temperature_fit", "a mapping of names to strings or numbers")
+        """Types and ranges of every field, so later code may trust them; the first wrong one
+        raises a CheckpointError naming `where`, the field and what it should be."""
+        self._check_architecture(where)
+        self._check_records(where)
+        self._check_calibration(where)
         for name in ("resize", "dataset", "data_dir", "data_sha256", "command", "reslab_version"):
             if not isinstance(getattr(self, name), str):
-                raise bad(name, "a string")
+                raise self._bad(where, name, "a string")
         try:
             check_resize(self.resize, self.input_size)
         except ReslabError as exc:
             raise CheckpointError(f"{where}: metadata {exc}") from None
+
+    def _bad(self, where: str, name: str, what: str) -> CheckpointError:
+        """The error for field `name`, its value shortened: it may be megabytes."""
+        return CheckpointError(f"{where}: metadata {name}={reprlib.repr(getattr(self, name))} is not {what}")
+
+    def _check_integer(self, where: str, name: str, low: int, high: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._bad(where, name, f"an integer in [{low}, {high}]")
+
+    def _check_architecture(self, where: str) -> None:
+        """What the network is built from: model name, sizes, create_model options."""
+        if not isinstance(self.model, str) or not self.model:
+            raise self._bad(where, "model", "a model name")
+        try:  # the name only: bounds on depth and width, nothing is built (ONNX files name one too)
+            model_info(self.model)
+        except ReslabError as exc:
+            raise CheckpointError(f"{where}: metadata names a model reslab cannot build ({exc})") from None
+        self._check_integer(where, "num_classes", 1, MAX_CLASSES)
+        self._check_integer(where, "in_chans", 1, MAX_IN_CHANS)
+        self._check_integer(where, "input_size", 1, MAX_INPUT_SIZE)
+        if not isinstance(self.options, dict) or set(self.options) - set(OPTIONS) or not _valid_options(self.options):
+            raise self._bad(
+                where,
+                "options",
+                f"a mapping of {', '.join(OPTIONS)} (shortcut one of {', '.join(SHORTCUTS)}, "
+                "zero_init_last true/false, drop_rate and drop_path_rate numbers in [0, 1))",
+            )
+
+    def _check_records(self, where: str) -> None:
+        """The class names and what the metrics say and were measured with."""
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise self._bad(where, "classes", "a list of names")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise self._bad(where, "classes", f"{self.num_classes} names (num_classes)")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in self.metrics.items()
+        ):
+            raise self._bad(where, "metrics", "a mapping of names to numbers")
+        if not isinstance(self.evaluation, dict) or not _valid_evaluation(self.evaluation):
+            raise self._bad(
+                where,
+                "evaluation",
+                f"a mapping of tta_flip and channels_last (true/false) and precision ({', '.join(PRECISIONS)})",
+            )
+
+    def _check_calibration(self, where: str) -> None:
+        """The temperature `reslab calibrate` stored, and the record of its fit."""
+        low, high = TEMPERATURE_RANGE
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not low <= t <= high:  # NaN fails too
+            raise self._bad(
+                where, "temperature", f"a number in [{low:g}, {high:g}] (fit it again with `reslab calibrate`)"
+            )
+        if not isinstance(self.temperature_fit, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in self.temperature_fit.items()
+        ):
+            raise self._bad(where, "temperature_fit", "a mapping of names to strings or numbers")
 
 
 def _valid_options(options: dict[str, Any]) -> bool:

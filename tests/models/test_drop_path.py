@@ -13,7 +13,15 @@ import torchvision
 from reslab.config import load_config
 from reslab.errors import ConfigError
 from reslab.models import create_model, list_models, model_info
-from reslab.models.blocks import BasicBlock, Bottleneck, DropPath, PreActBasicBlock, PreActBottleneck, ResidualBlock
+from reslab.models.blocks import (
+    BasicBlock,
+    BlockOptions,
+    Bottleneck,
+    DropPath,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResidualBlock,
+)
 from reslab.models.resnet import drop_path_rates
 from reslab.train.build import build_model
 
@@ -104,7 +112,7 @@ def test_out_of_range_and_plain_blocks_are_refused() -> None:
         with pytest.raises(ConfigError, match=r"resnet20: drop_path_rate is a probability in \[0, 1\)"):
             create_model("resnet20", drop_path_rate=bad)
     with pytest.raises(ConfigError, match="plain block has no residual branch"):
-        BasicBlock(16, 16, residual=False, drop_path=0.1)
+        BasicBlock(16, 16, options=BlockOptions(residual=False), drop_path=0.1)
     with pytest.raises(ConfigError, match=r"out of range"):
         load_config(None, ["model.drop_path_rate=1.0"])
 

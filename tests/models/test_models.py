@@ -25,6 +25,7 @@ from reslab.models import (
 from reslab.models import resnet as resnet_module
 from reslab.models.blocks import (
     BasicBlock,
+    BlockOptions,
     Bottleneck,
     PadShortcut,
     PreActBasicBlock,
@@ -390,16 +391,16 @@ def test_drop_rate_zero_is_accepted_everywhere(name: str) -> None:
 
 def test_block_built_on_its_own_refuses_options_it_does_not_implement() -> None:
     with pytest.raises(ConfigError, match="BasicBlock does not support drop_rate"):
-        BasicBlock(16, 16, drop_rate=0.3)
+        BasicBlock(16, 16, options=BlockOptions(drop_rate=0.3))
     with pytest.raises(ConfigError, match="PreActBasicBlock does not support groups"):
-        PreActBasicBlock(16, 16, groups=2)
+        PreActBasicBlock(16, 16, options=BlockOptions(groups=2))
     with pytest.raises(ConfigError, match="BasicBlock does not support stride_on"):
-        BasicBlock(16, 16, 2, stride_on="1x1")
+        BasicBlock(16, 16, 2, options=BlockOptions(stride_on="1x1"))
     with pytest.raises(ConfigError, match="Bottleneck does not support drop_rate"):
-        Bottleneck(64, 16, drop_rate=0.3)
+        Bottleneck(64, 16, options=BlockOptions(drop_rate=0.3))
     with pytest.raises(ConfigError, match="stride_on must be one of"):
-        Bottleneck(64, 16, stride_on="7x7")
-    assert PreActBottleneck(64, 16, groups=4, base_width=8).conv2.groups == 4
+        Bottleneck(64, 16, options=BlockOptions(stride_on="7x7"))
+    assert PreActBottleneck(64, 16, options=BlockOptions(groups=4, base_width=8)).conv2.groups == 4
 
 
 def test_cli_unsupported_option_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:

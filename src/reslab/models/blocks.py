@@ -16,6 +16,7 @@ builder makes it with `make_shortcut` and hands it in as `downsample`, so the sh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal, NamedTuple
 
 import torch
@@ -129,15 +130,35 @@ EXTRA_OPTIONS: dict[str, ExtraOption] = {
 }
 
 
+@dataclass(frozen=True)
+class BlockOptions:
+    """What every block of one network shares, chosen once for the network and handed to each
+    block unchanged (torchvision passes groups, base_width and norm_layer to each block one by one).
+
+    The defaults are the paper's blocks; `ResidualBlock.check_options` refuses a value the block
+    cannot honour, naming the block or the model.
+    """
+
+    residual: bool = True  # False: the plain twin, the same layers with no shortcut (paper sec. 4.1)
+    groups: int = 1  # ResNeXt cardinality: groups of the 3x3 conv (bottlenecks only)
+    base_width: int = 64  # channels per group at planes=64; 128 = Wide ResNet-50-2 (bottlenecks only)
+    stride_on: StrideOn = "3x3"  # which conv of a bottleneck strides: "1x1" paper (v1), "3x3" torchvision (v1.5)
+    drop_rate: float = 0.0  # dropout probability between the convs (pre-activation basic blocks only)
+
+
+PAPER_BLOCK = BlockOptions()  # the paper's residual block: every option at its neutral value
+
+
 class ResidualBlock(nn.Module):
     """What every block shares: its declaration (output expansion, pre-activation or not, which
     extra options it implements), the check of those options, the residual switch, the addition
     of the stage-built shortcut, and `zero_init_last`.
 
     Every block takes the same arguments, so the network builds any of them the same way:
-    (in_ch, planes, stride, *, downsample, residual, groups, base_width, stride_on, drop_rate,
-    drop_path). `drop_path` (stochastic depth, `DropPath`) works on every residual block, so it is
-    not an `EXTRA_OPTION`; a plain block has no branch to drop and refuses it.
+    (in_ch, planes, stride, *, downsample, options, drop_path), with the network-wide choices in
+    one `BlockOptions`. `drop_path` (stochastic depth, `DropPath`) is the block's own probability,
+    different in each block, and works on every residual block, so it is not an `EXTRA_OPTION`; a
+    plain block has no branch to drop and refuses it.
     A subclass builds its branch layers and then assigns `self.downsample` last: module order is
     the order `ResNet._init_weights` draws the initial weights in, and torchvision's state-dict order.
     """
@@ -149,41 +170,30 @@ class ResidualBlock(nn.Module):
     residual: bool  # False: the plain twin, no addition
     downsample: nn.Module | None  # the shortcut the stage built; None = identity (or none, if plain)
 
-    def __init__(
-        self,
-        *,
-        residual: bool,
-        groups: int,
-        base_width: int,
-        stride_on: StrideOn,
-        drop_rate: float,
-        drop_path: float = 0.0,
-    ) -> None:
+    def __init__(self, options: BlockOptions, drop_path: float = 0.0) -> None:
         super().__init__()
         # The network checks first, naming the model; this catches a block built on its own.
-        self.check_options(
-            type(self).__name__, groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate
-        )
+        self.check_options(type(self).__name__, options)
         if not isinstance(drop_path, int | float) or not 0 <= drop_path < 1:
             raise ConfigError(f"{type(self).__name__}: drop_path is a probability in [0, 1), got {drop_path!r}")
-        if drop_path and not residual:
+        if drop_path and not options.residual:
             raise ConfigError(f"{type(self).__name__}: a plain block has no residual branch to drop (drop_path)")
-        self.residual = residual
+        self.residual = options.residual
         # Applied to the branch before the addition; a module without parameters or buffers, so the
         # state dict is the same with or without it.
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     @classmethod
-    def check_options(cls, owner: str, *, groups: int, base_width: int, stride_on: str, drop_rate: float) -> None:
+    def check_options(cls, owner: str, options: BlockOptions) -> None:
         """Raise `ConfigError` naming `owner` and the option for a value this block cannot honour:
         an option it does not implement is an error, never silently ignored."""
-        if stride_on not in STRIDE_ON:
-            raise ConfigError(f"{owner}: stride_on must be one of {STRIDE_ON}, got {stride_on!r}")
+        if options.stride_on not in STRIDE_ON:
+            raise ConfigError(f"{owner}: stride_on must be one of {STRIDE_ON}, got {options.stride_on!r}")
+        drop_rate = options.drop_rate
         if not isinstance(drop_rate, int | float) or not 0 <= drop_rate < 1:
             raise ConfigError(f"{owner}: drop_rate is a dropout probability in [0, 1), got {drop_rate!r}")
-        chosen = {"groups": groups, "base_width": base_width, "stride_on": stride_on, "drop_rate": drop_rate}
-        for option, value in chosen.items():
-            extra = EXTRA_OPTIONS[option]
+        for option, extra in EXTRA_OPTIONS.items():
+            value = getattr(options, option)
             if value != extra.neutral and option not in cls.supports:
                 raise ConfigError(f"{owner} does not support {option} ({extra.where}); {extra.fix}")
 
@@ -218,21 +228,10 @@ class BasicBlock(ResidualBlock):
         stride: int = 1,
         *,
         downsample: nn.Module | None = None,
-        residual: bool = True,
-        groups: int = 1,
-        base_width: int = 64,
-        stride_on: StrideOn = "3x3",
-        drop_rate: float = 0.0,
+        options: BlockOptions = PAPER_BLOCK,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(
-            residual=residual,
-            groups=groups,
-            base_width=base_width,
-            stride_on=stride_on,
-            drop_rate=drop_rate,
-            drop_path=drop_path,
-        )
+        super().__init__(options, drop_path)
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -270,27 +269,16 @@ class Bottleneck(ResidualBlock):
         stride: int = 1,
         *,
         downsample: nn.Module | None = None,
-        residual: bool = True,
-        groups: int = 1,
-        base_width: int = 64,
-        stride_on: StrideOn = "3x3",
-        drop_rate: float = 0.0,
+        options: BlockOptions = PAPER_BLOCK,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(
-            residual=residual,
-            groups=groups,
-            base_width=base_width,
-            stride_on=stride_on,
-            drop_rate=drop_rate,
-            drop_path=drop_path,
-        )
-        width = int(planes * (base_width / 64.0)) * groups
+        super().__init__(options, drop_path)
+        width = int(planes * (options.base_width / 64.0)) * options.groups
         out_ch = planes * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        stride_1x1, stride_3x3 = (stride, 1) if options.stride_on == "1x1" else (1, stride)
         self.conv1 = conv1x1(in_ch, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups)
+        self.conv2 = conv3x3(width, width, stride_3x3, options.groups)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_ch)
         self.bn3 = nn.BatchNorm2d(out_ch)
@@ -329,27 +317,16 @@ class PreActBasicBlock(ResidualBlock):
         stride: int = 1,
         *,
         downsample: nn.Module | None = None,
-        residual: bool = True,
-        groups: int = 1,
-        base_width: int = 64,
-        stride_on: StrideOn = "3x3",
-        drop_rate: float = 0.0,
+        options: BlockOptions = PAPER_BLOCK,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(
-            residual=residual,
-            groups=groups,
-            base_width=base_width,
-            stride_on=stride_on,
-            drop_rate=drop_rate,
-            drop_path=drop_path,
-        )
+        super().__init__(options, drop_path)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.relu = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.drop = nn.Dropout(options.drop_rate) if options.drop_rate > 0 else nn.Identity()
         self.downsample = downsample
 
     def zero_init_last(self) -> None:
@@ -379,28 +356,17 @@ class PreActBottleneck(ResidualBlock):
         stride: int = 1,
         *,
         downsample: nn.Module | None = None,
-        residual: bool = True,
-        groups: int = 1,
-        base_width: int = 64,
-        stride_on: StrideOn = "3x3",
-        drop_rate: float = 0.0,
+        options: BlockOptions = PAPER_BLOCK,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__(
-            residual=residual,
-            groups=groups,
-            base_width=base_width,
-            stride_on=stride_on,
-            drop_rate=drop_rate,
-            drop_path=drop_path,
-        )
-        width = int(planes * (base_width / 64.0)) * groups
+        super().__init__(options, drop_path)
+        width = int(planes * (options.base_width / 64.0)) * options.groups
         out_ch = planes * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        stride_1x1, stride_3x3 = (stride, 1) if options.stride_on == "1x1" else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv1x1(in_ch, width, stride_1x1)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups)
+        self.conv2 = conv3x3(width, width, stride_3x3, options.groups)
         self.bn3 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_ch)
         self.relu = nn.ReLU(inplace=True)

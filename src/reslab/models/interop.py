@@ -87,7 +87,11 @@ def _load_file(path: Path) -> object:
         ) from None
     except MemoryError:
         raise CheckpointError(f"{path} asks for more memory than this machine has; not a plain weights file") from None
-    except Exception as exc:  # a damaged or truncated file; torch raises RuntimeError, EOFError, KeyError, ...
+    # Broad on purpose: the try holds torch.load alone, on a file from outside, and a damaged file
+    # raises whatever the byte it breaks on leads to (truncated and flipped-byte torch files gave
+    # RuntimeError, UnicodeDecodeError, EOFError, IndexError, struct.error, AssertionError, KeyError,
+    # ValueError and TypeError); to the user each means the same: not a readable weights file.
+    except Exception as exc:  # noqa: BLE001
         raise CheckpointError(
             f"cannot read {path} as plain tensors ({type(exc).__name__}: {_load_error_detail(exc)})"
         ) from None

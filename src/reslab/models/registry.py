@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from reslab.errors import ConfigError, UnknownModelError
-from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ResidualBlock
 from reslab.models.features import FeatureNet
-from reslab.models.resnet import ResNet
+from reslab.models.resnet import ResNet, ResNetSpec, Stem
 
 # Options a user may pass to create_model(..., **options); everything else is fixed by the name.
 OPTIONS = ("shortcut", "zero_init_last", "drop_rate", "drop_path_rate")
@@ -48,6 +48,21 @@ def _register(
 # ---- CIFAR networks (paper sec. 4.2) -------------------------------------------------------------
 
 
+def _resnet(
+    block: type[ResidualBlock],
+    layers: tuple[int, ...],
+    planes: tuple[int, ...],
+    *,
+    stem: Stem,
+    stem_width: int,
+    **kw: Any,
+) -> ResNet:
+    """The network of the registry's keywords: num_classes, in_chans and name are the network's
+    own; every other one (the name's fixed choices and the user's options) goes into its spec."""
+    own = {key: kw.pop(key) for key in ("num_classes", "in_chans", "name") if key in kw}
+    return ResNet(ResNetSpec(block, layers, planes, stem, stem_width, **kw), **own)
+
+
 def _cifar_n(depth: int, per_block: int, extra: int, what: str) -> int:
     n, rem = divmod(depth - extra, per_block * 3)
     if rem or n < 1:
@@ -58,7 +73,7 @@ def _cifar_n(depth: int, per_block: int, extra: int, what: str) -> int:
 def cifar_resnet(depth: int, *, residual: bool = True, shortcut: str = "A", **kw: Any) -> ResNet:
     """Paper's CIFAR net: conv3x3(16), 3 stages of n basic blocks (16/32/64), depth 6n+2."""
     n = _cifar_n(depth, 2, 2, "CIFAR ResNet")
-    return ResNet(
+    return _resnet(
         BasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, residual=residual, shortcut=shortcut, **kw
     )
 
@@ -67,9 +82,9 @@ def preact_cifar_resnet(depth: int, *, bottleneck: bool = False, shortcut: str =
     """He et al. 2016 CIFAR nets: basic (6n+2, e.g. 110) or bottleneck (9n+2, e.g. 164, 1001)."""
     if bottleneck:
         n = _cifar_n(depth, 3, 2, "pre-activation bottleneck ResNet")
-        return ResNet(PreActBottleneck, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
+        return _resnet(PreActBottleneck, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
     n = _cifar_n(depth, 2, 2, "pre-activation ResNet")
-    return ResNet(PreActBasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
+    return _resnet(PreActBasicBlock, (n, n, n), (16, 32, 64), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
 
 
 def wide_resnet(depth: int, k: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
@@ -77,14 +92,14 @@ def wide_resnet(depth: int, k: int, *, shortcut: str = "B", **kw: Any) -> ResNet
     n = _cifar_n(depth, 2, 4, "Wide ResNet")
     if k < 1:
         raise ConfigError(f"Wide ResNet widening factor must be >= 1, got {k}")
-    return ResNet(
+    return _resnet(
         PreActBasicBlock, (n, n, n), (16 * k, 32 * k, 64 * k), stem="cifar", stem_width=16, shortcut=shortcut, **kw
     )
 
 
 def resnext29(cardinality: int, width: int, *, shortcut: str = "B", **kw: Any) -> ResNet:
     """ResNeXt-29 for CIFAR (Xie et al. 2017): conv3x3(64), 3 stages of 3 grouped bottlenecks."""
-    return ResNet(
+    return _resnet(
         Bottleneck,
         (3, 3, 3),
         (64, 128, 256),
@@ -148,7 +163,7 @@ def fast_resnet10(*, shortcut: str = "B", **kw: Any) -> ResNet:
     one block per stage, widths 16/32/64/128 (ResNet-18's at 1/4) and the CIFAR 3x3 stem.
     Depth 10 = stem + 4 blocks x 2 convs + classifier. Chosen by time to accuracy on 2 CPU cores:
     the fourth stage works at 1/8 resolution, where wide layers are cheap (recipes/fast.yaml)."""
-    return ResNet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
+    return _resnet(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), stem="cifar", stem_width=16, shortcut=shortcut, **kw)
 
 
 _register(
@@ -196,7 +211,7 @@ def imagenet_resnet(
     # A basic block's only strided conv is its first 3x3, so v1 and v1.5 differ only in bottlenecks;
     # asking a basic block to stride a 1x1 would be an error.
     stride_on = "1x1" if version == "v1" and bottleneck else "3x3"
-    return ResNet(
+    return _resnet(
         block,
         layers,
         (64, 128, 256, 512),

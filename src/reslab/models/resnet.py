@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from reslab.errors import ConfigError, InputShapeError
-from reslab.models.blocks import ResidualBlock, Shortcut, StrideOn, make_shortcut
+from reslab.models.blocks import BlockOptions, ResidualBlock, Shortcut, StrideOn, make_shortcut
 
 Stem = Literal["cifar", "imagenet"]
 
@@ -62,11 +63,7 @@ def make_stage(
     stride: int,
     *,
     shortcut: Shortcut,
-    residual: bool,
-    groups: int,
-    base_width: int,
-    stride_on: StrideOn,
-    drop_rate: float,
+    options: BlockOptions,
     drop_path: Sequence[float] = (),
 ) -> nn.Sequential:
     """One stage: `n_blocks` blocks of width `planes`, the first with `stride`; `drop_path` holds
@@ -74,164 +71,152 @@ def make_stage(
 
     As torchvision's `_make_layer`, the stage builds each block's shortcut and hands it in, so the
     A/B/C choice lives here alone: with A or B only a block that changes shape gets a module, with
-    C every block does; a plain stage (residual=False) gets none.
+    C every block does; a plain stage (options.residual False) gets none.
     (B, in_ch, H, W) -> (B, planes * block.expansion, H / stride, W / stride).
     """
     blocks = []
-    drop_path = list(drop_path) or [0.0] * n_blocks
+    rates = list(drop_path) or [0.0] * n_blocks
     for j in range(n_blocks):
         block_stride = stride if j == 0 else 1
         out_ch = planes * block.expansion
         # A pre-activation projection sees an input the block has already normalised: no BN after it.
-        downsample = make_shortcut(shortcut, in_ch, out_ch, block_stride, norm=not block.preact) if residual else None
-        blocks.append(
-            block(
-                in_ch,
-                planes,
-                block_stride,
-                downsample=downsample,
-                residual=residual,
-                groups=groups,
-                base_width=base_width,
-                stride_on=stride_on,
-                drop_rate=drop_rate,
-                drop_path=drop_path[j],
-            )
+        downsample = (
+            make_shortcut(shortcut, in_ch, out_ch, block_stride, norm=not block.preact) if options.residual else None
         )
+        blocks.append(block(in_ch, planes, block_stride, downsample=downsample, options=options, drop_path=rates[j]))
         in_ch = out_ch
     return nn.Sequential(*blocks)
 
 
-def check_net_options(
-    name: str,
-    block: type[ResidualBlock],
-    residual: bool,
-    groups: int,
-    base_width: int,
-    stride_on: StrideOn,
-    drop_rate: float,
-    drop_path_rate: float,
-    zero_init_last: bool,
-) -> None:
-    """ConfigError for options the net `name` cannot honour (before any layer is built)."""
-    block.check_options(f"model {name}", groups=groups, base_width=base_width, stride_on=stride_on, drop_rate=drop_rate)
-    if not isinstance(drop_path_rate, int | float) or not 0 <= drop_path_rate < 1:
-        raise ConfigError(f"model {name}: drop_path_rate is a probability in [0, 1), got {drop_path_rate!r}")
-    if drop_path_rate and not residual:
-        raise ConfigError(
-            f"model {name} is a plain net: stochastic depth drops residual branches, and a plain block "
-            "has only its branch; leave model.drop_path_rate at 0"
+@dataclass(frozen=True)
+class ResNetSpec:
+    """A network's architecture: everything but its classifier size, input channels and name.
+
+    The registry fills one per name (`create_model` adds the user's options); `ResNet` builds it.
+    The block-level fields (residual, stride_on, groups, base_width, drop_rate) reach every block
+    as one `BlockOptions`; an option the block does not implement raises `ConfigError` naming the
+    model and the option (`check`).
+    """
+
+    # The block class; its `preact` flag selects pre-activation ordering for the whole net, its
+    # `supports` which of groups, base_width, stride_on, drop_rate may leave their defaults.
+    block: type[ResidualBlock]
+    layers: tuple[int, ...]  # blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50 or (n, n, n) on CIFAR
+    planes: tuple[int, ...]  # base width of each stage (output width = planes * block.expansion)
+    stem: Stem  # "cifar" = conv3x3 stride 1 (paper sec. 4.2); "imagenet" = conv7x7/2 + maxpool3x3/2
+    stem_width: int  # channels out of the stem conv (16 on CIFAR, 64 on ImageNet and ResNeXt-29)
+    shortcut: Shortcut = "B"  # "A" zero-pad identity, "B" project where shape changes, "C" project always
+    residual: bool = True  # False builds the plain twin (same layers, no shortcuts; paper sec. 4.1)
+    stride_on: StrideOn = "3x3"  # where a bottleneck downsamples: "1x1" paper (v1), "3x3" torchvision (v1.5)
+    groups: int = 1  # ResNeXt cardinality
+    base_width: int = 64  # ResNeXt group width; 128 = Wide ResNet-50-2
+    # Zero the last BN of each branch (last conv for pre-activation blocks), so each block starts
+    # as identity (Goyal et al. 2017). Off by default: not in the paper.
+    zero_init_last: bool = False
+    drop_rate: float = 0.0  # dropout between the convs of pre-activation basic blocks (Wide ResNet option)
+    # Stochastic depth (Huang et al. 2016): the last block's probability of dropping its residual
+    # branch per sample in training, the others' by the linear rule (`drop_path_rates`). Any
+    # residual net; a plain net refuses it.
+    drop_path_rate: float = 0.0
+
+    @property
+    def block_options(self) -> BlockOptions:
+        """What every block of this network shares."""
+        return BlockOptions(
+            residual=self.residual,
+            groups=self.groups,
+            base_width=self.base_width,
+            stride_on=self.stride_on,
+            drop_rate=self.drop_rate,
         )
-    if zero_init_last and not residual:
-        raise ConfigError(
-            f"model {name} is a plain net: zero_init_last would zero the only path through each block "
-            "(it makes residual blocks start as identity); leave model.zero_init_last off"
-        )
+
+    def check(self, name: str) -> None:
+        """ConfigError for options the net `name` cannot honour (before any layer is built)."""
+        if len(self.layers) != len(self.planes):
+            raise ValueError(f"layers {tuple(self.layers)} and planes {tuple(self.planes)} differ in length")
+        self.block.check_options(f"model {name}", self.block_options)
+        rate = self.drop_path_rate
+        if not isinstance(rate, int | float) or not 0 <= rate < 1:
+            raise ConfigError(f"model {name}: drop_path_rate is a probability in [0, 1), got {rate!r}")
+        if rate and not self.residual:
+            raise ConfigError(
+                f"model {name} is a plain net: stochastic depth drops residual branches, and a plain block "
+                "has only its branch; leave model.drop_path_rate at 0"
+            )
+        if self.zero_init_last and not self.residual:
+            raise ConfigError(
+                f"model {name} is a plain net: zero_init_last would zero the only path through each block "
+                "(it makes residual blocks start as identity); leave model.zero_init_last off"
+            )
+
+    def make_stages(self) -> list[nn.Sequential]:
+        """The stages: the first keeps the stem's resolution, each later one halves it in its first
+        block; stochastic depth's rates run over the whole network (`drop_path_rates`)."""
+        total = sum(self.layers)
+        rates = drop_path_rates(total, self.drop_path_rate) if self.drop_path_rate else [0.0] * total
+        in_ch, first, stages = self.stem_width, 0, []
+        for i, (n_blocks, width) in enumerate(zip(self.layers, self.planes, strict=True)):
+            stage = make_stage(
+                self.block,
+                in_ch,
+                width,
+                n_blocks,
+                stride=1 if i == 0 else 2,
+                shortcut=self.shortcut,
+                options=self.block_options,
+                drop_path=rates[first : first + n_blocks],
+            )
+            stages.append(stage)
+            in_ch, first = width * self.block.expansion, first + n_blocks
+        return stages
+
+    @property
+    def num_features(self) -> int:
+        """Channels out of the last stage (out of the stem if there is none)."""
+        return self.planes[-1] * self.block.expansion if self.planes else self.stem_width
 
 
 class ResNet(nn.Module):
-    """A residual (or plain) network.
+    """A residual (or plain) network built from a `ResNetSpec`.
 
-    Args:
-        block: block class; its `preact` flag selects pre-activation ordering for the whole net, its
-            `supports` which of groups, base_width, stride_on, drop_rate may leave their defaults.
-        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50 or (n, n, n) on CIFAR.
-        planes: base width of each stage (output width = planes * block.expansion).
-        stem: "cifar" = conv3x3 stride 1 (paper sec. 4.2); "imagenet" = conv7x7/2 + maxpool3x3/2.
-        stem_width: channels out of the stem conv (16 on CIFAR, 64 on ImageNet and ResNeXt-29).
-        num_classes: classifier outputs; 0 leaves the head as identity (features only).
-        in_chans: input channels (3 RGB, 1 grey).
-        shortcut: "A" zero-pad identity, "B" project where shape changes, "C" project always.
-        residual: False builds the plain twin (same layers, no shortcuts; paper sec. 4.1).
-        stride_on: where a bottleneck downsamples: "1x1" paper (v1), "3x3" torchvision (v1.5).
-        groups, base_width: ResNeXt cardinality and group width; base_width 128 = Wide ResNet-50-2.
-        zero_init_last: zero the last BN of each branch (last conv for pre-activation blocks), so
-            each block starts as identity (Goyal et al. 2017). Off by default: not in the paper.
-        drop_rate: dropout between the convs of pre-activation basic blocks (Wide ResNet option).
-        drop_path_rate: stochastic depth (Huang et al. 2016): the last block's probability of dropping
-            its residual branch per sample in training, the others' by the linear rule
-            (`drop_path_rates`). Any residual net; a plain net refuses it.
-        name: the registry name, used in error messages (`create_model` passes it).
-
-    An option the block does not implement raises `ConfigError` naming the model and the option.
+    num_classes: classifier outputs; 0 leaves the head as identity (features only).
+    in_chans: input channels (3 RGB, 1 grey).
+    name: the registry name, used in error messages (`create_model` passes it).
     """
 
-    def __init__(
-        self,
-        block: type[ResidualBlock],
-        layers: Sequence[int],
-        planes: Sequence[int],
-        *,
-        stem: Stem,
-        stem_width: int,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        shortcut: Shortcut = "B",
-        residual: bool = True,
-        stride_on: StrideOn = "3x3",
-        groups: int = 1,
-        base_width: int = 64,
-        zero_init_last: bool = False,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        name: str = "resnet",
-    ) -> None:
+    def __init__(self, spec: ResNetSpec, *, num_classes: int = 1000, in_chans: int = 3, name: str = "resnet") -> None:
         super().__init__()
-        if len(layers) != len(planes):
-            raise ValueError(f"layers {tuple(layers)} and planes {tuple(planes)} differ in length")
         # Before any layer is built: the error names the model as the user typed it.
-        check_net_options(
-            name, block, residual, groups, base_width, stride_on, drop_rate, drop_path_rate, zero_init_last
-        )
+        spec.check(name)
         self.name = name
         self.in_chans = in_chans
-        self.preact = block.preact
+        self.preact = spec.block.preact
 
         # Stem. Pre-activation nets leave BN-ReLU to the first block (He et al. 2016 code).
         self.conv1 = (
-            nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
-            if stem == "cifar"
-            else nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+            nn.Conv2d(in_chans, spec.stem_width, 3, stride=1, padding=1, bias=False)
+            if spec.stem == "cifar"
+            else nn.Conv2d(in_chans, spec.stem_width, 7, stride=2, padding=3, bias=False)
         )
-        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
+        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(spec.stem_width)
         self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if spec.stem == "imagenet" else nn.Identity()
 
-        # Stages: the first keeps the resolution, each later one halves it in its first block.
-        in_ch = stem_width
-        stages = []
-        rates = drop_path_rates(sum(layers), drop_path_rate) if drop_path_rate else [0.0] * sum(layers)
-        for i, (n_blocks, width) in enumerate(zip(layers, planes, strict=True)):
-            stages.append(
-                make_stage(
-                    block,
-                    in_ch,
-                    width,
-                    n_blocks,
-                    stride=1 if i == 0 else 2,
-                    shortcut=shortcut,
-                    residual=residual,
-                    groups=groups,
-                    base_width=base_width,
-                    stride_on=stride_on,
-                    drop_rate=drop_rate,
-                    drop_path=rates[sum(layers[:i]) : sum(layers[: i + 1])],
-                )
-            )
-            in_ch = width * block.expansion
+        stages = spec.make_stages()
         for i, stage in enumerate(stages):
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(stages)
+        in_ch = spec.num_features
         # A pre-activation net ends with BN-ReLU, since no block normalises its own output.
         self.final_bn = nn.BatchNorm2d(in_ch) if self.preact else None
         self.num_features = in_ch
-        self.total_stride = (4 if stem == "imagenet" else 1) * 2 ** (len(stages) - 1)
+        self.total_stride = (4 if spec.stem == "imagenet" else 1) * 2 ** (len(stages) - 1)
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(in_ch, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
         self.grad_checkpointing = False
-        self._init_weights(zero_init_last)
+        self._init_weights(spec.zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         # Paper sec. 3.4: "initialize the weights as in [13]" = Kaiming normal, fan_out for convs.

@@ -90,26 +90,30 @@ def lr_at(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: Sch
     state = state or ScheduleState()
     if cfg.warmup_until_error > 0 and state.warmup_done_step < 0:
         return cfg.warmup_lr  # paper: hold the small lr until training error < threshold
-    name = cfg.name
-    if name == "constant":
-        lr = constant(step, base_lr)
-    elif name == "step":
-        lr = step_decay(step, base_lr, cfg.step_size, cfg.gamma)
-    elif name == "multistep":
-        lr = multistep(step, base_lr, cfg.milestones, cfg.gamma)
-    elif name == "cosine":
-        lr = cosine(step, total, base_lr, cfg.final_lr)
-    elif name == "linear":
-        lr = linear(step, total, base_lr, cfg.final_lr)
-    elif name == "onecycle":
+    if cfg.name == "onecycle":  # rises from warmup_lr itself: no linear warm-up on top
         return onecycle(step, total, base_lr, cfg.warmup_lr, cfg.final_lr, cfg.pct_start)
-    elif name == "plateau":
-        lr = base_lr * cfg.gamma**state.plateau_decays
-    else:
-        raise ValueError(f"unknown schedule {name!r}")
+    lr = decayed_lr(step, total, cfg, base_lr, state)
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return linear_warmup(step, cfg.warmup_steps, cfg.warmup_lr, lr)
     return lr
+
+
+def decayed_lr(step: int, total: int, cfg: ScheduleConfig, base_lr: float, state: ScheduleState) -> float:
+    """The lr of schedule `cfg.name` at `step`, before any warm-up (onecycle has its own: `lr_at`)."""
+    name = cfg.name
+    if name == "constant":
+        return constant(step, base_lr)
+    if name == "step":
+        return step_decay(step, base_lr, cfg.step_size, cfg.gamma)
+    if name == "multistep":
+        return multistep(step, base_lr, cfg.milestones, cfg.gamma)
+    if name == "cosine":
+        return cosine(step, total, base_lr, cfg.final_lr)
+    if name == "linear":
+        return linear(step, total, base_lr, cfg.final_lr)
+    if name == "plateau":
+        return base_lr * cfg.gamma**state.plateau_decays
+    raise ValueError(f"unknown schedule {name!r}")
 
 
 class Schedule:
