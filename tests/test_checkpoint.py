@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import train_tiny_synthetic
 
 from reslab import __version__
 from reslab import checkpoint as ckpt
@@ -23,29 +24,8 @@ from reslab.errors import CheckpointError
 from reslab.models.interop import from_torchvision, read_state_dict
 from reslab.rundir import RunDir
 
-# 32 images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
-RUN = [
-    "train",
-    "--data",
-    "synthetic",
-    "--model",
-    "resnet_cifar_8",
-    "--epochs",
-    "2",
-    "--no-progress",
-    "--set",
-    "train.batch_size=8",
-    "--set",
-    "data.split=full",
-    "--set",
-    "data.synthetic_size=32",
-    "--set",
-    "train.threads=2",
-    "--set",
-    "train.checkpoint_every=1",
-    "--set",
-    "train.keep_checkpoints=4",
-]
+# The tiny synthetic run: 32 images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
+SETTINGS = ("train.threads=2", "train.checkpoint_every=1", "train.keep_checkpoints=4")
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +33,8 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def train(run: Path, *extra: str) -> int:
-    return main([*RUN, "--run-dir", str(run), *extra])
+def train(run: Path, *settings: str, status: int = 0, epochs: float = 2) -> Path:
+    return train_tiny_synthetic(run, *SETTINGS, *settings, epochs=epochs, status=status)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -75,7 +55,7 @@ def step_of(path: Path) -> int:
 
 def test_checkpoint_holds_the_full_state_as_plain_values(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    assert train(run, "--set", "optim.ema_decay=0.9") == 0
+    train(run, "optim.ema_decay=0.9")
     checkpoints = RunDir(run).list_checkpoints()
     assert [step_of(p) for p in checkpoints] == [5, 6, 7, 8]  # keep_checkpoints=4
     assert all(ckpt.verify(p) is None for p in checkpoints)
@@ -122,7 +102,7 @@ def test_full_disk_leaves_previous_checkpoint_usable(tmp_path, monkeypatch, fail
 
 def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch, capsys) -> None:
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train(reference) == 0
+    train(reference)
     real_replace = os.replace
 
     def replace(src, dst):  # the disk fills up when step 3's checkpoint is written
@@ -132,7 +112,7 @@ def test_full_disk_during_training_stops_with_resume_hint(tmp_path, monkeypatch,
 
     monkeypatch.setattr(os, "replace", replace)
     capsys.readouterr()
-    assert train(run) == 2
+    train(run, status=2)
     err = capsys.readouterr().err
     monkeypatch.undo()
     assert "could not write checkpoint" in err and "No space left on device" in err
@@ -155,7 +135,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def test_resume_skips_truncated_and_flipped_checkpoints(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    assert train(run) == 0
+    train(run)
     finished = tmp_path / "finished.safetensors"
     shutil.copy(run / "weights.safetensors", finished)
     (run / "weights.safetensors").unlink()
@@ -224,7 +204,7 @@ def write_evil(path: Path, marker: Path, *, zip_format: bool = True) -> Path:
 def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, zip_format) -> None:
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
-    assert train(run, "--epochs", "0.25") == 0  # a real run directory: config.yaml, one checkpoint
+    train(run, epochs=0.25)  # a real run directory: config.yaml, one checkpoint
     (run / "summary.json").unlink()  # not finished: a resume reads its checkpoint
     for p in (run / "checkpoints").iterdir():
         p.unlink()
@@ -250,7 +230,7 @@ def test_torchvision_file_that_would_run_code_is_refused(tmp_path, capsys, zip_f
     for load in (read_state_dict, from_torchvision):
         with pytest.raises(CheckpointError, match="never runs code"):
             load(evil)
-    assert train(tmp_path / "run", "--set", f"model.pretrained={evil}") == 2  # fine-tuning from it
+    train(tmp_path / "run", f"model.pretrained={evil}", status=2)  # fine-tuning from it
     assert "never runs code" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -278,7 +258,7 @@ def nan_batches(monkeypatch):
 def test_nan_skip_mode_skips_counts_and_keeps_batchnorm_clean(tmp_path, capsys, nan_batches) -> None:
     nan_batches.add((0, 2))
     run = tmp_path / "run"
-    assert train(run, "--set", "train.on_nonfinite=skip") == 0
+    train(run, "train.on_nonfinite=skip")
     captured = capsys.readouterr()
     assert "skipped: non-finite loss (nan) at step 2 (epoch 0, batch 2) (1 of at most 10 skips)" in captured.err
     summary = json.loads((run / "summary.json").read_text())
@@ -291,7 +271,7 @@ def test_nan_skip_mode_skips_counts_and_keeps_batchnorm_clean(tmp_path, capsys, 
 def test_nan_skip_mode_gives_up_after_max_skips(tmp_path, capsys, nan_batches) -> None:
     nan_batches.update({(0, 1), (0, 2), (0, 3)})
     run = tmp_path / "run"
-    assert train(run, "--set", "train.on_nonfinite=skip", "--set", "train.max_skips=2") == 2
+    train(run, "train.on_nonfinite=skip", "train.max_skips=2", status=2)
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 1 (epoch 0, batch 3); stopped after 2 skipped steps" in err
     assert [step_of(p) for p in RunDir(run).list_checkpoints()] == [1]
@@ -300,7 +280,7 @@ def test_nan_skip_mode_gives_up_after_max_skips(tmp_path, capsys, nan_batches) -
 def test_nan_stop_mode_names_the_step_and_keeps_the_checkpoint(tmp_path, capsys, nan_batches) -> None:
     nan_batches.add((1, 1))  # epoch 1, batch 1 = step 5
     run = tmp_path / "run"
-    assert train(run) == 2
+    train(run, status=2)
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 5 (epoch 1, batch 1); stopped" in err and "Traceback" not in err
     newest = RunDir(run).list_checkpoints()[-1]

@@ -27,30 +27,19 @@ from infer_testdata import make_weights
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_run import tiny_synthetic_args
 
 from reslab.cli import main
 from reslab.errors import ReslabError
 from reslab.weights import load_weights
 
 MODEL = "resnet_cifar_8"  # the smallest registered network: files of ~300 KB
-TRAIN = [
-    "--data",
-    "synthetic",
-    "--set",
-    "data.synthetic_size=32",
-    "--set",
-    "data.split=full",
-    "--set",
-    "data.image_size=16",
-    "--set",
-    "train.batch_size=16",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "train.threads=1",
-    "--epochs",
-    "1",
-]
+
+
+def train_argv(run: Path, pretrained: Path, *overrides: str, model: str = MODEL) -> list[str]:
+    """Fine-tune `model` from `pretrained` for an epoch of the tiny synthetic run at 16x16, batch 16."""
+    small = ("data.image_size=16", "train.batch_size=16", *overrides, f"model.pretrained={pretrained}")
+    return tiny_synthetic_args(run, *small, epochs=1, model=model)
 
 
 # ---- files -----------------------------------------------------------------------------------------
@@ -199,21 +188,9 @@ PRETRAINED_CASES = [
 def test_hostile_pretrained_files_are_one_line(case: str, files: Path, tmp_path: Path, capsys) -> None:
     path, words = make_pretrained(case, files, tmp_path)
     model = "resnet18" if case == "torchvision34" else MODEL
-    size = ["--set", "data.image_size=32"] if model == "resnet18" else []  # resnet18 needs 32x32 input
+    size = ["data.image_size=32"] if model == "resnet18" else []  # resnet18 needs 32x32 input
     capsys.readouterr()
-    rc = main(
-        [
-            "train",
-            *TRAIN,
-            *size,
-            "--model",
-            model,
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--set",
-            f"model.pretrained={path}",
-        ]
-    )
+    rc = main(train_argv(tmp_path / "run", path, *size, model=model))
     one_line(rc, capsys.readouterr().err, "train", path, words)
     assert not (tmp_path / "pwned").exists()
 
@@ -231,9 +208,7 @@ def test_legacy_torch_file_claiming_a_huge_storage_is_one_line(files: Path, tmp_
     buf.write(struct.pack("<q", numel) + bytes(64))  # the storage's size, then 64 bytes, not 8 GB
     path = tmp_path / "legacy.pt"
     path.write_bytes(buf.getvalue())
-    rc = main(
-        ["train", *TRAIN, "--model", MODEL, "--run-dir", str(tmp_path / "run"), "--set", f"model.pretrained={path}"]
-    )
+    rc = main(train_argv(tmp_path / "run", path))
     one_line(rc, capsys.readouterr().err, "train", path, "cannot read")
 
 
@@ -272,16 +247,7 @@ def entry_point_argv(command: str, path: Path, files: Path, tmp: Path) -> list[s
         "predict": ["predict", str(path), str(files / "image.png")],
         "export": ["export", str(path), "-o", str(tmp / "out.onnx")],
         "serve": ["serve", str(path), "--port", "0"],
-        "train": [
-            "train",
-            *TRAIN,
-            "--model",
-            MODEL,
-            "--run-dir",
-            str(tmp / "run"),
-            "--set",
-            f"model.pretrained={path}",
-        ],
+        "train": train_argv(tmp / "run", path),
     }[command]
 
 

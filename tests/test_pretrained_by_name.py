@@ -18,6 +18,7 @@ import torch
 import torchvision
 from dataset_files import write_image_tree
 from infer_testdata import make_weights
+from tiny_run import tiny_run_args
 
 from reslab.cli import main
 from reslab.errors import CheckpointError, ConfigError
@@ -63,16 +64,14 @@ def error_line(rc: int, err: str) -> str:
     return lines[0]
 
 
-def train(tmp_path: Path, model: str, pretrained: str, *extra: str) -> int:
+def train(tmp_path: Path, model: str, pretrained: str, *settings: str) -> int:
+    """`reslab train`'s exit status: one step of `model` from `pretrained` on a tiny 32x32 tree."""
     tree = tmp_path / "tree"
     if not tree.exists():
         write_image_tree(tree, size=(32, 32), per_class=4, classes=("cat", "dog", "emu"))
         shutil.copytree(tree / "val", tree / "test")  # a tree with all three parts, however they are read
-    argv = ["train", "--data", "imagefolder", "--data-dir", str(tree), "--model", model]
-    argv += ["--run-dir", str(tmp_path / "run"), "--iterations", "1", "--no-progress"]
-    for setting in ("data.split=full", "data.image_size=32", "train.batch_size=4", "train.threads=1"):
-        argv += ["--set", setting]
-    return main([*argv, "--set", f"model.pretrained={pretrained}", *extra])
+    tiny = ("data.split=full", "data.image_size=32", "train.batch_size=4", f"model.pretrained={pretrained}")
+    return main(tiny_run_args(tmp_path / "run", tree, *tiny, *settings, iterations=1, model=model))
 
 
 # ---- names ----------------------------------------------------------------------------------------
@@ -117,7 +116,7 @@ def test_train_loads_planted_weights_and_says_so(tmp_path: Path, capsys, offline
     planted = plant("resnet18", R18_URL)
     assert cache_file(R18_URL).name == "resnet18-f37072fd.pth"
     capsys.readouterr()
-    rc = train(tmp_path, "resnet18", "torchvision:resnet18.IMAGENET1K_V1", "--set", "optim.lr=1e-12")
+    rc = train(tmp_path, "resnet18", "torchvision:resnet18.IMAGENET1K_V1", "optim.lr=1e-12")
     err = capsys.readouterr().err
     assert rc == 0, err
     assert not offline  # found in the cache: nothing downloaded

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataset_files import write_class_tree
 from infer_testdata import make_weights
 from safetensors.torch import load_file, safe_open, save_file
+from tiny_run import tiny_tree, train_tiny_run
 
 from reslab.cli import main
 from reslab.errors import CheckpointError
@@ -23,23 +23,13 @@ from reslab.weights import load_weights, read_meta, write_meta
 TREE = {"train": {"a": 10, "b": 10}, "test": {"a": 4, "b": 4}}  # no val/ folder
 
 
-def train(tmp_path: Path, tree: Path, split: str) -> Path:
-    run = tmp_path / f"run-{split}"
-    args = ["train", "--data", "imagefolder", "--data-dir", str(tree), "--model", "resnet_cifar_8"]
-    args += ["--iterations", "2", "--no-progress", "--run-dir", str(run)]
-    for setting in (f"data.split={split}", "data.val_fraction=0.3", "train.batch_size=8", "train.threads=1"):
-        args += ["--set", setting]
-    args += ["--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    assert main(args) == 0
-    return run
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two finished runs on the same tree: split=auto (a carved val part) and split=full (none)."""
     root = tmp_path_factory.mktemp("calibrate")
-    write_class_tree(root / "tree", TREE)
-    return {split: train(root, root / "tree", split) for split in ("auto", "full")}
+    tree = tiny_tree(root / "tree", TREE)
+    split = {s: (f"data.split={s}", "data.val_fraction=0.3") for s in ("auto", "full")}
+    return {s: train_tiny_run(root / f"run-{s}", tree, *settings) for s, settings in split.items()}
 
 
 def test_calibrate_fits_on_the_val_part_and_stores_t(runs: dict[str, Path], capsys) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 from dataset_files import write_image_tree
+from tiny_run import train_tiny_run, train_tiny_synthetic
 
-from reslab.cli import main
 from reslab.config import load_config
 
-SMALL = ["--model", "resnet_cifar_8", "--iterations", "2", "--no-progress", "--set", "train.threads=2"]
+THREADS = "train.threads=2"  # the tiny run (resnet_cifar_8, 2 steps, batch 8) in place of the recipes' sizes
 
 
 def test_imagenet_tv2_recipe_holds_torchvisions_values() -> None:
@@ -36,13 +36,10 @@ def test_imagenet_tv2_recipe_holds_torchvisions_values() -> None:
 def test_imagenet_tv2_recipe_trains_two_steps(tmp_path: Path, capsys) -> None:
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("a", "b"))
     run = tmp_path / "run"
-    rc = main(
-        ["train", "--recipe", "imagenet-tv2", "--data-dir", str(tmp_path / "tree"), "--run-dir", str(run), *SMALL,
-         "--set", "train.batch_size=8", "--set", "data.image_size=32", "--set", "data.eval_image_size=32",
-         "--set", "data.eval_resize_size=36", "--set", "data.workers=0", "--set", "train.precision=fp32"]
-    )  # fmt: skip
+    small = ("data.image_size=32", "data.eval_image_size=32", "data.eval_resize_size=36", "data.workers=0")
+    recipe = ("--recipe", "imagenet-tv2")  # its dataset (imagefolder) too
+    train_tiny_run(run, tmp_path / "tree", THREADS, *small, "train.precision=fp32", data=None, extra=recipe)
     err = capsys.readouterr().err
-    assert rc == 0, err
     assert "EMA 0.998908 every 32 steps" in err and "(5 epochs) from 0.005" in err
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["policy"] == "trivialaugment" and saved["data"]["repeats"] == 4
@@ -62,12 +59,7 @@ def test_cifar_modern_recipe_holds_trivialaugments_values() -> None:
 
 def test_cifar_modern_recipe_trains_two_steps(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    rc = main(
-        ["train", "--recipe", "cifar-modern", "--data", "synthetic", "--run-dir", str(run), *SMALL,
-         "--set", "train.batch_size=8", "--set", "data.synthetic_size=32",
-         "--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    )  # fmt: skip
+    train_tiny_synthetic(run, THREADS, extra=("--recipe", "cifar-modern"))  # data.split=full, as the recipe has it
     err = capsys.readouterr().err
-    assert rc == 0, err
     assert "(Nesterov)" in err and "gradient clip 5" in err
     assert (run / "weights.safetensors").is_file()

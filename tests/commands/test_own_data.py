@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from dataset_files import write_class_tree, write_label_csv
+from tiny_run import train_tiny_run
 
 from reslab.cli import main
 from reslab.config import load_config
@@ -22,31 +23,7 @@ from reslab.weights import read_meta
 
 
 def train(tmp_path: Path, data: str, data_dir: Path, *settings: str, model: str = "resnet_cifar_8") -> Path:
-    run = tmp_path / "run"
-    args = [
-        "train",
-        "--data",
-        data,
-        "--data-dir",
-        str(data_dir),
-        "--model",
-        model,
-        "--iterations",
-        "2",
-        "--no-progress",
-        "--run-dir",
-        str(run),
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "train.threads=1",
-        "--set",
-        f"data.cache_dir={tmp_path / 'cache'}",
-    ]
-    for setting in settings:
-        args += ["--set", setting]
-    assert main(args) == 0
-    return run
+    return train_tiny_run(tmp_path / "run", data_dir, *settings, data=data, model=model)
 
 
 def metric_keys(run: Path) -> set[str]:
@@ -159,25 +136,7 @@ def test_grey_images_train_as_one_channel(tmp_path: Path, mode: str, channels: i
 def test_images_too_small_for_the_network_is_one_line(tmp_path: Path, capsys) -> None:
     tree = tmp_path / "tree"
     write_class_tree(tree, {"train": {"a": 8, "b": 8}, "val": {"a": 2, "b": 2}}, size=(28, 28))
-    args = [
-        "train",
-        "--data",
-        "imagefolder",
-        "--data-dir",
-        str(tree),
-        "--model",
-        "resnet18",
-        "--iterations",
-        "1",
-        "--no-progress",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        f"data.cache_dir={tmp_path / 'cache'}",
-    ]
-    assert main(args) == 2
+    train_tiny_run(tmp_path / "run", tree, "train.threads=0", iterations=1, model="resnet18", status=2)
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert (
@@ -205,7 +164,6 @@ def test_mixed_sizes_train_at_the_median_shorter_side(tmp_path, capsys) -> None:
 
     from dataset_files import write_image_tree
 
-    from reslab.cli import main
     from reslab.weights import read_meta
 
     write_image_tree(tmp_path / "tree", size=(60, 40), per_class=6)
@@ -213,23 +171,11 @@ def test_mixed_sizes_train_at_the_median_shorter_side(tmp_path, capsys) -> None:
     for path in (tmp_path / "big").rglob("*.*"):
         target = tmp_path / "tree" / path.relative_to(tmp_path / "big")
         shutil.copy(path, target.with_name("b" + target.name))
-    args = [
-        "train",
-        "--recipe",
-        "images",
-        "--data-dir",
-        str(tmp_path / "tree"),
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "--run-dir",
-        str(tmp_path / "run"),
-    ]
-    assert main(args) == 0
+    # The images recipe's model, the dataset found in the folder, torch's own thread count.
+    recipe = ("--recipe", "images")
+    train_tiny_run(
+        tmp_path / "run", tmp_path / "tree", "train.threads=0", data=None, model=None, epochs=1, extra=recipe
+    )
     err = capsys.readouterr().err
     assert "70x70 pixels (the median shorter side of train, data.image_size=null)" in err
     assert read_meta(tmp_path / "run").input_size == 70

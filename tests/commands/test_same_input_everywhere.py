@@ -19,11 +19,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_run import train_tiny_run
 
 from reslab.cli import main
 from reslab.models.resnet import ResNet
 
 RNG = np.random.default_rng(11)
+# The run the consumers' weights come from (torch's own thread count: train.threads=0).
+SETTINGS = (
+    "data.image_size=32",
+    "data.split=full",
+    "data.normalize=channel",
+    "train.batch_size=4",
+    "train.eval_every=-1",
+    "train.threads=0",
+)
 
 
 def odd_images() -> dict[str, Image.Image]:
@@ -92,13 +102,7 @@ def capture(monkeypatch) -> Inputs:
 
 @pytest.fixture(scope="module")
 def run(tree: Path, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("run") / "run"
-    args = ["train", "--data", "imagefolder", "--data-dir", str(tree), "--model", "resnet_cifar_8",
-            "--iterations", "2", "--no-progress", "--run-dir", str(path), "--set", "data.image_size=32",
-            "--set", "data.split=full", "--set", "data.normalize=channel", "--set", "train.batch_size=4",
-            "--set", "train.eval_every=-1", "--set", "data.cache_dir=" + str(path.parent / "cache")]  # fmt: skip
-    assert main(args) == 0
-    return path
+    return train_tiny_run(tmp_path_factory.mktemp("run") / "run", tree, *SETTINGS)
 
 
 def test_every_consumer_feeds_the_same_tensor(tree: Path, run: Path, tmp_path: Path, capture: Inputs, capsys):
@@ -107,11 +111,7 @@ def test_every_consumer_feeds_the_same_tensor(tree: Path, run: Path, tmp_path: P
 
     # Evaluation during training: train again into a fresh directory, capturing its final evaluation.
     again = tmp_path / "again"
-    args = ["train", "--data", "imagefolder", "--data-dir", str(tree), "--model", "resnet_cifar_8",
-            "--iterations", "2", "--no-progress", "--run-dir", str(again), "--set", "data.image_size=32",
-            "--set", "data.split=full", "--set", "data.normalize=channel", "--set", "train.batch_size=4",
-            "--set", "train.eval_every=-1", "--set", "data.cache_dir=" + str(tmp_path / "cache")]  # fmt: skip
-    assert main(args) == 0
+    train_tiny_run(again, tree, *SETTINGS)
     during_training = capture.hashes()
     assert len(during_training) == n
     capture.rows.clear()

@@ -10,42 +10,23 @@ from pathlib import Path
 
 import pytest
 from dataset_files import write_cifar, write_idx, write_image_tree
+from tiny_run import train_tiny_run, train_tiny_synthetic
 
 from reslab.cli import main
 from reslab.config import load_config
 from reslab.errors import ConfigError
 from reslab.weights import read_meta
 
-FAST = ["--no-progress", "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "train.threads=2"]
+FAST = ("data.split=full", "train.threads=2")  # on top of the tiny run's batch 8
 
 
 def train_then_eval(
-    tmp_path: Path, capsys, data: str, data_dir: Path, model: str, extra: list[str] = (), part: str = "test"
+    tmp_path: Path, capsys, data: str, data_dir: Path, model: str, settings: tuple[str, ...] = (), part: str = "test"
 ) -> dict:
     """Train for 2 epochs, then `reslab eval` the run: it reports the run's last evaluation of `part`
     (an array dataset's test files; an ImageFolder tree's val/ folder)."""
-    run = tmp_path / "run"
-    cache = ["--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    rc = main(
-        [
-            "train",
-            "--data",
-            data,
-            "--data-dir",
-            str(data_dir),
-            "--model",
-            model,
-            "--epochs",
-            "2",
-            "--run-dir",
-            str(run),
-            *FAST,
-            *cache,
-            *extra,
-        ]
-    )
+    run = train_tiny_run(tmp_path / "run", data_dir, *FAST, *settings, data=data, model=model, epochs=2)
     out = capsys.readouterr().out
-    assert rc == 0, out
     assert f"{part} top1 error" in out
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1.0, 2.0]
@@ -89,7 +70,7 @@ def test_fashion_mnist_idx(tmp_path, capsys) -> None:
 def test_image_folder_tree(tmp_path, capsys) -> None:
     write_image_tree(tmp_path / "tree", size=(20, 18), per_class=8, classes=("cat", "dog", "emu"))
     report = train_then_eval(
-        tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8", ["--set", "data.image_size=16"], "val"
+        tmp_path, capsys, "imagefolder", tmp_path / "tree", "resnet_cifar_8", ("data.image_size=16",), "val"
     )
     assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
 
@@ -104,18 +85,13 @@ def test_image_folder_streamed_from_disk_in_workers(tmp_path, capsys) -> None:
         "imagefolder",
         tmp_path / "tree",
         "resnet_cifar_8",
-        [
-            "--set",
+        (
             "data.in_memory=false",
-            "--set",
             "data.image_size=32",
-            "--set",
             "data.augment=scale",
-            "--set",
             "data.normalize=channel",
-            "--set",
             "data.workers=1",
-        ],
+        ),
         part="val",
     )
     assert set(report["per_class_accuracy"]) == {"cat", "dog", "emu"}
@@ -176,31 +152,8 @@ def test_streaming_refuses_settings_it_cannot_honour(tmp_path) -> None:
 def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=8)
     run = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--recipe",
-            "cifar-paper",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--model",
-            "resnet_cifar_8",
-            "--iterations",
-            "6",
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "data.val_size=8",
-            "--set",
-            "train.eval_every=3",
-            "--set",
-            f"data.cache_dir={tmp_path / 'cache'}",
-        ]
-    )
-    assert rc == 0
+    paper = ("data.val_size=8", "train.eval_every=3", "train.threads=0")  # the recipe's dataset, torch's threads
+    train_tiny_run(run, tmp_path / "data", *paper, data=None, iterations=6, extra=("--recipe", "cifar-paper"))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
     assert {"val_top1_error", "test_top1_error"} <= set(lines[0])
@@ -209,31 +162,8 @@ def test_paper_split_evaluates_val_and_test(tmp_path, capsys) -> None:
 def test_eval_every_minus_one_evaluates_only_after_the_last_step(tmp_path, capsys) -> None:
     write_cifar(tmp_path / "data", "cifar10", per_batch=8)
     run = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--recipe",
-            "fast",
-            "--data",
-            "cifar10",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--model",
-            "resnet_cifar_8",
-            "--epochs",
-            "3.5",
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.eval_every=-1",
-            "--set",
-            f"data.cache_dir={tmp_path / 'cache'}",
-        ]
-    )
-    assert rc == 0
+    last = ("train.eval_every=-1", "train.threads=0")  # torch's own thread count
+    train_tiny_run(run, tmp_path / "data", *last, data="cifar10", epochs=3.5, extra=("--recipe", "fast"))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [18]  # 40 images / 8 = 5 steps an epoch; 3.5 epochs, rounded up
     assert (run / "summary.json").is_file()
@@ -243,24 +173,9 @@ def test_eval_every_minus_one_evaluates_only_after_the_last_step(tmp_path, capsy
 
 def test_synthetic_is_labelled_as_such(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--data",
-            "synthetic",
-            "--model",
-            "resnet_cifar_8",
-            "--epochs",
-            "1",
-            "--run-dir",
-            str(run),
-            *FAST,
-            "--set",
-            "data.synthetic_size=32",
-        ]
-    )
+    train_tiny_synthetic(run, *FAST, epochs=1)
     out = capsys.readouterr().out
-    assert rc == 0 and "SYNTHETIC" in out
+    assert "SYNTHETIC" in out
     assert all("SYNTHETIC" in line for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
@@ -301,28 +216,10 @@ def test_setting_typo_names_key_and_valid_ones(tmp_path) -> None:
 
 def test_nan_loss_stops_at_that_step(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--data",
-            "synthetic",
-            "--model",
-            "resnet_cifar_8",
-            "--iterations",
-            "40",
-            "--run-dir",
-            str(run),
-            *FAST,
-            "--set",
-            "data.synthetic_size=64",
-            "--set",
-            "optim.lr=1e30",
-            "--set",
-            "train.checkpoint_every=1",
-        ]
+    train_tiny_synthetic(
+        run, *FAST, "data.synthetic_size=64", "optim.lr=1e30", "train.checkpoint_every=1", iterations=40, status=2
     )
     err = capsys.readouterr().err
-    assert rc == 2
     assert "non-finite" in err and "at step" in err
     step = int(err.split("at step ")[1].split()[0])
     checkpoints = sorted((run / "checkpoints").glob("ckpt-*.pt"))

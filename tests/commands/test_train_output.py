@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from dataset_files import write_idx, write_image_tree
+from tiny_run import train_tiny_synthetic
 
 from reslab.cli import build_parser, main
 from reslab.commands.train import resolve_new
 from reslab.rundir import RunDir
 
-TINY = ["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--iterations", "8",
-        "--set", "train.batch_size=8", "--set", "data.synthetic_size=32", "--set", "data.split=full",
-        "--set", "train.threads=1", "--set", "train.eval_every=4"]  # fmt: skip
+EVAL_EVERY_4 = "train.eval_every=4"  # on the tiny synthetic run (32 images, batch 8), 8 steps
 EVAL_LINE = re.compile(
     r"step (\d+)/8 \(epoch \d+\.\d\d\)  test top-1 \d+\.\d\d%  loss \d+\.\d{4}  best \d+\.\d\d% @ \d+"
 )
@@ -33,7 +32,7 @@ def lines(text: str) -> list[str]:
 
 @pytest.mark.parametrize("progress", [False, True], ids=["no-progress", "progress-bar"])
 def test_each_evaluation_prints_one_line(tmp_path: Path, capsys, progress: bool) -> None:
-    assert main([*TINY, *([] if progress else ["--no-progress"]), "--run-dir", str(tmp_path / "run")]) == 0
+    train_tiny_synthetic(tmp_path / "run", EVAL_EVERY_4, iterations=8, progress=progress)
     out, err = capsys.readouterr()
     err_lines = lines(err)
     evals = [line for line in err_lines if EVAL_LINE.fullmatch(line)]
@@ -51,7 +50,7 @@ def test_each_evaluation_prints_one_line(tmp_path: Path, capsys, progress: bool)
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    assert main([*TINY, "--no-progress", "--run-dir", str(run)]) == 0
+    train_tiny_synthetic(run, EVAL_EVERY_4, iterations=8)
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(run.rglob("*"))}
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--set", "train.threads=2"]) == 0

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_run import train_tiny_run, train_tiny_synthetic
 
 from reslab.checkpoint import load_checkpoint
 from reslab.cli import main
@@ -30,10 +31,12 @@ from reslab.weights import load_weights, read_meta
 
 SCRIPT = {2: 0.5, 4: 0.3, 6: 0.2, 8: 0.2, 10: 0.25, 12: 0.4, 14: 0.45, 16: 0.5}  # step -> test top-1 error
 BEST_STEP = 6
-ARGS = ["train", "--data", "synthetic", "--model", "resnet_cifar_8", "--iterations", "16", "--no-progress",
-        "--set", "train.batch_size=8", "--set", "data.split=full", "--set", "data.synthetic_size=32",
-        "--set", "train.threads=1", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=1",
-        "--set", "optim.ema_decay=0.9", "--set", "train.keep=best"]  # fmt: skip
+KEEP_BEST = ("train.eval_every=2", "train.checkpoint_every=1", "optim.ema_decay=0.9", "train.keep=best")
+
+
+def train(run: Path, *settings: str, status: int = 0) -> Path:
+    """16 steps of the tiny synthetic run (32 images, batch 8) with KEEP_BEST."""
+    return train_tiny_synthetic(run, *KEEP_BEST, *settings, iterations=16, status=status)
 
 
 class Scripted:
@@ -80,7 +83,7 @@ def network_part(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_keep_best_ends_with_the_weights_of_the_best_evaluation(tmp_path: Path, monkeypatch, capsys) -> None:
     scripted = Scripted(monkeypatch)
     run = tmp_path / "run"
-    assert main([*ARGS, "--run-dir", str(run)]) == 0
+    train(run)
     out, err = capsys.readouterr()
     assert sorted(scripted.weights) == sorted(SCRIPT)
     kept = tensors(run / "weights.safetensors")
@@ -106,7 +109,7 @@ def reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The uninterrupted keep=best run."""
     with monkeypatch.context() as patch:
         Scripted(patch)
-        assert main([*ARGS, "--run-dir", str(tmp_path / "reference")]) == 0
+        train(tmp_path / "reference")
     return tmp_path / "reference"
 
 
@@ -114,7 +117,7 @@ def test_a_resumed_keep_best_run_goes_on_with_the_same_best(tmp_path: Path, refe
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         Scripted(patch, stop_at=10)  # after the best (6): SIGTERM, the run stops at step 11
-        assert main([*ARGS, "--run-dir", str(run)]) == 3
+        train(run, status=3)
     assert "stopped by SIGTERM at step 11/16" in capsys.readouterr().err
     checkpoint = load_checkpoint(RunDir(run).list_checkpoints()[-1])
     assert checkpoint["state"]["step"] == 11 and checkpoint["best"]["step"] == BEST_STEP
@@ -143,7 +146,7 @@ def test_a_resumed_keep_best_run_goes_on_with_the_same_best(tmp_path: Path, refe
 def test_early_stopping_ends_the_run_cleanly_and_keeps_the_best(tmp_path: Path, monkeypatch, capsys) -> None:
     scripted = Scripted(monkeypatch)
     run = tmp_path / "run"
-    assert main([*ARGS, "--set", "train.early_stop=3", "--run-dir", str(run)]) == 0
+    train(run, "train.early_stop=3")
     out, err = capsys.readouterr()
     # 8, 10 and 12 are no better than 6: the run ends after the evaluation of step 12.
     assert sorted(scripted.weights) == [2, 4, 6, 8, 10, 12]
@@ -215,15 +218,12 @@ def test_class_weights_auto_raise_the_balanced_accuracy_on_imbalanced_data(tmp_p
     frequency the minority's recall rises far more than the majority's falls. Seeds 0-4 gave
     balanced accuracies of 51-58% plain and 71-78% weighted (+17 to +26 points); seed 0: 58.3% and 75.7%."""
     held_out = write_imbalanced_tree(tmp_path / "tree")
-    common = ["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "tree"), "--model", "resnet_cifar_8",
-              "--epochs", "8", "--seed", "0", "--no-progress", "--set", "train.batch_size=32",
-              "--set", "data.split=full", "--set", "data.normalize=channel", "--set", "data.augment=none",
-              "--set", "optim.lr=0.05", "--set", "schedule.name=cosine", "--set", "train.eval_every=-1",
-              "--set", "train.threads=1"]  # fmt: skip
+    common = ("train.seed=0", "train.batch_size=32", "data.split=full", "data.normalize=channel", "data.augment=none")
+    common += ("optim.lr=0.05", "schedule.name=cosine", "train.eval_every=-1")
     balanced = {}
     for mode in ("none", "auto"):
         run = tmp_path / mode
-        assert main([*common, "--set", f"optim.class_weights={mode}", "--run-dir", str(run)]) == 0
+        train_tiny_run(run, tmp_path / "tree", *common, f"optim.class_weights={mode}", epochs=8)
         per_class = recalls(run, held_out)
         balanced[mode] = (sum(per_class) / 2, per_class)
         summary = json.loads((run / "summary.json").read_text())

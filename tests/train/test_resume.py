@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import train_tiny_run, train_tiny_synthetic
 
 from reslab.checkpoint import load_checkpoint
 from reslab.rundir import RunDir
@@ -159,26 +160,7 @@ def test_sigterm_writes_checkpoint_and_resumes_cleanly(tmp_path: Path, reference
 
 # ---- Stops at awkward moments (in-process: the test sends the signal to itself) ------------------
 
-IN_PROCESS = [
-    "train",
-    "--data",
-    "synthetic",
-    "--model",
-    "resnet_cifar_8",
-    "--epochs",
-    "2",
-    "--no-progress",
-    "--set",
-    "train.batch_size=8",
-    "--set",
-    "data.split=full",
-    "--set",
-    "data.synthetic_size=32",
-    "--set",
-    "train.threads=2",
-    "--set",
-    "train.checkpoint_every=3",
-]
+IN_PROCESS = ("train.threads=2", "train.checkpoint_every=3")  # 2 epochs of the tiny synthetic run (4 steps each)
 
 
 def signal_during_evaluation(monkeypatch, *signals: signal.Signals) -> None:
@@ -199,10 +181,10 @@ def test_stop_between_epochs_then_resume(tmp_path: Path, monkeypatch, capsys) ->
     from reslab.cli import main
 
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
-    assert main([*IN_PROCESS, "--run-dir", str(tmp_path / "reference")]) == 0
+    train_tiny_synthetic(tmp_path / "reference", *IN_PROCESS, epochs=2)
     run = tmp_path / "run"
     signal_during_evaluation(monkeypatch, signal.SIGTERM)
-    assert main([*IN_PROCESS, "--run-dir", str(run)]) == 3
+    train_tiny_synthetic(run, *IN_PROCESS, epochs=2, status=3)
     monkeypatch.undo()
     err = capsys.readouterr().err
     # The epoch is finished (evaluated, logged, checkpointed at its end), then the run stops.
@@ -229,14 +211,12 @@ def test_resume_takes_runtime_settings_only(tmp_path: Path) -> None:
 
 
 def test_second_ctrl_c_quits_at_once(tmp_path: Path, monkeypatch, capsys) -> None:
-    from reslab.cli import main
-
     monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
     # A shell's background job starts with SIGINT ignored, which reslab keeps; test the usual case.
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         signal_during_evaluation(monkeypatch, signal.SIGINT, signal.SIGINT)
-        assert main([*IN_PROCESS, "--run-dir", str(tmp_path / "run")]) == 130
+        train_tiny_synthetic(tmp_path / "run", *IN_PROCESS, epochs=2, status=130)
     finally:
         restored = signal.signal(signal.SIGINT, outer)
     assert "interrupted" in capsys.readouterr().err
@@ -267,38 +247,12 @@ def test_streamed_image_folder_stops_and_resumes_bit_exact(tmp_path: Path, monke
     from reslab.cli import main
 
     write_image_tree(tmp_path / "tree", size=(40, 36), per_class=8, classes=("a", "b", "c"))
-    args = [
-        "train",
-        "--data",
-        "imagefolder",
-        "--data-dir",
-        str(tmp_path / "tree"),
-        "--model",
-        "resnet_cifar_8",
-        "--epochs",
-        "2",
-        "--no-progress",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "data.split=full",
-        "--set",
-        "data.in_memory=false",
-        "--set",
-        "data.image_size=32",
-        "--set",
-        "data.augment=scale",
-        "--set",
-        "data.normalize=channel",
-        "--set",
-        "data.workers=0",
-        "--set",
-        "train.threads=2",
-    ]
-    assert main([*args, "--run-dir", str(tmp_path / "reference")]) == 0
+    settings = ("data.split=full", "data.in_memory=false", "data.image_size=32", "data.augment=scale")
+    settings += ("data.normalize=channel", "data.workers=0", "train.threads=2")
+    train_tiny_run(tmp_path / "reference", tmp_path / "tree", *settings, epochs=2)
     run = tmp_path / "run"
     signal_during_evaluation(monkeypatch, signal.SIGTERM)
-    assert main([*args, "--run-dir", str(run)]) == 3
+    train_tiny_run(run, tmp_path / "tree", *settings, epochs=2, status=3)
     monkeypatch.undo()
     assert "stopped by SIGTERM at step 3/6" in capsys.readouterr().err
     assert main(["train", "--resume", str(run)]) == 0
