@@ -3,7 +3,7 @@
     errors, atomic, machine, vocab, records         (0) no reslab imports but each other
     config, models, data, rundir, expdir, device    (1) the building blocks
     weights, checkpoint, hub                        (2) what a trained network and a run's state are
-    evaluation                                      (3) one evaluation for everyone above
+    evaluation, calibration                         (3) one evaluation for everyone above
     train, infer                                    (4) training; prediction, export, serving
     analysis                                        (5) experiments and reports
     commands, cli, __main__                         (6) the command line: wiring only
@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "atomic": 0, "machine": 0, "vocab": 0, "records": 0,
     "config": 1, "models": 1, "data": 1, "rundir": 1, "expdir": 1, "device": 1,
     "weights": 2, "checkpoint": 2, "hub": 2,
-    "evaluation": 3,
+    "evaluation": 3, "calibration": 3,
     "train": 4, "infer": 4,
     "analysis": 5,
     "commands": 6, "cli": 6, "__main__": 6,

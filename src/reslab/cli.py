@@ -13,6 +13,7 @@ import sys
 from reslab import __version__
 from reslab.commands import COMMAND_MODULES
 from reslab.errors import ReslabError
+from reslab.machine import mark_command_start
 
 
 def build_parser(modules: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    mark_command_start()  # the clock of a time budget (train.budget)
     try:
         return int(args.func(args) or 0)
     except ReslabError as exc:

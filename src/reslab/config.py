@@ -114,6 +114,12 @@ class ScheduleConfig:
 class TrainConfig:
     iterations: int = 0  # total optimizer steps (paper: 64000); 0 = use epochs
     epochs: float = 0.0  # total epochs if iterations is 0
+    # A time budget for the whole run ("90s", "10m", "2h"; a bare number is seconds; "" = none): the
+    # run measures its own step and evaluation speed at its start and sets the steps so that it ends
+    # within it (reslab.train.budget). It replaces the length epochs / iterations give; the schedule's
+    # step-based settings (milestones, warm-up, step size) are scaled to the steps it chose.
+    budget: str = ""
+    budget_steps: int = 0  # written by the run: the steps the budget came to (0 = not measured yet)
     batch_size: int = 128  # global batch (split across processes under torchrun)
     # gradient accumulation: each process splits its share of a batch into this many micro-batches
     # and sums their gradients before one optimizer step; the batch (and so the recipe) is unchanged,
@@ -129,6 +135,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (cold compile costs about a minute on CPU)
     tta_flip: bool = False  # evaluate on the image and its mirror, averaging logits
+    # At the end of a run with a val part, on the kept weights (reslab.train.finish): fit a temperature
+    # on val (as `reslab calibrate`) and store it with the weights; false: uncalibrated logits.
+    calibrate: bool = True
+    decide_tta: bool = True  # with tta_flip: keep flip TTA in the weights only where it lowers the val error
     threads: int = 0  # torch threads, at most 1024; 0 = torch's default
     checkpoint_every: int = 0  # write a checkpoint every N iterations; 0 = each epoch end only
     keep_checkpoints: int = 2  # newest K checkpoints kept; 0 = keep all (as reslab.checkpoint.save_checkpoint)
@@ -159,6 +169,20 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "rec
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?")
+DURATION_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+MAX_BUDGET_S = 30 * 24 * 3600.0  # 30 days: longer is a typo
+
+
+def budget_seconds(text: str) -> float:
+    """train.budget ("90s", "10m", "1.5h", "300") -> seconds; a ConfigError for anything else."""
+    match = DURATION.fullmatch(str(text).strip().lower())
+    seconds = float(match[1]) * DURATION_UNITS[match[2]] if match else 0.0
+    if not 0 < seconds <= MAX_BUDGET_S:
+        raise ConfigError(f"train.budget must be a duration such as 90s, 10m or 2h (at most 30 days); got {text!r}")
+    return seconds
 
 
 def _section_class(name: str) -> type:
@@ -400,6 +424,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("schedule", "pct_start"): FRACTION,
     ("schedule", "patience"): COUNT,  # 0 decays after every evaluation without improvement
     ("train", "iterations"): COUNT,
+    ("train", "budget_steps"): COUNT,  # written by a budgeted run
     # 1e9 epochs is beyond any run, and keeps epochs x steps per epoch well within int64.
     ("train", "epochs"): Range(0, 1e9),
     ("train", "batch_size"): AT_LEAST_ONE,
@@ -463,7 +488,9 @@ def _check_combinations(cfg: Config) -> None:
         raise ConfigError("optim.nesterov needs optim.momentum > 0 (Nesterov momentum without momentum is undefined)")
     if cfg.model.shortcut is not None and cfg.model.shortcut not in vocab.SHORTCUTS:
         raise ConfigError(f"model.shortcut must be one of {', '.join(vocab.SHORTCUTS)}; got {cfg.model.shortcut!r}")
-    if (cfg.train.iterations > 0) == (cfg.train.epochs > 0):
+    if cfg.train.budget:
+        budget_seconds(cfg.train.budget)  # a ConfigError naming the value when it is not a duration
+    elif (cfg.train.iterations > 0) == (cfg.train.epochs > 0):
         raise ConfigError(
             "set exactly one of train.iterations and train.epochs (the other 0); "
             f"got iterations={cfg.train.iterations}, epochs={cfg.train.epochs}"

@@ -470,3 +470,22 @@ def collect_logits(
     if not logits:
         raise ConfigError(f"the {plan.part} part of {plan.source.dataset} holds no images")
     return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
+def logits_and_mirrors(
+    model: nn.Module, batches: EvalBatches, device: torch.device, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, logits of the mirrored images, labels) of every image of `batches`, float32 on the CPU:
+    one pass computes both, so flip TTA ((logits + mirrored) / 2), no TTA, and how mirror images fare
+    can all be judged from it (the end of a training run: reslab.train.finish)."""
+    model.eval()
+    plain, mirrored, labels = [], [], []
+    for x, y in batches.epoch(0):
+        with autocast(device, precision):
+            plain.append(model(x).float().cpu())
+            mirrored.append(model(torch.flip(x, dims=[3])).float().cpu())
+        labels.append(y.cpu())
+    if not labels:
+        raise ConfigError("the evaluated part holds no images")
+    return torch.cat(plain), torch.cat(mirrored), torch.cat(labels)

@@ -94,6 +94,30 @@ class Distributed:
 
 
 @dataclass(kw_only=True)
+class Calibrated:
+    """train.calibrate: the temperature fitted on the val part at the end, and what it did."""
+
+    temperature: float
+    images: int
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
+@dataclass(kw_only=True)
+class FlipDecision:
+    """train.tta_flip at the end of a run: flip TTA kept in the weights only where it lowered the
+    val error of the kept weights (errors as fractions, on `images` val images)."""
+
+    kept: bool
+    images: int
+    val_error: float  # the images as they are
+    val_error_flip_tta: float  # the mean of each image's and its mirror's logits
+    val_error_mirrored: float  # the mirror images alone
+
+
+@dataclass(kw_only=True)
 class RunSummary:
     """summary.json: what the run did, what it kept, and on what. Written once, at the end of a
     run, after its weights; keys an older reslab did not write read as their defaults."""
@@ -113,6 +137,8 @@ class RunSummary:
     environment: dict[str, str | int | float | None] = field(default_factory=dict)  # machine.environment()
     stopped_early: StoppedEarly | None = optional()
     distributed: Distributed | None = optional()
+    calibrated: Calibrated | None = optional()
+    flip_tta: FlipDecision | None = optional()
 
     @property
     def total(self) -> int:

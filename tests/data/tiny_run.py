@@ -31,7 +31,7 @@ def tiny_run_args(
     tree: Path | None,
     *settings: str,
     data: str | None = "imagefolder",
-    iterations: int = 2,
+    iterations: int | None = 2,
     epochs: float | str | None = None,
     model: str | None = TINY_MODEL,
     progress: bool = False,
@@ -45,7 +45,10 @@ def tiny_run_args(
     args += ["--data", data] if data is not None else []
     args += ["--data-dir", str(tree)] if tree is not None else []
     args += ["--model", model] if model is not None else []
-    args += ["--epochs", str(epochs)] if epochs is not None else ["--iterations", str(iterations)]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    elif iterations is not None:  # None and None: the recipe's length (or a --budget in `extra`)
+        args += ["--iterations", str(iterations)]
     args += [] if progress else ["--no-progress"]
     args += ["--run-dir", str(run), *extra]
     defaults = ("train.batch_size=8", "train.threads=1", f"data.cache_dir={run.parent / 'cache'}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reslab.commands.args import add_device
 from reslab.config import Config, list_recipes, load_config
-from reslab.errors import DataError
+from reslab.errors import ConfigError, DataError
 from reslab.records import from_json
 from reslab.rundir import RunDir, RunSummary
 
@@ -43,6 +43,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append("train.iterations=0")
     if args.iterations is not None:
         out.append("train.epochs=0")
+    if args.epochs is not None or args.iterations is not None:
+        out.append('train.budget=""')  # a length given in steps replaces a recipe's time budget
+    if getattr(args, "budget", None) is not None:
+        if args.epochs is not None or args.iterations is not None:
+            raise ConfigError("--budget sets the run's length from the time it has: drop --epochs / --iterations")
+        out.append(f"train.budget={_quoted(args.budget)}")
     if args.deterministic:
         out.append("train.deterministic=true")
     if args.no_progress:
@@ -75,6 +81,16 @@ def print_summary(summary: dict) -> None:
         if key.endswith("error"):
             rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
     rows.append(("kept", kept_text(from_json(RunSummary, summary))))
+    calibrated = summary.get("calibrated")
+    if calibrated:
+        rows.append(
+            (
+                "calibrated",
+                f"T = {calibrated['temperature']:.4g} on {calibrated['images']} val images: ECE "
+                f"{100 * calibrated['ece_before']:.2f}% -> {100 * calibrated['ece_after']:.2f}%, NLL "
+                f"{calibrated['nll_before']:.4f} -> {calibrated['nll_after']:.4f}",
+            )
+        )
     early = summary.get("stopped_early")
     if early:
         total = summary.get("total_steps", summary["steps"])
@@ -185,6 +201,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data.dataset: cifar10, cifar100, fashion-mnist, mnist, imagefolder, synthetic")
     p.add_argument("--epochs", type=float, help="train.epochs (clears train.iterations)")
     p.add_argument("--iterations", type=int, help="train.iterations (clears train.epochs)")
+    p.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="train.budget: end the whole run within TIME (90s, 10m, 2h): its speed is measured at the start "
+        "and the steps (and the schedule) fitted to it; replaces the recipe's epochs",
+    )
     p.add_argument("--seed", type=int, help="train.seed")
     add_device(p, default=None)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on CPU)")

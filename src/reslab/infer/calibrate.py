@@ -25,16 +25,10 @@ from pathlib import Path
 
 import torch
 
+from reslab.calibration import TemperatureFit, fit_calibration
 from reslab.device import resolve_device
 from reslab.errors import ConfigError
-from reslab.evaluation import (
-    EvalPlan,
-    EvalRequest,
-    calibration_metrics,
-    collect_logits,
-    fit_temperature,
-    plan_evaluation,
-)
+from reslab.evaluation import EvalPlan, EvalRequest, collect_logits, plan_evaluation
 from reslab.rundir import RunDir
 from reslab.weights import TEMPERATURE_RANGE, Weights, load_weights, resolve_weights, write_meta
 
@@ -44,44 +38,6 @@ PART_WARNINGS = {
     "test": "the test part now chose T: test metrics with T are no longer an unbiased estimate",
 }
 EDGE = 1.01  # a T within this factor of either end of TEMPERATURE_RANGE is reported as at the edge
-
-
-@dataclass(frozen=True)
-class Scores:
-    """How well one set of logits is calibrated (reslab.evaluation.CalibrationTally's metrics)."""
-
-    nll: float  # mean -log p_y
-    ece: float  # expected calibration error, a fraction
-    brier: float  # multi-class Brier score, in [0, 2]
-
-    @classmethod
-    def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> Scores:
-        m = calibration_metrics(logits, labels)
-        return cls(m["nll"], m["ece"], m["brier"])
-
-
-@dataclass(frozen=True)
-class TemperatureFit:
-    """Where T was fitted and what it did: the record stored beside T (WeightsMeta.temperature_fit)."""
-
-    dataset: str
-    part: str  # "val", or "train" / "test" when asked for
-    images: int
-    tta: str  # "flip" or "none": how the logits were computed, as evaluation computes them
-    before: Scores  # T = 1, the logits as they are
-    after: Scores  # logits / T
-    val_part: str | None = None  # how the val part was carved (DataSource.describe_val), for part "val"
-
-    def as_meta(self) -> dict[str, str | int | float]:
-        """The flat record written into the weights' metadata (numbers rounded to 6 digits)."""
-        record: dict[str, str | int | float] = {"dataset": self.dataset, "part": self.part, "images": self.images}
-        record["tta"] = self.tta
-        for name in ("nll", "ece"):
-            record[f"{name}_before"] = round(getattr(self.before, name), 6)
-            record[f"{name}_after"] = round(getattr(self.after, name), 6)
-        if self.val_part:
-            record["val_part"] = self.val_part
-        return record
 
 
 def fit_source(fit: Mapping[str, object]) -> str:
@@ -167,17 +123,14 @@ def check_val_part(plan: EvalPlan, run: RunDir | None, named_data: bool) -> None
 def fit_on(weights: Weights, plan: EvalPlan, device: torch.device) -> tuple[float, TemperatureFit]:
     """(T, its record): the logits of the plan's part, as evaluation computes them, and T fitted on them."""
     logits, labels = collect_logits(weights, plan, device)
-    temperature = fit_temperature(logits, labels)
-    record = TemperatureFit(
+    return fit_calibration(
+        logits,
+        labels,
         dataset=plan.source.dataset,
         part=plan.part,
-        images=len(labels),
-        tta="flip" if plan.tta_flip else "none",
-        before=Scores.of(logits, labels),
-        after=Scores.of(logits / temperature, labels),
+        tta=plan.tta_flip,
         val_part=plan.source.describe_val() if plan.part == "val" else None,
     )
-    return temperature, record
 
 
 def calibrate(

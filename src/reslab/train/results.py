@@ -11,9 +11,19 @@ from reslab.config import Config
 from reslab.machine import environment
 from reslab.rundir import ClassWeights, Distributed, KeptWeights, Metrics, RunDir, RunSummary, StoppedEarly
 from reslab.train.build import Data
+from reslab.train.finish import EndChecks
 from reslab.train.plan import RunPlan
 from reslab.train.state import TrainingState
 from reslab.weights import WeightsMeta
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The weights a run ends with: their metadata, their evaluation, and the end-of-run checks."""
+
+    meta: WeightsMeta
+    record: Metrics  # the kept weights' evaluation, as their metadata records it
+    checks: EndChecks | None = None  # flip TTA and temperature decided on val (reslab.train.finish)
 
 
 @dataclass(frozen=True)
@@ -25,13 +35,14 @@ class RunEnd:
     world_size: int = 1
     backend: str = ""  # gloo | nccl under torchrun
     digests: list[str] | None = None  # SHA-256 of each rank's final weights (torchrun)
+    kept: Kept | None = None
 
 
 def run_summary(
     run: RunDir, cfg: Config, data: Data, plan: RunPlan, training: TrainingState, final: Metrics, end: RunEnd
 ) -> RunSummary:
     """summary.json: what the run did, what it kept, and on what."""
-    position = training.position
+    position, checks = training.position, end.kept.checks if end.kept is not None else None
     stopped_early = None
     if end.stopped_early:
         stopped_early = StoppedEarly(
@@ -50,18 +61,19 @@ def run_summary(
         epochs=round(position.step / plan.steps_per_epoch, 3),
         wall_time_s=round(end.wall_time_s, 2),
         final=final,  # the last evaluation
-        kept=kept_summary(cfg.train.keep, plan.watch, training, final),  # the weights the run ended with
+        kept=kept_summary(cfg.train.keep, plan.watch, training, end.kept.record if end.kept else final),
         skipped_steps=position.skipped_steps,
         class_weights=class_weights_summary(cfg, data, plan),
         environment=environment(),
         stopped_early=stopped_early,
         distributed=distributed,
+        calibrated=checks.calibrated() if checks is not None else None,
+        flip_tta=checks.flip if checks is not None else None,
     )
 
 
-def kept_summary(keep: str, watch: str | None, training: TrainingState, final: Metrics) -> KeptWeights:
-    """Which weights the run ended with (train.keep), and their evaluation on the watched part."""
-    record = training.best.record if keep == "best" else final
+def kept_summary(keep: str, watch: str | None, training: TrainingState, record: Metrics) -> KeptWeights:
+    """Which weights the run ended with (train.keep), and their evaluation `record` on the watched part."""
     return KeptWeights(
         keep=keep,
         step=record.get("step", training.position.step),
@@ -82,12 +94,21 @@ def class_weights_summary(cfg: Config, data: Data, plan: RunPlan) -> str | Class
 
 
 def weights_meta(
-    cfg: Config, data: Data, precision: str, data_sha256: str, final: Metrics, step: int | None = None
+    cfg: Config,
+    data: Data,
+    precision: str,
+    data_sha256: str,
+    final: Metrics,
+    step: int | None = None,
+    *,
+    tta_flip: bool | None = None,
 ) -> WeightsMeta:
     """What weights record: architecture, classes, preprocessing, data, metrics, command; `step`
-    (the kept weights of train.keep=best) says which step's evaluation the metrics are."""
+    (the kept weights of train.keep=best) says which step's evaluation the metrics are; `tta_flip`
+    how they were measured, and so how predict uses the weights (None: train.tta_flip)."""
+    tta_flip = cfg.train.tta_flip if tta_flip is None else tta_flip
     metrics = {k: v for k, v in final.items() if k.endswith(("error", "loss"))}
-    metrics["eval_tta_flip"] = float(cfg.train.tta_flip)  # how the test metrics were measured
+    metrics["eval_tta_flip"] = float(tta_flip)  # how the test metrics were measured
     if step is not None:
         metrics["step"] = step
     return WeightsMeta(
@@ -102,7 +123,7 @@ def weights_meta(
         data_dir=cfg.data.data_dir or "",
         metrics=metrics,
         evaluation={
-            "tta_flip": cfg.train.tta_flip,
+            "tta_flip": tta_flip,
             "precision": precision,
             "channels_last": cfg.train.channels_last,
         },

@@ -36,13 +36,25 @@ import torch
 from torch import nn
 
 from reslab.checkpoint import Checkpoint, RunRecord, rng_states, save_checkpoint
-from reslab.config import Config, save_config
+from reslab.config import Config, budget_seconds, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.device import resolve_precision
-from reslab.errors import CheckpointError, ReslabError
+from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.evaluation import evaluate
+from reslab.machine import command_seconds
 from reslab.records import to_json
 from reslab.rundir import RunDir, RunSummary
+from reslab.train.budget import (
+    END_S,
+    Speed,
+    apply_budget,
+    epoch_start_seconds,
+    eval_seconds,
+    plan_budget,
+    rng_kept,
+    save_seconds,
+    step_seconds,
+)
 from reslab.train.build import Data, apply_depth_rules, build_data, build_model
 from reslab.train.distributed import (
     Dist,
@@ -52,9 +64,10 @@ from reslab.train.distributed import (
     on_rank0,
     state_digest,
 )
+from reslab.train.finish import EndSettings, end_checks
 from reslab.train.optim import build_ema, build_optimizer
 from reslab.train.plan import RunPlan
-from reslab.train.results import RunEnd, run_summary, weights_meta
+from reslab.train.results import Kept, RunEnd, run_summary, weights_meta
 from reslab.train.resume import resume_from_newest
 from reslab.train.runlog import RunLog, class_weights_line, eval_line, setup_line, watch_line
 from reslab.train.schedule import Schedule
@@ -74,19 +87,16 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: RunDir, dist: Dist, device: torch.device, *, resume: bool) -> None:
         self.cfg, self.run, self.dist, self.device = cfg, run, dist, device
-        self.wall_start = time.perf_counter()
+        self.wall_start, self.started = time.perf_counter(), time.monotonic()
         self.data = self._build_data()
         apply_depth_rules(cfg)
-        self.plan = RunPlan.of(cfg, self.data, resolve_precision(cfg.train.precision, device))  # "auto": this machine's
-        self.training = self._build_state()
-        self.settings = StepSettings(
-            precision=self.plan.precision,
-            label_smoothing=cfg.optim.label_smoothing,
-            grad_clip=cfg.optim.grad_clip,
-            skip_nonfinite=cfg.train.on_nonfinite == "skip",
-            accum_steps=cfg.train.accum_steps,
-            class_weights=self.plan.class_weights.to(device) if self.plan.class_weights is not None else None,
-        )
+        precision = resolve_precision(cfg.train.precision, device)  # "auto": this machine's
+        self.budget_line = ""  # what a time budget came to (said at the start)
+        if not resume and cfg.train.budget and not cfg.train.budget_steps:
+            self.budget_line = self._fit_budget(precision)
+        self.plan = RunPlan.of(cfg, self.data, precision)
+        self.training = self._build_state(self.plan)
+        self.settings = self._step_settings(self.plan)
         self.history: list[dict[str, Any]] = []  # this process's evaluations, oldest first
         self.last_saved = -1  # step of the newest checkpoint this process took part in
         if resume:
@@ -110,20 +120,70 @@ class Trainer:
             torch.distributed.barrier()
         return data
 
-    def _build_state(self) -> TrainingState:
+    def _step_settings(self, plan: RunPlan) -> StepSettings:
+        cfg, weights = self.cfg, plan.class_weights
+        return StepSettings(
+            precision=plan.precision,
+            label_smoothing=cfg.optim.label_smoothing,
+            grad_clip=cfg.optim.grad_clip,
+            skip_nonfinite=cfg.train.on_nonfinite == "skip",
+            accum_steps=cfg.train.accum_steps,
+            class_weights=weights.to(self.device) if weights is not None else None,
+        )
+
+    def _fit_budget(self, precision: str) -> str:
+        """train.budget on a new run: measure this run's steps and an evaluation on a throwaway copy
+        of its network (every RNG put back after), choose the steps on rank 0 and write them into
+        the config (reslab.train.budget); returns the line that says what was decided."""
+        cfg = self.cfg
+        if cfg.train.compile:
+            raise ConfigError(
+                "train.budget measures the run's steps at its start, and torch.compile's one-off compile "
+                "time cannot be measured there: use train.compile=false with a budget, or train.epochs"
+            )
+        probe_plan = RunPlan.of(cfg, self.data, precision)
+        with rng_kept():
+            probe = self._build_state(probe_plan)
+            model, settings = self._wrap(probe.model), replace(self._step_settings(probe_plan), lr=cfg.optim.lr)
+            model.train()
+            step_s, timed = step_seconds(
+                lambda batch: train_step(model, probe.optimizer, batch, settings, probe.scaler),
+                self.data,
+                self.device,
+                budget_seconds(cfg.train.budget),
+                fixed=self.dist.world_size > 1,
+            )
+            epoch_s = epoch_start_seconds(self.data, step_s)
+            eval_s, save_s = on_rank0(
+                self.dist,
+                lambda: (
+                    eval_seconds(probe.eval_model, self.data, self.device, precision, cfg.train.tta_flip),
+                    save_seconds(probe.state_dict(), self.run.path),
+                ),
+            )
+        # The end-of-run checks on val (calibration, flip TTA) cost about one more evaluation.
+        checks = "val" in self.data.evals and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
+        end_s = END_S + (eval_s if checks else 0.0)
+        speed = Speed(step_s=step_s, eval_s=eval_s, save_s=save_s, epoch_s=epoch_s, end_s=end_s, steps_timed=timed)
+        steps_per_epoch = probe_plan.steps_per_epoch
+        budget = on_rank0(self.dist, lambda: plan_budget(cfg, speed, steps_per_epoch, command_seconds(self.started)))
+        apply_budget(cfg, budget, steps_per_epoch)
+        return budget.line()
+
+    def _build_state(self, plan: RunPlan) -> TrainingState:
         cfg = self.cfg
         model = build_model(cfg, self.data).to(self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.world_size > 1 and cfg.train.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        schedule = Schedule(cfg.schedule, cfg.optim.lr, self.plan.total, steps_per_epoch=self.plan.steps_per_epoch)
+        schedule = Schedule(cfg.schedule, cfg.optim.lr, plan.total, steps_per_epoch=plan.steps_per_epoch)
         return TrainingState(
             model,
             build_optimizer(model, cfg.optim),
             schedule,
             ema=build_ema(model, cfg.optim.ema_decay),
-            scaler=torch.amp.GradScaler(self.device.type) if self.plan.precision == "fp16" else None,
+            scaler=torch.amp.GradScaler(self.device.type) if plan.precision == "fp16" else None,
         )
 
     def _resume(self) -> None:
@@ -222,6 +282,8 @@ class Trainer:
         for line in self.data.summary_lines():
             self.log.message(line)
         params = sum(p.numel() for p in self.model.parameters())
+        if self.budget_line:
+            self.log.message(self.budget_line)
         self.log.message(setup_line(self.cfg, params, self.total, self.steps_per_epoch))
         if self.plan.class_weights is not None:
             counts = self.data.train.class_counts()
@@ -337,27 +399,27 @@ class Trainer:
                 "epoch": round(s.step / self.steps_per_epoch, 4),
                 "elapsed_s": round(time.perf_counter() - self.wall_start, 2),
             }
-            for part, batches in self.data.evals.items():
-                m = evaluate(
-                    self.eval_model,
-                    batches.epoch(0),
-                    len(self.data.classes),
-                    device=self.device,
-                    precision=self.precision,
-                    tta_flip=self.cfg.train.tta_flip,
-                )
-                record.update(
-                    {
-                        f"{part}_top1_error": m["top1_error"],
-                        f"{part}_top5_error": m["top5_error"],
-                        f"{part}_loss": m["loss"],
-                    }
-                )
-            return record
+            return {**record, **self._evaluate_parts(self.eval_model, self.cfg.train.tta_flip)}
 
         record = on_rank0(self.dist, compute)
         if self.watch:
             self.schedule.observe_eval(record[f"{self.watch}_loss"])
+        return record
+
+    def _evaluate_parts(self, model: nn.Module, tta_flip: bool) -> dict[str, float]:
+        """PART_top1_error, PART_top5_error and PART_loss of every evaluated part."""
+        record = {}
+        for part, batches in self.data.evals.items():
+            m = evaluate(
+                model,
+                batches.epoch(0),
+                len(self.data.classes),
+                device=self.device,
+                precision=self.precision,
+                tta_flip=tta_flip,
+            )
+            record.update({f"{part}_top1_error": m["top1_error"], f"{part}_top5_error": m["top5_error"]})
+            record[f"{part}_loss"] = m["loss"]
         return record
 
     def _record_eval(self, record: dict[str, Any]) -> None:
@@ -457,16 +519,52 @@ class Trainer:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
             digests = gather_to_rank0(self.dist, state_digest(self.model))
+        kept = on_rank0(self.dist, lambda: self._kept(final))
+        for line in kept.checks.lines() if kept.checks is not None else []:
+            self.log.message(line)
         end = RunEnd(
             wall_time_s=time.perf_counter() - self.wall_start,
             stopped_early=self.stopped_early,
             world_size=self.dist.world_size,
             backend=self.dist.backend,
             digests=digests,
+            kept=kept,
         )
         summary = run_summary(self.run, self.cfg, self.data, self.plan, self.training, final, end)
-        on_rank0(self.dist, lambda: self._write_results(final, summary, digests))
+        on_rank0(self.dist, lambda: self._write_results(kept.meta, summary, digests))
         return to_json(summary)  # as summary.json holds it
+
+    def _kept_model(self) -> nn.Module:
+        """The network the run ends with: the best evaluation's (train.keep=best), else the last."""
+        if self.cfg.train.keep == "best" and self.training.best_weights is not None:
+            return self.training.best_model()
+        return self.eval_model
+
+    def _kept(self, final: dict[str, Any]) -> Kept:
+        """(rank 0) The kept weights' evaluation and metadata, after the end-of-run checks on val
+        (reslab.train.finish): flip TTA as decided there (the parts evaluated again when that changed
+        it), the temperature fitted there."""
+        cfg, model = self.cfg, self._kept_model()
+        best = cfg.train.keep == "best" and self.training.best_weights is not None
+        record, step = (self.training.best.record, self.training.best.step) if best else (final, None)
+        checks = None
+        if "val" in self.data.evals and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip)):
+            settings = EndSettings(
+                tta_flip=cfg.train.tta_flip,
+                decide_tta=cfg.train.decide_tta,
+                calibrate=cfg.train.calibrate,
+                precision=self.precision,
+                dataset=self.data.name,
+                val_part=self.data.source.describe_val(),
+            )
+            checks = end_checks(model, self.data.evals["val"], self.device, settings)
+        tta = checks.tta_flip if checks is not None and checks.tta_flip is not None else cfg.train.tta_flip
+        if tta != cfg.train.tta_flip:  # the weights' numbers, measured as they will be used
+            record = {**record, **self._evaluate_parts(model, tta)}
+        meta = weights_meta(cfg, self.data, self.precision, self.data_sha256, record, step, tta_flip=tta)
+        if checks is not None and checks.fit is not None:
+            meta = replace(meta, temperature=checks.temperature, temperature_fit=checks.fit.as_meta())
+        return Kept(meta=meta, record=record, checks=checks)
 
     def _logged_final(self) -> dict[str, Any] | None:
         """The final evaluation a run resumed at its last step logged before it was stopped, with the
@@ -490,16 +588,12 @@ class Trainer:
         """Of the dataset's files: computed once, as keep=best writes weights at every new best."""
         return dataset_sha256(self.cfg.data.dataset, self.cfg.data.data_dir, listing=not self.cfg.data.in_memory)
 
-    def _write_results(self, final: dict[str, Any], summary: RunSummary, digests: list[str] | None) -> None:
+    def _write_results(self, meta: WeightsMeta, summary: RunSummary, digests: list[str] | None) -> None:
         if digests and len(set(digests)) > 1:
             self.log.message(
                 f"warning: the {self.dist.world_size} processes ended with different weights; rank 0's are saved"
             )
-        if self.cfg.train.keep == "best" and self.training.best_weights is not None:
-            model, meta = self.training.best_model(), self._best_meta()
-        else:
-            model, meta = self.eval_model, self._meta(final)
-        self._save_weights(self.run.weights, model, meta)
+        self._save_weights(self.run.weights, self._kept_model(), meta)
         with self._writing(self.run.summary):
             self.run.write_summary(summary)
 
