@@ -50,6 +50,10 @@ class DataConfig:
     split: str = "paper"
     val_size: int = 5000  # held-out images under split=paper (paper: 45k train / 5k val)
     val_fraction: float = 0.1  # under split=auto without a val part: the share of each class held out
+    # K-fold cross-validation (`reslab train --folds K` sets both): val is fold `fold` (1..folds) of the
+    # training images, stratified and seeded by train.seed, in place of what data.split would hold out
+    folds: int = 0
+    fold: int = 0
     normalize: str = "pixel-mean"  # pixel-mean (paper sec. 4.2) | channel (mean/std) | none
     augment: str = "crop-flip"  # none | flip | crop | crop-flip (in memory); scale | rrc (ImageFolder loader)
     pad: int = 4  # pixels of zero padding before the random crop
@@ -425,6 +429,8 @@ RANGES: dict[tuple[str, str], Range] = {
     ("schedule", "patience"): COUNT,  # 0 decays after every evaluation without improvement
     ("train", "iterations"): COUNT,
     ("train", "budget_steps"): COUNT,  # written by a budgeted run
+    ("data", "folds"): Range(0, 100, note="0 = off; else at least 2"),
+    ("data", "fold"): Range(0, 100),
     # 1e9 epochs is beyond any run, and keeps epochs x steps per epoch well within int64.
     ("train", "epochs"): Range(0, 1e9),
     ("train", "batch_size"): AT_LEAST_ONE,
@@ -488,6 +494,11 @@ def _check_combinations(cfg: Config) -> None:
         raise ConfigError("optim.nesterov needs optim.momentum > 0 (Nesterov momentum without momentum is undefined)")
     if cfg.model.shortcut is not None and cfg.model.shortcut not in vocab.SHORTCUTS:
         raise ConfigError(f"model.shortcut must be one of {', '.join(vocab.SHORTCUTS)}; got {cfg.model.shortcut!r}")
+    if cfg.data.folds == 1 or not (cfg.data.fold == 0 if cfg.data.folds == 0 else 1 <= cfg.data.fold <= cfg.data.folds):
+        raise ConfigError(
+            f"data.folds={cfg.data.folds}, data.fold={cfg.data.fold}: use at least 2 folds and a fold in 1..folds "
+            "(reslab train --folds K sets both), or data.folds=0 and data.fold=0"
+        )
     if cfg.train.budget:
         budget_seconds(cfg.train.budget)  # a ConfigError naming the value when it is not a duration
     elif (cfg.train.iterations > 0) == (cfg.train.epochs > 0):

@@ -331,6 +331,8 @@ def data_source(cfg: Config) -> DataSource:
         cache_dir=d.cache_dir,
         synthetic_size=d.synthetic_size,
         download=d.download,
+        folds=d.folds,
+        fold=d.fold,
     )
 
 

@@ -44,6 +44,8 @@ SUMMARY_FILE, TRAIN_ERROR_FILE, TRAIN_LOG_FILE = "summary.json", "train_error.js
 # A report's files, of a run and of an experiment (reslab.expdir): the page (and its .md beside
 # it), the numbers, and a run report's figure.
 REPORT_FILE, RESULTS_FILE, CURVES_FIGURE = "report.html", "results.json", "error_curves.png"
+# K-fold cross-validation (`reslab train --folds K`): RUN/folds.json, and each fold a run of its own.
+FOLDS_FILE, FOLD_PREFIX = "folds.json", "fold-"
 CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "ckpt-", ".pt"
 DIGEST_SUFFIX = ".sha256"
 DAMAGED_SUFFIX = ".damaged"
@@ -146,6 +148,26 @@ class RunSummary:
         return self.total_steps if self.total_steps is not None else self.steps
 
 
+@dataclass(kw_only=True)
+class FoldStats:
+    """One number of every fold's kept evaluation: its mean and sample standard deviation."""
+
+    mean: float
+    std: float | None  # None with a single fold finished
+
+
+@dataclass(kw_only=True)
+class FoldsSummary:
+    """folds.json of a K-fold run: how many folds, and once they are finished, every metric of
+    their kept evaluations per fold and as mean and sample std over the folds."""
+
+    folds: int
+    seed: int
+    finished: list[int] = field(default_factory=list)  # the folds whose runs ended (1-based)
+    per_fold: dict[str, Metrics] = field(default_factory=dict)  # "fold-1" -> its kept evaluation
+    stats: dict[str, FoldStats] = field(default_factory=dict)  # metric -> over the finished folds
+
+
 @dataclass(frozen=True)
 class ReportFiles:
     """A report on runs: the page (its Markdown twin beside it), its figure and its numbers."""
@@ -228,6 +250,21 @@ class RunDir:
     def report_files(self) -> ReportFiles:
         """The run's own report (`reslab reproduce`): report.html, error_curves.png, results.json."""
         return ReportFiles(self.report, self.path / CURVES_FIGURE, self.path / RESULTS_FILE)
+
+    @property
+    def folds_file(self) -> Path:
+        return self.path / FOLDS_FILE
+
+    def fold(self, k: int) -> RunDir:
+        """The run of fold k (1-based) of a K-fold run: RUN/fold-k."""
+        return RunDir(self.path / f"{FOLD_PREFIX}{k}")
+
+    def read_folds(self) -> FoldsSummary | None:
+        """folds.json (None: not a K-fold run); a damaged file is a ConfigError naming it."""
+        return load_record(FoldsSummary, self.folds_file, ConfigError, "repair or delete it")
+
+    def write_folds(self, folds: FoldsSummary) -> None:
+        atomic_write_bytes(self.folds_file, dumps(folds, indent=2))
 
     def eval_dir(self, dataset: str) -> Path:
         return self.path / f"eval-{dataset}"

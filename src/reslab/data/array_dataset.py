@@ -118,6 +118,29 @@ def stratified_split_indices(labels: torch.Tensor, val_fraction: float, seed: in
     return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
 
 
+def stratified_fold_indices(
+    labels: torch.Tensor, folds: int, fold: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices), both sorted, of fold `fold` (1..folds) of a stratified K-fold
+    split: each class's images in a seeded random order are dealt to the folds in turn, each class
+    starting where the previous one stopped, so every fold holds about 1/K of every class and of the
+    whole. The K val parts are disjoint and together cover every index; a pure function of
+    (labels, folds, seed), as `stratified_split_indices`."""
+    if not 2 <= folds <= len(labels) or not 1 <= fold <= folds:
+        raise ValueError(f"fold {fold} of {folds} does not fit {len(labels)} images")
+    labels = labels.cpu()
+    generator = torch.Generator().manual_seed(seed)
+    which = torch.empty(len(labels), dtype=torch.int64)
+    start = 0
+    for label in torch.unique(labels).tolist():  # sorted
+        members = (labels == label).nonzero().flatten()
+        order = members[torch.randperm(len(members), generator=generator)]
+        which[order] = (start + torch.arange(len(order))) % folds
+        start = (start + len(order)) % folds
+    is_val = which == fold - 1
+    return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
 def convert_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, in_chans, H, W) uint8: grey to RGB by copying, RGB to grey by luma."""
     channels = images.shape[1]

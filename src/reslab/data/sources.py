@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from reslab.data.array_dataset import ArrayDataset, random_split_indices, stratified_split_indices
+from reslab.data.array_dataset import (
+    ArrayDataset,
+    random_split_indices,
+    stratified_fold_indices,
+    stratified_split_indices,
+)
 from reslab.data.batches import InMemoryEvalBatches
 from reslab.data.cache import load_cached
 from reslab.data.datasets import FILE_DATASETS, Split, resolve_data_dir, source_files, stored_splits
@@ -45,7 +50,7 @@ if TYPE_CHECKING:
     from reslab.data.folder_batches import FolderEvalBatches, FolderTrainBatches
 
 Part = Literal["train", "val", "test"]
-ValOrigin = Literal["stored", "stratified", "random"]
+ValOrigin = Literal["stored", "stratified", "random", "fold"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class DataSource:
     synthetic_size: int = 512
     download: bool = False
     auto_image_size: bool = False  # image_size was chosen by `resolved` (data.image_size null, mixed sizes)
+    folds: int = 0  # K-fold cross-validation (reslab train --folds K): val is fold `fold` of train; 0 = off
+    fold: int = 0  # 1..folds
 
     def with_overrides(self, **changes: Any) -> DataSource:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -83,7 +90,10 @@ class DataSource:
     @property
     def val_origin(self) -> ValOrigin | None:
         """Where the val part comes from: the dataset's own ("stored"), carved from the training
-        split ("stratified" under split=auto, "random" under split=paper), or nowhere (None)."""
+        split ("stratified" under split=auto, "random" under split=paper, one of K folds under
+        data.folds), or nowhere (None)."""
+        if self.folds:
+            return "fold"
         if "val" in self.stored:
             return "stored"
         if self.split == "auto":
@@ -114,6 +124,8 @@ class DataSource:
             return f"{self.val_fraction * 100:g}% of train, stratified, seed {self.seed}"
         if origin == "random":
             return f"{self.val_size} images of train at random, seed {self.seed}"
+        if origin == "fold":
+            return f"fold {self.fold} of {self.folds} of train, stratified, seed {self.seed}"
         return None
 
     # ---- channels --------------------------------------------------------------------------------
@@ -175,6 +187,10 @@ class DataSource:
     def _carve(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val) indices into the training split, when val is carved from it."""
         n = len(labels)
+        if self.val_origin == "fold":
+            if self.folds > n:
+                raise ConfigError(f"data.folds={self.folds} is more folds than the {n} training images")
+            return stratified_fold_indices(labels, self.folds, self.fold, self.seed)
         if self.val_origin == "random":
             if self.val_size >= n:
                 raise ConfigError(
@@ -233,7 +249,7 @@ class DataSource:
         self._check_part(part)
         root = resolve_data_dir(self.data_dir)
         split = self._stored_split(part)
-        if part == "test" or self.val_origin not in ("stratified", "random"):
+        if part == "test" or self.val_origin not in ("stratified", "random", "fold"):
             return ImageFiles(root, split, self.dataset)
         samples, _ = list_samples(self.dataset, root, split)
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)

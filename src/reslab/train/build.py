@@ -149,6 +149,7 @@ def train_batch_spec(
 
 def build_data(cfg: Config, device: torch.device, dist: Dist) -> Data:
     source = data_source(cfg).resolved()
+    check_folds(source)
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide by the {dist.world_size} processes")
     check_accumulation(cfg.train.batch_size, dist.world_size, cfg.train.accum_steps)
@@ -192,6 +193,15 @@ def eval_parts(cfg: Config, source: DataSource, preprocess: Preprocess, device: 
         preprocess, device, workers=source.workers, batch_size=EVAL_BATCH_SIZE, channels_last=cfg.train.channels_last
     )
     return {part: source.eval_batches(part, spec) for part in source.parts}
+
+
+def check_folds(source: DataSource) -> None:
+    """data.folds carves val from the training images: a dataset's own val part would go unused."""
+    if source.folds and "val" in source.stored:
+        raise ConfigError(
+            f"data.folds: the val part is each fold of the training images in turn, and {source.data_dir} has a "
+            "val part of its own, which would go unused: move its images into train/ (or drop --folds)"
+        )
 
 
 def check_accumulation(batch_size: int, world_size: int, accum_steps: int) -> None:
