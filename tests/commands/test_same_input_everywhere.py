@@ -33,6 +33,7 @@ SETTINGS = (
     "train.batch_size=4",
     "train.eval_every=-1",
     "train.threads=0",
+    "train.calibrate=false",  # one evaluation of val during training: the end's pass over it would add more
 )
 
 

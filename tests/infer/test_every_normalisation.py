@@ -45,7 +45,7 @@ def images(tree: Path) -> list[Path]:
 
 def reference(run: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, pre-logits features) of the plain eval-mode network, image by image, with
-    the weights' flip averaging for the probabilities."""
+    the weights' flip averaging and temperature for the probabilities."""
     weights = load_weights(run)
     meta, model, stats = weights.meta, weights.model.eval(), weights.stats
     probs, feats = [], []
@@ -56,7 +56,7 @@ def reference(run: Path, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]
             logits = model(x)
             if meta.tta_flip:
                 logits = (logits + model(x.flip(-1))) / 2
-            probs.append(logits.softmax(-1)[0])
+            probs.append((logits / meta.temperature).softmax(-1)[0])  # T: fitted on val at the run's end
             feats.append(model.forward_head(model.forward_features(x), pre_logits=True)[0])
     return torch.stack(probs), torch.stack(feats)
 

@@ -31,6 +31,16 @@ def positive_int(text: str) -> int:
     return int(_number(text, int, lambda v: v >= 1, ">= 1"))
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type of a count that may be 0 (--workers: 0 decodes in the main process)."""
+    return int(_number(text, int, lambda v: v >= 0, ">= 0"))
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a length that must be above 0 (--epochs)."""
+    return float(_number(text, float, lambda v: v > 0, "> 0"))
+
+
 def non_negative_float(text: str) -> float:
     """argparse type of a duration that may be 0 but not below (--batch-wait-ms)."""
     return float(_number(text, float, lambda v: v >= 0, ">= 0"))

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from reslab.commands.args import add_device, add_tta, positive_int
+from reslab.commands.args import add_device, add_tta, non_negative_int, positive_int
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -87,7 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fully convolutional multi-scale testing, shorter sides e.g. 224,256,384,480,640",
     )
     p.add_argument("--batch-size", type=positive_int, help="images per batch (default 256, as training evaluates)")
-    p.add_argument("--workers", type=int, help="DataLoader workers for streamed ImageFolder data (default: the run's)")
+    p.add_argument(
+        "--workers", type=non_negative_int, help="DataLoader workers for streamed ImageFolder data (default: the run's)"
+    )
     p.add_argument("--in-memory", action="store_true", help="decode an ImageFolder into memory first (small sets)")
     add_device(p)
     p.add_argument("--out", help="output directory (default: RUN/eval-DATASET, or ./eval-WEIGHTS-DATASET)")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from reslab.commands.args import add_device, non_negative_int, positive_float, positive_int
 from reslab.errors import ConfigError
 from reslab.expdir import ExperimentDir, Settings
 from reslab.rundir import REPORT_FILE
@@ -42,7 +43,6 @@ FLAGS = {
     "batch_size": "--batch-size",
     "compare": "--compare",
 }
-POSITIVE = ("seeds", "epochs", "iterations", "train_images", "images", "batch_size")
 
 
 def experiment_module(name: str) -> ModuleType:
@@ -88,9 +88,6 @@ def explicit_settings(args: argparse.Namespace, module: ModuleType) -> dict[str,
         raise ConfigError(
             f"{module.NAME} does not take {', '.join(extra)}; it takes {', '.join(sorted(FLAGS[k] for k in takes))}"
         )
-    for key in POSITIVE:
-        if key in given and given[key] <= 0:
-            raise ConfigError(f"{FLAGS[key]} must be > 0; got {given[key]}")
     return given
 
 
@@ -127,8 +124,6 @@ def reproduce_command(args: argparse.Namespace) -> int:
 
     module = experiment_module(args.experiment)
     name = module.NAME
-    if args.parallel < 1:
-        raise ConfigError(f"--parallel must be >= 1; got {args.parallel}")
     explicit = explicit_settings(args, module)
     data = explicit.get("data") or _source_data(explicit.get("source")) or module.DEFAULT_DATA
     out = Path(args.out) if args.out else DEFAULT_ROOT / (name if name == "imagenet-table" else f"{name}-{data}")
@@ -193,9 +188,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_training_flags(p)
     _add_analysis_flags(p)
     p.add_argument("--out", help="experiment directory (default runs/reproduce/EXPERIMENT-DATA)")
-    p.add_argument("--parallel", type=int, default=1, metavar="K", help="train K runs at once in subprocesses")
-    p.add_argument("--workers", type=int, default=2, help="imagenet-table: DataLoader workers (default 2)")
-    p.add_argument("--device", default="auto", help="device for evaluations: auto, cpu, cuda")
+    p.add_argument("--parallel", type=positive_int, default=1, metavar="K", help="train K runs at once in subprocesses")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=2, help="imagenet-table: DataLoader workers (default 2; 0: none)"
+    )
+    add_device(p)  # of the evaluations
     p.set_defaults(func=reproduce_command)
 
     r = subparsers.add_parser(
@@ -220,10 +217,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     """What the training experiments train: data, seeds, length, depths, --set overrides."""
     p.add_argument("--data", help="dataset: cifar10 (default), cifar100, fashion-mnist, mnist, imagefolder, synthetic")
     p.add_argument("--data-dir", help="where the dataset files are")
-    p.add_argument("--seeds", type=int, help="runs per network, seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=positive_int, help="runs per network, seeds 0..N-1 (default 1)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="training length in epochs (converted to iterations)")
-    length.add_argument("--iterations", type=int, help="training length in iterations")
+    length.add_argument("--epochs", type=positive_float, help="training length in epochs (converted to iterations)")
+    length.add_argument("--iterations", type=positive_int, help="training length in iterations")
     p.add_argument("--depths", help="comma-separated depths 6n+2, e.g. 20,56 (default: the experiment's)")
     p.add_argument(
         "--set",
@@ -236,7 +233,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
     """The settings only one experiment takes (degradation, layer-responses, imagenet-table)."""
     p.add_argument(
-        "--train-images", type=int, help="degradation: training images for the training-error curve (default 5000)"
+        "--train-images",
+        type=positive_int,
+        help="degradation: training images for the training-error curve (default 5000)",
     )
     p.add_argument(
         "--compare",
@@ -251,11 +250,11 @@ def _add_analysis_flags(p: argparse.ArgumentParser) -> None:
         help="layer-responses: the degradation experiment whose runs to analyse",
     )
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="layer-responses: run directories to analyse")
-    p.add_argument("--images", type=int, help="layer-responses: test images to measure (default 1000)")
+    p.add_argument("--images", type=positive_int, help="layer-responses: test images to measure (default 1000)")
     p.add_argument(
         "--weights",
         action="append",
         metavar="[NAME=]PATH",
         help="imagenet-table: weights file or run directory to evaluate (repeatable)",
     )
-    p.add_argument("--batch-size", type=int, help="imagenet-table: images per batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, help="imagenet-table: images per batch (default 32)")

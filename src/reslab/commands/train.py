@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from reslab.commands.args import add_device
+from reslab.commands.args import add_device, positive_int
 from reslab.config import Config, list_recipes, load_config
 from reslab.errors import ConfigError, DataError
 from reslab.records import from_json
@@ -225,6 +225,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  reslab train --recipe cifar-paper --model resnet110 --data-dir ~/data\n"
         "  reslab train --recipe fast --epochs 10 --set optim.lr=0.1\n"
+        "  reslab train --recipe images --data-dir photos/ --budget 10m\n"
+        "  reslab train --recipe images --data-dir photos/ --folds 5\n"
         "  reslab train --resume runs/20261122-101500-resnet20-cifar10\n"
         "  torchrun --nproc_per_node=2 -m reslab train --recipe cifar-paper",
     )
@@ -232,6 +234,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--model", help="model.name, e.g. resnet56 (`reslab models` lists them)")
     p.add_argument("--data", help="data.dataset: cifar10, cifar100, fashion-mnist, mnist, imagefolder, synthetic")
+    # --epochs / --iterations stay plain numbers: the settings' range checks name the setting and its range
     p.add_argument("--epochs", type=float, help="train.epochs (clears train.iterations)")
     p.add_argument("--iterations", type=int, help="train.iterations (clears train.epochs)")
     p.add_argument(
@@ -243,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument(
         "--folds",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="K-fold cross-validation: K runs RUN/fold-1..K, each validating on one stratified fold of the "
         "training images (test untouched), then every metric's mean and std over the folds (RUN/folds.json)",
