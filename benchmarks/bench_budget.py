@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_own_images import write_tree
 
+from bench_own_images import write_tree
 from reslab.config import budget_seconds
 from reslab.machine import cpu_model
 
@@ -50,11 +50,19 @@ def run_case(tree: Path, budget: str, path: str, out: Path) -> dict:
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    if proc.returncode == 2 and "too short" in proc.stderr:  # refused in one line: a result too
+        return {"wall_s": wall, "decided": proc.stderr.strip().splitlines()[-1], "steps": 0, "accuracy": None}
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     decided = next((line for line in proc.stderr.splitlines() if line.startswith(f"budget {budget}:")), "")
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": wall, "decided": decided, "steps": summary["steps"], "accuracy": 1 - summary["final"]["test_top1_error"]}
+    return {
+        "wall_s": wall,
+        "decided": decided,
+        "steps": summary["steps"],
+        # the kept weights' test accuracy: the images recipe evaluates test once, at the end, on them
+        "accuracy": 1 - summary["kept"]["evaluation"]["test_top1_error"],
+    }
 
 
 def main() -> None:
@@ -63,9 +71,18 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--tree", type=Path, default=Path(tempfile.gettempdir()) / "reslab-bench-fmnist-png20k")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"CPU: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     tree = write_tree(args.tree, args.train_images)
+    # Decode the PNGs into reslab's cache once, untimed, so each case times what a user's second
+    # and later runs on the same folder take (the first run's decoding counts against its budget).
+    warm = [sys.executable, "-m", "reslab", "train", "--recipe", "images", "--data-dir", str(tree)]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [*warm, "--iterations", "1", "--no-progress", "--run-dir", f"{tmp}/warm"], check=True, capture_output=True
+        )
     print(f"{'budget':>7} {'data':>9} {'wall s':>8} {'ratio':>6}  target  steps  test acc  decided")
     inside = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,9 +92,10 @@ def main() -> None:
             ratio = r["wall_s"] / budget_seconds(budget)
             ok = LOW <= ratio <= HIGH
             inside += ok
+            accuracy = f"{100 * r['accuracy']:8.2f}%" if r["accuracy"] is not None else "       -"
             print(
                 f"{budget:>7} {path:>9} {r['wall_s']:8.1f} {ratio:6.3f}  {'yes' if ok else 'NO':>6} {r['steps']:6d} "
-                f"{100 * r['accuracy']:8.2f}%  {r['decided']}",
+                f"{accuracy}  {r['decided']}",
                 flush=True,
             )
     print(f"{inside} of {len(args.cases)} runs within -15% / +5% of their budget")

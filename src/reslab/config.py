@@ -130,6 +130,9 @@ class TrainConfig:
     # the memory is that of a micro-batch. batch_size must divide evenly. 1 = off
     accum_steps: int = 1
     eval_every: int = 0  # evaluate every N iterations; 0 = once per epoch; -1 = only after the last step
+    # all: every evaluation covers val and test; watched: only the watched part (val), and the other
+    # parts once, at the end, on the kept weights (the test part touched once; evaluations cost less)
+    eval_parts: str = "all"
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -342,6 +345,7 @@ CHOICES = {
     ("data", "sampler"): vocab.SAMPLERS,
     ("optim", "class_weights"): vocab.CLASS_WEIGHTS,
     ("train", "keep"): vocab.KEEP,
+    ("train", "eval_parts"): vocab.EVAL_PARTS,
     ("train", "on_nonfinite"): vocab.ON_NONFINITE,
     ("data", "policy"): vocab.POLICIES,
 }

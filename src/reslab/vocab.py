@@ -25,6 +25,9 @@ SAMPLERS = ("random", "balanced")
 CLASS_WEIGHTS = ("none", "auto")
 # train.keep: which weights a run ends with: the last step's, or the best on validation.
 KEEP = ("last", "best")
+# train.eval_parts: what an evaluation during training covers: every part (val and test), or the
+# watched one only, the others then evaluated once, on the kept weights, at the end.
+EVAL_PARTS = ("all", "watched")
 # data.normalize: per-pixel mean (paper sec. 4.2), per-channel mean/std, or only /255.
 NORMALIZE_KINDS = ("pixel-mean", "channel", "none")
 # data.augment on the in-memory path (batched tensor ops) and on the streaming path (PIL in workers).

@@ -80,6 +80,10 @@ def print_summary(summary: dict) -> None:
     for key in sorted(final):
         if key.endswith("error"):
             rows.append((key.replace("_", " "), f"{100 * final[key]:.2f}%"))
+    kept_evaluation = (summary.get("kept") or {}).get("evaluation") or {}
+    for key in sorted(k for k in kept_evaluation if k.endswith("error") and k not in final):
+        # train.eval_parts=watched: these parts were evaluated once, on the kept weights
+        rows.append((f"kept {key.replace('_', ' ')}", f"{100 * kept_evaluation[key]:.2f}%"))
     rows.append(("kept", kept_text(from_json(RunSummary, summary))))
     calibrated = summary.get("calibrated")
     if calibrated:

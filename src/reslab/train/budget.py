@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,11 +36,11 @@ from reslab.errors import ConfigError
 from reslab.evaluation import evaluate
 from reslab.train.build import Data
 
-MARGIN = 0.03  # of the budget, for what is not measured: checkpoints, logging, writing the weights
+MARGIN = 0.05  # of the budget: what is not measured, and the CPU's own drift (a shared machine's speed wanders by 10%)
 EVAL_SHARE = 0.15  # evaluations may take this share of the training steps' time; beyond it, fewer of them
 END_S = 1.0  # seconds for the end of a run besides its last evaluation (weights, summary, calibration)
-MEASURE_SHARE = 0.02  # of the budget spent measuring training steps (at least MIN_TIMED_STEPS of them)
-MIN_TIMED_STEPS, MAX_TIMED_STEPS, WARMUP_STEPS = 3, 50, 2
+MEASURE_SHARE = 0.03  # of the budget spent measuring training steps (at least MIN_TIMED_STEPS of them)
+MIN_TIMED_STEPS, MAX_TIMED_STEPS, WARMUP_STEPS = 10, 400, 3
 EVAL_TIMED_BATCHES = 3  # evaluation batches timed per part (after one untimed)
 EVAL_OVERHEAD_S = 0.01  # per part and evaluation: its metrics, log line, metrics.jsonl and TensorBoard records
 
@@ -190,38 +191,43 @@ def step_seconds(
     *,
     fixed: bool = False,
 ) -> tuple[float, int]:
-    """(median seconds per step, steps timed): `step` run on the training batches (fetching a
-    batch counts), WARMUP_STEPS untimed, then until MEASURE_SHARE of the budget is spent (at least
-    MIN_TIMED_STEPS, at most MAX_TIMED_STEPS). `fixed`: exactly 2 x MIN_TIMED_STEPS, as under
-    torchrun, where every process must take the same steps."""
+    """(seconds per step, steps timed): `step` run on the training batches (fetching a batch
+    counts) until MEASURE_SHARE of the budget is spent (at least MIN_TIMED_STEPS, at most
+    MAX_TIMED_STEPS); the first quarter (at least WARMUP_STEPS) is dropped, since a CPU's first
+    steps run slower (allocations, caches, the thread pool), and the mean of the rest is the step
+    time (the run's time is a sum of steps, so the mean, not the median). `fixed`: exactly
+    2 x MIN_TIMED_STEPS, as under torchrun, where every process must take the same steps."""
     batches = itertools.chain.from_iterable(data.train.epoch(e) for e in itertools.count())
     times: list[float] = []
     last = time.perf_counter()
-    for i, batch in enumerate(batches):
+    for batch in batches:
         step(batch)
         _sync(device)
         now = time.perf_counter()
-        if i >= WARMUP_STEPS:
-            times.append(now - last)
+        times.append(now - last)
         last = now
         if _enough(times, budget_s, fixed):
             break
-    times.sort()
-    return times[len(times) // 2], len(times)
+    kept = times[max(WARMUP_STEPS, len(times) // 4) :]
+    return statistics.fmean(kept), len(kept)
 
 
 def _enough(times: list[float], budget_s: float, fixed: bool) -> bool:
     if fixed:
-        return len(times) >= 2 * MIN_TIMED_STEPS
-    return len(times) >= MAX_TIMED_STEPS or (len(times) >= MIN_TIMED_STEPS and sum(times) >= MEASURE_SHARE * budget_s)
+        return len(times) >= 2 * MIN_TIMED_STEPS + WARMUP_STEPS
+    return len(times) >= MAX_TIMED_STEPS or (
+        len(times) >= MIN_TIMED_STEPS + WARMUP_STEPS and sum(times) >= MEASURE_SHARE * budget_s
+    )
 
 
-def eval_seconds(model: nn.Module, data: Data, device: torch.device, precision: str, tta_flip: bool) -> float:
-    """Seconds of one evaluation of every part: each part's first batches timed (after one untimed)
-    and scaled to its number of batches; a part of one or two batches timed whole."""
-    total = 0.0
+def eval_seconds(
+    model: nn.Module, data: Data, device: torch.device, precision: str, tta_flip: bool
+) -> dict[str, float]:
+    """Seconds of one evaluation of each part: its first batches timed (after one untimed) and scaled
+    to its number of batches; a part of one or two batches timed whole."""
+    seconds = {}
     options = dict(device=device, precision=precision, tta_flip=tta_flip)
-    for batches in data.evals.values():
+    for part, batches in data.evals.items():
         n, run = len(batches), batches.epoch(0)
         if n > 2:
             evaluate(model, itertools.islice(run, 1), len(data.classes), **options)  # untimed: first-call costs
@@ -229,8 +235,8 @@ def eval_seconds(model: nn.Module, data: Data, device: torch.device, precision: 
         start = time.perf_counter()
         evaluate(model, itertools.islice(run, timed), len(data.classes), **options)
         _sync(device)
-        total += (time.perf_counter() - start) / max(timed, 1) * n + EVAL_OVERHEAD_S
-    return total
+        seconds[part] = (time.perf_counter() - start) / max(timed, 1) * n + EVAL_OVERHEAD_S
+    return seconds
 
 
 def epoch_start_seconds(data: Data, step_s: float) -> float:

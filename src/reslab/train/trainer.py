@@ -154,16 +154,20 @@ class Trainer:
                 fixed=self.dist.world_size > 1,
             )
             epoch_s = epoch_start_seconds(self.data, step_s)
-            eval_s, save_s = on_rank0(
+            part_s, save_s = on_rank0(
                 self.dist,
                 lambda: (
                     eval_seconds(probe.eval_model, self.data, self.device, precision, cfg.train.tta_flip),
                     save_seconds(probe.state_dict(), self.run.path),
                 ),
             )
-        # The end-of-run checks on val (calibration, flip TTA) cost about one more evaluation.
-        checks = "val" in self.data.evals and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
-        end_s = END_S + (eval_s if checks else 0.0)
+        # An evaluation during training covers `evaluated_parts`; the others are evaluated once at the
+        # end, and the end-of-run checks on val (calibration, flip TTA) cost about one more of val.
+        watch = probe_plan.watch
+        during = list(part_s) if cfg.train.eval_parts == "all" or not watch else [watch]
+        eval_s = sum(part_s[p] for p in during)
+        checks = "val" in part_s and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
+        end_s = END_S + sum(t for p, t in part_s.items() if p not in during) + (part_s["val"] if checks else 0.0)
         speed = Speed(step_s=step_s, eval_s=eval_s, save_s=save_s, epoch_s=epoch_s, end_s=end_s, steps_timed=timed)
         steps_per_epoch = probe_plan.steps_per_epoch
         budget = on_rank0(self.dist, lambda: plan_budget(cfg, speed, steps_per_epoch, command_seconds(self.started)))
@@ -388,9 +392,16 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------------
 
+    @property
+    def evaluated_parts(self) -> list[str]:
+        """The parts an evaluation during training covers: all, or the watched one (train.eval_parts)."""
+        if self.cfg.train.eval_parts == "watched" and self.watch:
+            return [self.watch]
+        return list(self.data.evals)
+
     def evaluate(self) -> dict[str, Any]:
-        """Evaluate every part (rank 0: the evaluation sets are not sharded; the record is shared)
-        and let the schedule observe the validation loss (the test loss without a val part)."""
+        """Evaluate the parts (`evaluated_parts`; rank 0: the evaluation sets are not sharded; the record
+        is shared) and let the schedule observe the validation loss (the test loss without a val part)."""
         s = self.state
 
         def compute() -> dict[str, Any]:
@@ -399,17 +410,18 @@ class Trainer:
                 "epoch": round(s.step / self.steps_per_epoch, 4),
                 "elapsed_s": round(time.perf_counter() - self.wall_start, 2),
             }
-            return {**record, **self._evaluate_parts(self.eval_model, self.cfg.train.tta_flip)}
+            return {**record, **self._evaluate_parts(self.eval_model, self.cfg.train.tta_flip, self.evaluated_parts)}
 
         record = on_rank0(self.dist, compute)
         if self.watch:
             self.schedule.observe_eval(record[f"{self.watch}_loss"])
         return record
 
-    def _evaluate_parts(self, model: nn.Module, tta_flip: bool) -> dict[str, float]:
-        """PART_top1_error, PART_top5_error and PART_loss of every evaluated part."""
+    def _evaluate_parts(self, model: nn.Module, tta_flip: bool, parts: list[str]) -> dict[str, float]:
+        """PART_top1_error, PART_top5_error and PART_loss of each of `parts`."""
         record = {}
-        for part, batches in self.data.evals.items():
+        for part in parts:
+            batches = self.data.evals[part]
             m = evaluate(
                 model,
                 batches.epoch(0),
@@ -560,7 +572,10 @@ class Trainer:
             checks = end_checks(model, self.data.evals["val"], self.device, settings)
         tta = checks.tta_flip if checks is not None and checks.tta_flip is not None else cfg.train.tta_flip
         if tta != cfg.train.tta_flip:  # the weights' numbers, measured as they will be used
-            record = {**record, **self._evaluate_parts(model, tta)}
+            record = {**record, **self._evaluate_parts(model, tta, list(self.data.evals))}
+        else:  # train.eval_parts=watched: the other parts once, now, on the kept weights
+            missing = [part for part in self.data.evals if f"{part}_top1_error" not in record]
+            record = {**record, **self._evaluate_parts(model, tta, missing)}
         meta = weights_meta(cfg, self.data, self.precision, self.data_sha256, record, step, tta_flip=tta)
         if checks is not None and checks.fit is not None:
             meta = replace(meta, temperature=checks.temperature, temperature_fit=checks.fit.as_meta())
