@@ -25,6 +25,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from stat import S_ISLNK
 
 import numpy as np
 import torch
@@ -49,9 +50,17 @@ def cache_key(
 ) -> str:
     """A hex digest of everything that decides the decoded tensors."""
     described = []
+    folders: dict[Path, Path] = {}  # each folder resolved once: 50,000 files cost one resolve per folder
     for path in files:
-        stat = path.stat()
-        described.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        stat = os.lstat(path)
+        if S_ISLNK(stat.st_mode):  # a link: its target's path, size and time, as Path.resolve and stat give
+            resolved, stat = path.resolve(), path.stat()
+        else:
+            folder = folders.get(path.parent)
+            if folder is None:
+                folder = folders[path.parent] = path.parent.resolve()
+            resolved = folder / path.name
+        described.append([str(resolved), stat.st_size, stat.st_mtime_ns])
     settings = {
         "format": CACHE_FORMAT,
         "name": name,

@@ -92,21 +92,40 @@ def list_image_files(root: Path, split: Split) -> tuple[list[tuple[Path, int]], 
         raise DataError(
             f"{split_dir}: classes {unknown} are not in {train_dir}; both splits must use the same class folders"
         )
-    samples: list[tuple[Path, int]] = []
-    for label, class_name in enumerate(classes):
-        class_dir = split_dir / class_name
-        if not class_dir.is_dir():
-            continue  # a class may be absent from val/ or test/ (a tiny evaluation subset)
-        files = sorted(
-            Path(e.path) for e in os.scandir(class_dir) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+    # A run lists a split several times (channels, sizes, the cache's key, each part): the listing of
+    # a split whose class folders have not changed since (their modification times) is remembered.
+    key = (split_dir, tuple(classes), tuple(_mtime(split_dir / c) for c in classes))
+    if key not in _LISTINGS:
+        if len(_LISTINGS) >= MAX_LISTINGS:
+            _LISTINGS.clear()
+        _LISTINGS[key] = [(path, label) for label, c in enumerate(classes) for path in _class_files(split_dir / c)]
+    return list(_LISTINGS[key]), classes
+
+
+_LISTINGS: dict[tuple[object, ...], list[tuple[Path, int]]] = {}
+MAX_LISTINGS = 16
+
+
+def _mtime(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return -1  # absent (a class may be missing from val/ or test/)
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """A class folder's image files, sorted by name ([] when the folder is absent from this split)."""
+    if not class_dir.is_dir():
+        return []  # a class may be absent from val/ or test/ (a tiny evaluation subset)
+    names = sorted(
+        e.name for e in os.scandir(class_dir) if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+    )
+    if not names:
+        raise DataError(
+            f"{class_dir}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); add images "
+            "or remove the empty class folder"
         )
-        if not files:
-            raise DataError(
-                f"{class_dir}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); add images "
-                "or remove the empty class folder"
-            )
-        samples.extend((path, label) for path in files)
-    return samples, classes
+    return [class_dir / name for name in names]
 
 
 def list_samples(dataset: str, root: Path, split: Split) -> tuple[list[Sample], list[str]]:

@@ -25,7 +25,7 @@ images in memory and streamed, in training and in `reslab eval`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -71,6 +71,9 @@ class DataSource:
     auto_image_size: bool = False  # image_size was chosen by `resolved` (data.image_size null, mixed sizes)
     folds: int = 0  # K-fold cross-validation (reslab train --folds K): val is fold `fold` of train; 0 = off
     fold: int = 0  # 1..folds
+    # The splits this source has loaded (train and a carved val read the same one): listed, keyed and
+    # mapped once per source, not once per part.
+    _loaded: dict[tuple[object, ...], ArrayDataset] = field(default_factory=dict, compare=False, repr=False)
 
     def with_overrides(self, **changes: Any) -> DataSource:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -220,16 +223,20 @@ class DataSource:
         split = self._stored_split(part)
         if self.download:  # fetch missing files first; the cache reads what is on disk
             source_files(self.dataset, split, self.data_dir, download=True)
-        ds = load_cached(
-            self.dataset,
-            split,
-            self.data_dir,
-            cache_dir=self.cache_dir,
-            image_size=size,
-            in_chans=in_chans if in_chans is not None else self.input_channels,
-            synthetic_size=self.synthetic_size,
-            resize=resize,
-        )
+        chans = in_chans if in_chans is not None else self.input_channels
+        key = (split, size, chans, resize)
+        if key not in self._loaded:
+            self._loaded[key] = load_cached(
+                self.dataset,
+                split,
+                self.data_dir,
+                cache_dir=self.cache_dir,
+                image_size=size,
+                in_chans=chans,
+                synthetic_size=self.synthetic_size,
+                resize=resize,
+            )
+        ds = self._loaded[key]
         if part == "test" or self.val_origin in (None, "stored"):
             return ds
         # Under split=paper this is `train_val_split(ds, val_size, seed)`: the paper split as it always was.

@@ -35,6 +35,8 @@ from reslab.config import Config, budget_seconds
 from reslab.errors import ConfigError
 from reslab.evaluation import evaluate
 from reslab.train.build import Data
+from reslab.train.distributed import Dist, on_rank0
+from reslab.train.state import TrainingState
 
 MARGIN = 0.05  # of the budget: what is not measured, and the CPU's own drift (a shared machine's speed wanders by 10%)
 EVAL_SHARE = 0.15  # evaluations may take this share of the training steps' time; beyond it, fewer of them
@@ -264,3 +266,51 @@ def save_seconds(state: dict[str, object], folder: Path) -> float:
     seconds = time.perf_counter() - start
     probe.unlink(missing_ok=True)
     return seconds
+
+
+@dataclass(frozen=True)
+class Measuring:
+    """What the measurement needs to know of the run."""
+
+    cfg: Config
+    device: torch.device
+    dist: Dist
+    precision: str
+    watch: str | None  # the part evaluations watch (RunPlan.watch)
+    run_dir: Path  # where the checkpoint probe is written (and removed)
+
+
+def measure_speed(
+    step: Callable[[tuple[torch.Tensor, torch.Tensor]], object], probe: TrainingState, data: Data, m: Measuring
+) -> Speed:
+    """The run's work on `probe` (a throwaway `TrainingState` of the run's kind; `step` one training
+    step of it): steps timed in two windows, before and after the evaluations are timed, and the
+    slower taken (a shared CPU's speed wanders over tens of seconds: a budget is better kept than
+    missed); evaluations of the parts, a checkpoint, an epoch's start. Under torchrun the steps run
+    on every process, the rest on rank 0."""
+    cfg = m.cfg
+    budget, fixed = budget_seconds(cfg.train.budget), m.dist.world_size > 1
+    first, timed = step_seconds(step, data, m.device, budget / 2, fixed=fixed)
+    part_s, save_s = on_rank0(
+        m.dist,
+        lambda: (
+            eval_seconds(probe.eval_model, data, m.device, m.precision, cfg.train.tta_flip),
+            save_seconds(probe.state_dict(), m.run_dir),
+        ),
+    )
+    second, more = step_seconds(step, data, m.device, budget / 2, fixed=fixed)
+    step_s = max(first, second)
+    # An evaluation during training covers the evaluated parts (train.eval_parts); the others are
+    # evaluated once at the end, and the end-of-run checks on val (calibration, flip TTA) cost about
+    # one more evaluation of val.
+    during = list(part_s) if cfg.train.eval_parts == "all" or not m.watch else [m.watch]
+    checks = "val" in part_s and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
+    end_s = END_S + sum(t for p, t in part_s.items() if p not in during) + (part_s["val"] if checks else 0.0)
+    return Speed(
+        step_s=step_s,
+        eval_s=sum(part_s[p] for p in during),
+        save_s=save_s,
+        epoch_s=epoch_start_seconds(data, step_s),
+        end_s=end_s,
+        steps_timed=timed + more,
+    )

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from reslab.checkpoint import Checkpoint, RunRecord, rng_states, save_checkpoint
-from reslab.config import Config, budget_seconds, save_config
+from reslab.config import Config, save_config
 from reslab.data.datasets import dataset_sha256
 from reslab.device import resolve_precision
 from reslab.errors import CheckpointError, ConfigError, ReslabError
@@ -44,17 +44,7 @@ from reslab.evaluation import evaluate
 from reslab.machine import command_seconds
 from reslab.records import to_json
 from reslab.rundir import RunDir, RunSummary
-from reslab.train.budget import (
-    END_S,
-    Speed,
-    apply_budget,
-    epoch_start_seconds,
-    eval_seconds,
-    plan_budget,
-    rng_kept,
-    save_seconds,
-    step_seconds,
-)
+from reslab.train.budget import Measuring, apply_budget, measure_speed, plan_budget, rng_kept
 from reslab.train.build import Data, apply_depth_rules, build_data, build_model
 from reslab.train.distributed import (
     Dist,
@@ -146,29 +136,12 @@ class Trainer:
             probe = self._build_state(probe_plan)
             model, settings = self._wrap(probe.model), replace(self._step_settings(probe_plan), lr=cfg.optim.lr)
             model.train()
-            step_s, timed = step_seconds(
+            speed = measure_speed(
                 lambda batch: train_step(model, probe.optimizer, batch, settings, probe.scaler),
+                probe,
                 self.data,
-                self.device,
-                budget_seconds(cfg.train.budget),
-                fixed=self.dist.world_size > 1,
+                Measuring(cfg, self.device, self.dist, precision, probe_plan.watch, self.run.path),
             )
-            epoch_s = epoch_start_seconds(self.data, step_s)
-            part_s, save_s = on_rank0(
-                self.dist,
-                lambda: (
-                    eval_seconds(probe.eval_model, self.data, self.device, precision, cfg.train.tta_flip),
-                    save_seconds(probe.state_dict(), self.run.path),
-                ),
-            )
-        # An evaluation during training covers `evaluated_parts`; the others are evaluated once at the
-        # end, and the end-of-run checks on val (calibration, flip TTA) cost about one more of val.
-        watch = probe_plan.watch
-        during = list(part_s) if cfg.train.eval_parts == "all" or not watch else [watch]
-        eval_s = sum(part_s[p] for p in during)
-        checks = "val" in part_s and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
-        end_s = END_S + sum(t for p, t in part_s.items() if p not in during) + (part_s["val"] if checks else 0.0)
-        speed = Speed(step_s=step_s, eval_s=eval_s, save_s=save_s, epoch_s=epoch_s, end_s=end_s, steps_timed=timed)
         steps_per_epoch = probe_plan.steps_per_epoch
         budget = on_rank0(self.dist, lambda: plan_budget(cfg, speed, steps_per_epoch, command_seconds(self.started)))
         apply_budget(cfg, budget, steps_per_epoch)
