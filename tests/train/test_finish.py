@@ -54,7 +54,9 @@ def val_logits(run: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, lis
     weights = load_weights(run)
     meta, model, stats = weights.meta, weights.model.eval(), weights.stats
     files = sorted((Path(RunDir(run).load_config().data.data_dir) / "val").rglob("*.png"))
-    x = torch.stack([load_image(p, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize) for p in files])
+    x = torch.stack(
+        [load_image(p, in_chans=meta.in_chans, input_size=meta.input_size, resize=meta.resize) for p in files]
+    )
     x = (x.float() / 255.0 - stats.mean) / stats.std
     labels = torch.tensor([meta.classes.index(p.parent.name) for p in files])
     with torch.inference_mode():
@@ -78,7 +80,9 @@ def test_the_end_decides_on_val_and_predict_follows(run: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert main(["predict", str(run), *map(str, files), "--json", "-k", "2", "--precision", "fp32"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    got = torch.tensor([[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])] for r in rows])
+    got = torch.tensor(
+        [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])] for r in rows]
+    )
     torch.testing.assert_close(got, (logits / meta.temperature).softmax(1), atol=1e-4, rtol=0)
 
 
