@@ -133,6 +133,10 @@ class TrainConfig:
     # all: every evaluation covers val and test; watched: only the watched part (val), and the other
     # parts once, at the end, on the kept weights (the test part touched once; evaluations cost less)
     eval_parts: str = "all"
+    # Images of each part an evaluation DURING training uses (0 = all): a fixed random subset, the
+    # same for every run with this value (seed 0), for cheaper curve points; the last evaluation and
+    # the kept weights' numbers use every image. In-memory data only.
+    eval_images: int = 0
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -433,6 +437,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("schedule", "patience"): COUNT,  # 0 decays after every evaluation without improvement
     ("train", "iterations"): COUNT,
     ("train", "budget_steps"): COUNT,  # written by a budgeted run
+    ("train", "eval_images"): COUNT,
     ("data", "folds"): Range(0, 100, note="0 = off; else at least 2"),
     ("data", "fold"): Range(0, 100),
     # 1e9 epochs is beyond any run, and keeps epochs x steps per epoch well within int64.

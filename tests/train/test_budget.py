@@ -139,3 +139,43 @@ def test_kill_9_of_a_budgeted_run_resumes_without_measuring_and_matches(tmp_path
         for d in (run, reference)
     ]
     assert evaluations[0] == evaluations[1] and len(evaluations[0]) >= 2
+
+
+def test_eval_images_evaluates_a_fixed_subset_until_the_last_evaluation(tmp_path: Path) -> None:
+    """train.eval_images: evaluations during training use a fixed random subset of each part, the
+    last one (and so the summary) every image; the subset is the same for every run."""
+    from reslab.data.array_dataset import ArrayDataset
+    from reslab.data.batches import InMemoryEvalBatches
+    from reslab.data.norm import NormStats
+    from reslab.data.spec import EvalBatchSpec
+
+    run = tmp_path / "run"
+    args = tiny_synthetic_args(
+        run, "data.synthetic_size=64", "train.eval_images=16", "train.eval_every=1", iterations=3
+    )
+    assert main(args) == 0
+    records = [r for r in RunDir(run).read_metrics() if "test_top1_error" in r]
+    assert [r.get("eval_images") for r in records] == [16, 16, None]
+    assert all(round(r["test_top1_error"] * 16, 6).is_integer() for r in records[:2])
+    assert RunDir(run).read_summary().final["test_top1_error"] == records[-1]["test_top1_error"]
+
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2).contiguous()
+    ds = ArrayDataset(images, torch.arange(100) % 10, [str(c) for c in range(10)], "t")
+    stats = NormStats(torch.zeros(3, 1, 1), torch.ones(3, 1, 1))
+    batches = InMemoryEvalBatches(ds, EvalBatchSpec(batch_size=8, device="cpu", stats=stats))
+    first, again = batches.subset(30), batches.subset(30)
+    assert torch.equal(first.labels, again.labels) and len(first.labels) == 30
+    picked = [int(x) for x in first.images[:, 0, 0, 0]]  # image i is all i
+    assert picked == sorted(picked) and len(set(picked)) == 30
+    assert batches.subset(100) is batches
+
+
+def test_eval_images_refuses_streamed_parts(tmp_path: Path, capsys) -> None:
+    from tiny_run import tiny_run_args, tiny_tree
+
+    tree = tiny_tree(tmp_path / "tree")
+    streamed = ("data.in_memory=false", "data.augment=scale", "data.normalize=channel")
+    args = tiny_run_args(tmp_path / "run", tree, *streamed, "train.eval_images=4")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.eval_images=4 takes a subset of in-memory parts" in err and "Traceback" not in err

@@ -47,6 +47,7 @@ takes exactly the path it took before they existed.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -341,6 +342,17 @@ class InMemoryEvalBatches(_InMemoryBatches):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
+
+    def subset(self, images: int, seed: int = 0) -> InMemoryEvalBatches:
+        """The same batches of a fixed random subset of `images` images (drawn with `seed`, kept in
+        stored order; on every rank the same); itself when the part has no more than that."""
+        n = len(self.labels)
+        if images >= n:
+            return self
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:images].sort().values
+        part = copy.copy(self)
+        part.images, part.labels = self.images[keep.to(self.device)], self.labels[keep.to(self.device)]
+        return part
 
     def __repr__(self) -> str:
         return (

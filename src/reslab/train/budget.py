@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,6 +57,7 @@ class Speed:
     epoch_s: float = 0.0  # seconds to start an epoch (streamed data: the loader's workers) beyond a step
     end_s: float = END_S  # seconds after the last evaluation: the checks on val (reslab.train.finish), writes
     steps_timed: int = 0
+    parts: dict[str, float] = field(default_factory=dict)  # seconds of one evaluation of each whole part
 
     def seconds(self, steps: int, steps_per_epoch: int, eval_every: int, checkpoint_every: int = 0) -> float:
         """Wall seconds of a run of `steps` from its first step to its end."""
@@ -278,6 +279,8 @@ class Measuring:
     precision: str
     watch: str | None  # the part evaluations watch (RunPlan.watch)
     run_dir: Path  # where the checkpoint probe is written (and removed)
+    budget_s: float  # the budget the steps are timed for (MEASURE_SHARE of it)
+    during: dict[str, float] = field(default_factory=dict)  # part -> share of it evaluated mid-run (eval_images)
 
 
 def measure_speed(
@@ -289,7 +292,7 @@ def measure_speed(
     missed); evaluations of the parts, a checkpoint, an epoch's start. Under torchrun the steps run
     on every process, the rest on rank 0."""
     cfg = m.cfg
-    budget, fixed = budget_seconds(cfg.train.budget), m.dist.world_size > 1
+    budget, fixed = m.budget_s, m.dist.world_size > 1
     first, timed = step_seconds(step, data, m.device, budget / 2, fixed=fixed)
     part_s, save_s = on_rank0(
         m.dist,
@@ -305,12 +308,15 @@ def measure_speed(
     # one more evaluation of val.
     during = list(part_s) if cfg.train.eval_parts == "all" or not m.watch else [m.watch]
     checks = "val" in part_s and (cfg.train.calibrate or (cfg.train.decide_tta and cfg.train.tta_flip))
-    end_s = END_S + sum(t for p, t in part_s.items() if p not in during) + (part_s["val"] if checks else 0.0)
+    # The last evaluation covers every image (train.eval_images): what a mid-run one leaves out.
+    rest = sum(t * (1.0 - m.during.get(p, 1.0)) if p in during else t for p, t in part_s.items())
+    end_s = END_S + rest + (part_s["val"] if checks else 0.0)
     return Speed(
         step_s=step_s,
-        eval_s=sum(part_s[p] for p in during),
+        eval_s=sum(part_s[p] * m.during.get(p, 1.0) for p in during),
         save_s=save_s,
         epoch_s=epoch_start_seconds(data, step_s),
         end_s=end_s,
         steps_timed=timed + more,
+        parts=part_s,
     )

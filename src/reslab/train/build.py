@@ -195,6 +195,20 @@ def eval_parts(cfg: Config, source: DataSource, preprocess: Preprocess, device: 
     return {part: source.eval_batches(part, spec) for part in source.parts}
 
 
+def eval_subsets(evals: dict[str, EvalBatches], images: int) -> dict[str, EvalBatches]:
+    """The batches evaluations during training use: every part whole (`images` 0), or a fixed random
+    subset of `images` images of each (train.eval_images; in-memory parts only)."""
+    if not images:
+        return evals
+    streamed = [part for part, batches in evals.items() if not hasattr(batches, "subset")]
+    if streamed:
+        raise ConfigError(
+            f"train.eval_images={images} takes a subset of in-memory parts, and {', '.join(streamed)} is streamed "
+            "from disk (data.in_memory=false or 10-crop evaluation): set train.eval_images=0"
+        )
+    return {part: batches.subset(images) for part, batches in evals.items()}
+
+
 def check_folds(source: DataSource) -> None:
     """data.folds carves val from the training images: a dataset's own val part would go unused."""
     if source.folds and "val" in source.stored:

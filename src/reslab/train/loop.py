@@ -10,7 +10,10 @@ holding only a config.yaml would look like a run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,13 @@ from reslab.config import Config, apply_settings, parse_override, validate
 from reslab.device import resolve_device
 from reslab.errors import ConfigError, ReslabError
 from reslab.rundir import RunDir
+from reslab.train.budget import Speed
+from reslab.train.build import part_size
 from reslab.train.distributed import Dist, init_distributed, on_rank0
 from reslab.train.resume import RUNTIME_SETTINGS
 from reslab.train.trainer import Trainer
 
-__all__ = ["RUNTIME_SETTINGS", "resolve_resume", "train"]
+__all__ = ["RUNTIME_SETTINGS", "RunCost", "measure", "resolve_resume", "train"]
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
@@ -49,6 +54,36 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     finally:
         if dist.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What a run of a config costs on this machine, measured as a budgeted run measures itself."""
+
+    speed: Speed  # its steps, evaluations (`Speed.parts`: each whole part), checkpoint writes
+    steps_per_epoch: int
+    part_images: dict[str, int]  # images of each evaluated part
+
+
+def measure(cfg: Config, seconds: float) -> RunCost:
+    """The cost of a run of `cfg` (its model, data, precision and batch; length and budget unset),
+    measured on a throwaway run in a temporary folder, its steps timed for about MEASURE_SHARE of
+    `seconds`. For experiments that share one budget among several runs (`reslab reproduce
+    --budget`); in this process, with its threads."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.budget, cfg.train.budget_steps, cfg.train.iterations, cfg.train.epochs = "", 0, 1, 0.0
+    cfg.train.progress = False
+    dist = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, None)
+    set_determinism(cfg)
+    with tempfile.TemporaryDirectory(prefix="reslab-measure-") as folder:
+        trainer = Trainer(cfg, RunDir(folder), dist, device, resume=False)
+        try:
+            speed = trainer.measure_speed(trainer.precision, seconds)
+        finally:
+            trainer.log.close()
+        images = {part: part_size(batches) for part, batches in trainer.data.evals.items()}
+        return RunCost(speed, len(trainer.data.train), images)
 
 
 def set_determinism(cfg: Config) -> None:

@@ -160,7 +160,7 @@ class RunLog:
             record = {"data": "SYNTHETIC (smoke test, not a result)", **record}
         self.run.append_metrics(record)
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+            if isinstance(value, (int, float)) and key not in ("step", "epoch", "eval_images"):
                 self.writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
         self.writer.flush()
 

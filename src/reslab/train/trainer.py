@@ -36,16 +36,17 @@ import torch
 from torch import nn
 
 from reslab.checkpoint import Checkpoint, RunRecord, rng_states, save_checkpoint
-from reslab.config import Config, save_config
+from reslab.config import Config, budget_seconds, save_config
 from reslab.data.datasets import dataset_sha256
+from reslab.data.spec import EvalBatches
 from reslab.device import resolve_precision
 from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.evaluation import evaluate
 from reslab.machine import command_seconds
 from reslab.records import to_json
 from reslab.rundir import RunDir, RunSummary
-from reslab.train.budget import Measuring, apply_budget, measure_speed, plan_budget, rng_kept
-from reslab.train.build import Data, apply_depth_rules, build_data, build_model
+from reslab.train.budget import Measuring, Speed, apply_budget, measure_speed, plan_budget, rng_kept
+from reslab.train.build import Data, apply_depth_rules, build_data, build_model, eval_subsets
 from reslab.train.distributed import (
     Dist,
     agree_on_stop,
@@ -81,6 +82,7 @@ class Trainer:
         self.data = self._build_data()
         apply_depth_rules(cfg)
         precision = resolve_precision(cfg.train.precision, device)  # "auto": this machine's
+        self.during = eval_subsets(self.data.evals, cfg.train.eval_images)  # the batches evaluations use mid-run
         self.budget_line = ""  # what a time budget came to (said at the start)
         if not resume and cfg.train.budget and not cfg.train.budget_steps:
             self.budget_line = self._fit_budget(precision)
@@ -122,9 +124,20 @@ class Trainer:
         )
 
     def _fit_budget(self, precision: str) -> str:
-        """train.budget on a new run: measure this run's steps and an evaluation on a throwaway copy
-        of its network (every RNG put back after), choose the steps on rank 0 and write them into
-        the config (reslab.train.budget); returns the line that says what was decided."""
+        """train.budget on a new run: measure this run's work (`measure_speed`), choose the steps on
+        rank 0 and write them into the config (reslab.train.budget); returns the line that says what
+        was decided."""
+        cfg = self.cfg
+        speed = self.measure_speed(precision, budget_seconds(cfg.train.budget))
+        steps_per_epoch = len(self.data.train)  # as RunPlan counts them
+        budget = on_rank0(self.dist, lambda: plan_budget(cfg, speed, steps_per_epoch, command_seconds(self.started)))
+        apply_budget(cfg, budget, steps_per_epoch)
+        return budget.line()
+
+    def measure_speed(self, precision: str, budget_s: float) -> Speed:
+        """This run's steps, an evaluation of each part and a checkpoint write, timed on a throwaway
+        copy of its network with every RNG put back after (reslab.train.budget.measure_speed);
+        `budget_s` sets how long the steps are timed (MEASURE_SHARE of it)."""
         cfg = self.cfg
         if cfg.train.compile:
             raise ConfigError(
@@ -132,20 +145,17 @@ class Trainer:
                 "time cannot be measured there: use train.compile=false with a budget, or train.epochs"
             )
         probe_plan = RunPlan.of(cfg, self.data, precision)
+        during = {part: len(self.during[part]) / max(1, len(b)) for part, b in self.data.evals.items()}
         with rng_kept():
             probe = self._build_state(probe_plan)
             model, settings = self._wrap(probe.model), replace(self._step_settings(probe_plan), lr=cfg.optim.lr)
             model.train()
-            speed = measure_speed(
+            return measure_speed(
                 lambda batch: train_step(model, probe.optimizer, batch, settings, probe.scaler),
                 probe,
                 self.data,
-                Measuring(cfg, self.device, self.dist, precision, probe_plan.watch, self.run.path),
+                Measuring(cfg, self.device, self.dist, precision, probe_plan.watch, self.run.path, budget_s, during),
             )
-        steps_per_epoch = probe_plan.steps_per_epoch
-        budget = on_rank0(self.dist, lambda: plan_budget(cfg, speed, steps_per_epoch, command_seconds(self.started)))
-        apply_budget(cfg, budget, steps_per_epoch)
-        return budget.line()
 
     def _build_state(self, plan: RunPlan) -> TrainingState:
         cfg = self.cfg
@@ -383,18 +393,25 @@ class Trainer:
                 "epoch": round(s.step / self.steps_per_epoch, 4),
                 "elapsed_s": round(time.perf_counter() - self.wall_start, 2),
             }
-            return {**record, **self._evaluate_parts(self.eval_model, self.cfg.train.tta_flip, self.evaluated_parts)}
+            last = s.step >= self.total  # the last evaluation covers every image (train.eval_images)
+            parts = self._evaluate_parts(
+                self.eval_model, self.cfg.train.tta_flip, self.evaluated_parts, None if last else self.during
+            )
+            subset = not last and self.during is not self.data.evals
+            return {**record, **parts, **({"eval_images": self.cfg.train.eval_images} if subset else {})}
 
         record = on_rank0(self.dist, compute)
         if self.watch:
             self.schedule.observe_eval(record[f"{self.watch}_loss"])
         return record
 
-    def _evaluate_parts(self, model: nn.Module, tta_flip: bool, parts: list[str]) -> dict[str, float]:
-        """PART_top1_error, PART_top5_error and PART_loss of each of `parts`."""
+    def _evaluate_parts(
+        self, model: nn.Module, tta_flip: bool, parts: list[str], evals: dict[str, EvalBatches] | None = None
+    ) -> dict[str, float]:
+        """PART_top1_error, PART_top5_error and PART_loss of each of `parts`, on `evals` (default: every image)."""
         record = {}
         for part in parts:
-            batches = self.data.evals[part]
+            batches = (evals or self.data.evals)[part]
             m = evaluate(
                 model,
                 batches.epoch(0),
@@ -544,8 +561,9 @@ class Trainer:
             )
             checks = end_checks(model, self.data.evals["val"], self.device, settings)
         tta = checks.tta_flip if checks is not None and checks.tta_flip is not None else cfg.train.tta_flip
-        if tta != cfg.train.tta_flip:  # the weights' numbers, measured as they will be used
-            record = {**record, **self._evaluate_parts(model, tta, list(self.data.evals))}
+        if tta != cfg.train.tta_flip or "eval_images" in record:  # the weights' numbers, on every image, as used
+            kept = {k: v for k, v in record.items() if k != "eval_images"}
+            record = {**kept, **self._evaluate_parts(model, tta, list(self.data.evals))}
         else:  # train.eval_parts=watched: the other parts once, now, on the kept weights
             missing = [part for part in self.data.evals if f"{part}_top1_error" not in record]
             record = {**record, **self._evaluate_parts(model, tta, missing)}
