@@ -44,6 +44,7 @@ class Settings:
     seeds: int = 1  # runs per model, seeds 0 .. seeds-1
     epochs: float | None = checked(lambda e: 0 < e <= MAX_LENGTH, "is not a positive number", default=None)
     iterations: int | None = None  # training length in iterations
+    budget: str | None = None  # wall time of the whole experiment ("30m"): its runs share it (--budget)
     depths: list[int] = field(default_factory=list)  # network depths
     overrides: list[str] = field(default_factory=list)  # --set section.key=value, applied last
     train_images: int = 5000  # degradation: training images for the training-error curve
@@ -65,6 +66,19 @@ class Invocation:
 
 
 @dataclass(kw_only=True)
+class BudgetDecision:
+    """What an experiment's --budget came to (reslab.analysis.plan.fit_budget), decided once: a
+    later invocation trains and resumes the runs with the same numbers, and measures nothing."""
+
+    budget: str  # as given ("30m")
+    iterations: int  # of every run
+    eval_every: int  # iterations between curve points
+    eval_images: int  # images of each part a curve point uses (0 = all); the last evaluation uses all
+    train_images: int  # degradation: training images of the training-error curve
+    line: str  # what was said when it was decided
+
+
+@dataclass(kw_only=True)
 class ExperimentRecord:
     """experiment.json."""
 
@@ -73,6 +87,7 @@ class ExperimentRecord:
     invocations: list[Invocation] = field(default_factory=list)  # oldest first; later ones resumed
     settings: Settings = field(default_factory=Settings)
     runs: dict[str, str] | None = optional()  # training experiments: run name -> its `reslab train` command
+    budget: BudgetDecision | None = optional()  # what --budget came to (training experiments)
     reslab_version: str = ""
 
 

@@ -15,7 +15,7 @@ from reslab.analysis import paper
 from reslab.analysis.degradation_results import CurvePair, DegradationResults, FinalErrors, NetworkRow
 from reslab.analysis.experiment import Execution, Experiment
 from reslab.analysis.figures import Panel, Schedules, Series, curves_figure, palette
-from reslab.analysis.plan import TrainingPlan, check_data, check_depths, cifar_model, training_plan
+from reslab.analysis.plan import TrainingPlan, check_data, check_depths, cifar_model, fit_budget, training_plan
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Curve, Run, mean_curve, mean_std, pct
 from reslab.analysis.schedules import OtherSchedule, load_other_schedule, schedule_label
@@ -38,7 +38,18 @@ from reslab.expdir import FIG1, FIG6, FIG_SCHEDULES, ExperimentDir
 NAME = "degradation"
 DEFAULT_DATA = "cifar10"
 DEFAULT_DEPTHS = [20, 56]
-TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides", "train_images", "compare"}
+TAKES = {
+    "data",
+    "data_dir",
+    "seeds",
+    "epochs",
+    "iterations",
+    "budget",
+    "depths",
+    "overrides",
+    "train_images",
+    "compare",
+}
 SUMMARY = "plain-D versus ResNet-D training/test error curves (Fig. 1, Fig. 6)"
 
 
@@ -50,14 +61,16 @@ def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     check_depths(s.depths)
     check_data(s)
-    plan = training_plan(s, checkpoint_each_eval=True)
     other = load_other_schedule(s.compare, s.data, NAME, exp.path) if s.compare else None  # before any training
-    exp.start()
     depths = sorted(set(s.depths))
     nets = [(residual, d, cifar_model(d, residual)) for residual in (False, True) for d in depths]
+    budget = fit_budget(exp, execution, [model for _, _, model in nets], train_images=s.train_images)
+    plan = training_plan(s, checkpoint_each_eval=True, budget=budget)
+    exp.start()
     specs = [plan.spec(model, seed) for _, _, model in nets for seed in range(s.seeds)]
     runs, states = train_experiment(exp, specs, execution)
-    train_images = min(training_error_curve(r.path, s.train_images).images for r in runs)
+    curve_images = budget.train_images if budget else s.train_images
+    train_images = min(training_error_curve(r.path, curve_images).images for r in runs)
     write_run_reports(runs)
 
     by_net = {(residual, depth): [r for r in runs if r.model == model] for residual, depth, model in nets}

@@ -36,7 +36,7 @@ class RunFailedError(ReslabError):
     """One or more training runs of an experiment failed; the others are kept."""
 
 
-FIXED = ("data", "epochs", "iterations", "overrides")
+FIXED = ("data", "epochs", "iterations", "budget", "overrides")
 # What only this invocation's report shows: recorded, but not carried over to the next invocation
 # (a --compare folder may be gone or elsewhere by then).
 PER_INVOCATION = ("compare",)
@@ -54,6 +54,8 @@ class Execution:
     # them in; the analysis does not import the training package.
     train: Callable[..., dict[str, Any]] | None = None
     resolve_resume: Callable[..., Any] | None = None
+    # measure(cfg, seconds) -> reslab.train.loop.RunCost: a run's cost here, for --budget
+    measure: Callable[..., Any] | None = None
 
 
 def available_cores() -> int:

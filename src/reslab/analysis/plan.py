@@ -10,15 +10,19 @@ on their whole training set (data.split=full), since the paper's 45k/5k split is
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
-from reslab.analysis.experiment import RunSpec
+import torch
+
+from reslab.analysis.budget import decide, measure_nets
+from reslab.analysis.experiment import Execution, Experiment, RunSpec, available_cores
 from reslab.analysis.paper import PAPER_CIFAR_ITERATIONS
 from reslab.config import load_config
 from reslab.data import load_cached, source_files
 from reslab.data.datasets import stored_splits
 from reslab.errors import ConfigError, DataError
-from reslab.expdir import Settings
+from reslab.expdir import BudgetDecision, Settings
 from reslab.models import model_info
 
 RECIPE = "cifar-paper"
@@ -118,11 +122,40 @@ def steps_per_epoch(overrides: list[str]) -> int:
     return n // cfg.train.batch_size
 
 
-def training_plan(settings: Settings, *, checkpoint_each_eval: bool = False) -> TrainingPlan:
+def fit_budget(
+    exp: Experiment, execution: Execution, models: list[str], *, train_images: int = 0
+) -> BudgetDecision | None:
+    """--budget: what it comes to for these runs (reslab.analysis.budget), decided on the first
+    invocation and recorded with the experiment (saved by `exp.start()`); None without a budget."""
+    s = exp.settings
+    if not s.budget:
+        return None
+    if exp.record.budget is not None:
+        print(f"{exp.record.budget.line} (decided when the experiment started)", file=sys.stderr)
+        return exp.record.budget
+    if execution.measure is None:
+        raise RuntimeError("Execution.measure is needed to fit a budget")
+    runs = len(models) * s.seeds
+    slots = min(execution.parallel, runs)
+    threads = max(1, available_cores() // slots) if slots > 1 else torch.get_num_threads()
+    nets = measure_nets(
+        execution.measure, RECIPE, [*_data_overrides(s), *s.overrides], dict.fromkeys(models, s.seeds), threads
+    )
+    decision, _ = decide(s.budget, nets, slots, train_images)
+    print(decision.line, file=sys.stderr)
+    exp.record.budget = decision
+    return decision
+
+
+def training_plan(
+    settings: Settings, *, checkpoint_each_eval: bool = False, budget: BudgetDecision | None = None
+) -> TrainingPlan:
     """The shared overrides of an experiment's runs (user --set overrides applied last)."""
     data = _data_overrides(settings)
     user = list(settings.overrides)
-    if settings.iterations:
+    if budget is not None:
+        total, note = budget.iterations, budget.line
+    elif settings.iterations:
         total, note = settings.iterations, f"{settings.iterations:,} iterations (--iterations)"
     elif settings.epochs or settings.data not in PAPER_DATA:
         epochs = settings.epochs or DEFAULT_EPOCHS
@@ -134,13 +167,15 @@ def training_plan(settings: Settings, *, checkpoint_each_eval: bool = False) -> 
     else:
         total, note = PAPER_CIFAR_ITERATIONS, f"{PAPER_CIFAR_ITERATIONS:,} iterations, as in the paper"
     milestones = [max(1, round(0.5 * total)), max(1, round(0.75 * total))]
-    eval_every = max(1, round(total / EVAL_POINTS))
+    eval_every = budget.eval_every if budget is not None else max(1, round(total / EVAL_POINTS))
     ours = [
         f"train.iterations={total}",
         "train.epochs=0",
         f"schedule.milestones=[{milestones[0]},{milestones[1]}]",
         f"train.eval_every={eval_every}",
     ]
+    if budget is not None and budget.eval_images:
+        ours.append(f"train.eval_images={budget.eval_images}")
     if checkpoint_each_eval:
         eval_every = load_config(RECIPE, [*data, *ours, *user]).train.eval_every  # the user's, if set
         ours += [f"train.checkpoint_every={eval_every}", f"train.keep_checkpoints={KEEP_ALL_CHECKPOINTS}"]

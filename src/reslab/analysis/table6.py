@@ -13,7 +13,7 @@ from pathlib import Path
 from reslab.analysis import paper
 from reslab.analysis.experiment import Execution, Experiment
 from reslab.analysis.figures import Panel, Series, curves_figure, error_vs_depth_figure, palette
-from reslab.analysis.plan import check_data, check_depths, cifar_model, training_plan
+from reslab.analysis.plan import check_data, check_depths, cifar_model, fit_budget, training_plan
 from reslab.analysis.report_page import Page, environment
 from reslab.analysis.runs import Run, mean_curve, mean_std, pct
 from reslab.analysis.training_experiment import (
@@ -35,7 +35,7 @@ from reslab.weights import load_weights
 NAME = "cifar10-table6"
 DEFAULT_DATA = "cifar10"
 DEFAULT_DEPTHS = list(paper.TABLE6_DEFAULT_DEPTHS)
-TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "depths", "overrides"}  # Settings fields
+TAKES = {"data", "data_dir", "seeds", "epochs", "iterations", "budget", "depths", "overrides"}  # Settings fields
 SUMMARY = "ResNet-20/32/44/56/110 test error and parameters against the paper's Table 6"
 WITHIN = 0.5  # percentage points from the paper's error that count as "reproduced"
 METHOD_NOTES = [  # the Method items only Table 6 has
@@ -94,10 +94,10 @@ def run(exp: Experiment, execution: Execution) -> Path:
     s = exp.settings
     check_depths(s.depths)
     check_data(s)
-    plan = training_plan(s)
-    exp.start()
     depths = sorted(set(s.depths))
     models = {d: cifar_model(d, residual=True) for d in depths}
+    plan = training_plan(s, budget=fit_budget(exp, execution, list(models.values())))
+    exp.start()
     specs = [plan.spec(models[d], seed) for d in depths for seed in range(s.seeds)]
     runs, states = train_experiment(exp, specs, execution)
     write_run_reports(runs)

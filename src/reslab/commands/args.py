@@ -51,6 +51,18 @@ def fraction(text: str) -> float:
     return float(_number(text, float, lambda v: 0 <= v <= 1, "in [0, 1]"))
 
 
+def duration(text: str) -> str:
+    """argparse type of a wall time (--budget: 90s, 10m, 2h; a bare number is seconds), kept as written."""
+    from reslab.config import budget_seconds
+    from reslab.errors import ConfigError
+
+    try:
+        budget_seconds(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m or 2h; got {text!r}") from None
+    return text.strip()
+
+
 def tta_flip(text: str) -> bool:
     """argparse type of --tta: "flip" -> True (average each image's logits with its mirror's), "none" -> False."""
     if text not in TTA_WORDS:

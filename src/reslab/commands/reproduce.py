@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from reslab.commands.args import add_device, non_negative_int, positive_float, positive_int
+from reslab.commands.args import add_device, duration, non_negative_int, positive_float, positive_int
 from reslab.errors import ConfigError
 from reslab.expdir import ExperimentDir, Settings
 from reslab.rundir import REPORT_FILE
@@ -33,6 +33,7 @@ FLAGS = {
     "seeds": "--seeds",
     "epochs": "--epochs",
     "iterations": "--iterations",
+    "budget": "--budget",
     "depths": "--depths",
     "overrides": "--set",
     "train_images": "--train-images",
@@ -71,6 +72,7 @@ def explicit_settings(args: argparse.Namespace, module: ModuleType) -> dict[str,
         "seeds": args.seeds,
         "epochs": args.epochs,
         "iterations": args.iterations,
+        "budget": args.budget,
         "depths": parse_depths(args.depths) if args.depths else None,
         "overrides": args.set,
         "train_images": args.train_images,
@@ -130,10 +132,15 @@ def reproduce_command(args: argparse.Namespace) -> int:
     exp = Experiment.open(out, name, explicit, Settings(data=data, depths=list(module.DEFAULT_DEPTHS)))
     exp.command = canonical_command(module, exp.settings, out, args.parallel)
     print(f"{name}: {module.SUMMARY}\nexperiment directory: {out}", file=sys.stderr)
-    from reslab.train.loop import resolve_resume, train
+    from reslab.train.loop import measure, resolve_resume, train
 
     execution = Execution(
-        parallel=args.parallel, workers=args.workers, device=args.device, train=train, resolve_resume=resolve_resume
+        parallel=args.parallel,
+        workers=args.workers,
+        device=args.device,
+        train=train,
+        resolve_resume=resolve_resume,
+        measure=measure,
     )
     report = module.run(exp, execution)
     print(f"report: {report}")
@@ -159,7 +166,9 @@ EPILOG = """experiments:
 Rerunning a command resumes it: finished runs (summary.json) are reused, half-finished runs
 (checkpoints, no summary.json) resume from their newest checkpoint, the rest are trained.
 Training length: CIFAR defaults to the paper's 64k iterations; other datasets to 10 epochs; the
-lr drops /10 at 50% and 75% of the iterations (the paper's 32k/48k of 64k).
+lr drops /10 at 50% and 75% of the iterations (the paper's 32k/48k of 64k). --budget TIME instead
+measures each network here and gives every run one length, the curve points and the images each
+point uses so that the whole experiment ends within TIME (decided once, kept in experiment.json).
 --parallel K trains K runs at once (each `python -m reslab train` with train.threads=cores//K).
 To spread ONE run over several processes or GPUs use torchrun, e.g.
   torchrun --nproc_per_node=4 -m reslab train --recipe cifar-paper --run-dir EXP/runs/resnet110-seed0 ...
@@ -168,6 +177,7 @@ To spread ONE run over several processes or GPUs use torchrun, e.g.
 examples:
   reslab reproduce degradation --data fashion-mnist --epochs 10 --parallel 2
   reslab reproduce degradation --data fashion-mnist --epochs 16 --compare docs/results/degradation-fashion-mnist
+  reslab reproduce degradation --data fashion-mnist --depths 20,32 --budget 10m --parallel 2
   reslab reproduce layer-responses --data fashion-mnist
   reslab reproduce cifar10-table6 --data-dir ~/data --seeds 3
   reslab reproduce imagenet-table --data-dir ~/imagenet --weights ResNet-50=r50.safetensors
@@ -221,6 +231,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_float, help="training length in epochs (converted to iterations)")
     length.add_argument("--iterations", type=positive_int, help="training length in iterations")
+    length.add_argument(
+        "--budget",
+        type=duration,
+        metavar="TIME",
+        help="wall time of the whole experiment (90s, 30m, 2h): the runs share it; one length for every run, "
+        "curve points and the images each uses chosen to fit (the last evaluation uses the whole test set)",
+    )
     p.add_argument("--depths", help="comma-separated depths 6n+2, e.g. 20,56 (default: the experiment's)")
     p.add_argument(
         "--set",
