@@ -166,6 +166,9 @@ class FoldsSummary:
     finished: list[int] = field(default_factory=list)  # the folds whose runs ended (1-based)
     per_fold: dict[str, Metrics] = field(default_factory=dict)  # "fold-1" -> its kept evaluation
     stats: dict[str, FoldStats] = field(default_factory=dict)  # metric -> over the finished folds
+    ensemble: bool = False  # --ensemble: the K networks are kept as one weights set (RUN/weights.safetensors)
+    # the ensemble's own evaluation on the test part, once written: test_top1_error, ...
+    ensemble_metrics: Metrics = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

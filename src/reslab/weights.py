@@ -31,6 +31,7 @@ from reslab.data.preprocess import Preprocess, check_resize
 from reslab.errors import CheckpointError, ReslabError
 from reslab.hub import HF_HUB, fetch_hub_weights, is_hub_spec
 from reslab.models import ResNet, create_model
+from reslab.models.ensemble import Ensemble
 from reslab.models.registry import OPTIONS, model_info
 from reslab.rundir import RunDir
 from reslab.vocab import PRECISIONS, SHORTCUTS
@@ -48,6 +49,7 @@ MAX_META_BYTES = 16 * 1024 * 1024  # of the JSON metadata (class names of 100k c
 # What `reslab calibrate` may store as the temperature: outside it the softmax would be nearly
 # one-hot (T -> 0) or nearly uniform (T -> inf), which no useful fit produces.
 TEMPERATURE_RANGE = (0.05, 20.0)
+MAX_MEMBERS = 20  # networks in an ensemble (--folds allows 20)
 
 
 @dataclass
@@ -74,6 +76,15 @@ class WeightsMeta:
     temperature: float = 1.0
     # how it was fitted: {"part": "val", "dataset": ..., "images": n, "nll_before": ..., "nll_after": ...}
     temperature_fit: dict[str, Any] = field(default_factory=dict)
+    # An ensemble of K networks of this architecture (`reslab train --folds K --ensemble`,
+    # reslab.models.ensemble): each member's temperature, in order; empty for one network. Member
+    # k's tensors are "members.k.*", its input normalisation "_members.k.mean" / "_members.k.std".
+    members: list[float] = field(default_factory=list)
+
+    @property
+    def ensemble(self) -> int:
+        """Networks in the file: K for an ensemble, else 0."""
+        return len(self.members)
 
     @property
     def tta_flip(self) -> bool:
@@ -193,6 +204,11 @@ class WeightsMeta:
             isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in self.temperature_fit.items()
         ):
             raise self._bad(where, "temperature_fit", "a mapping of names to strings or numbers")
+        members = self.members
+        if not isinstance(members, list) or (members and not 2 <= len(members) <= MAX_MEMBERS):
+            raise self._bad(where, "members", f"a list of 2 to {MAX_MEMBERS} temperatures (or empty)")
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and low <= t <= high for t in members):
+            raise self._bad(where, "members", f"temperatures in [{low:g}, {high:g}]")
 
 
 def _valid_options(options: dict[str, Any]) -> bool:
@@ -218,7 +234,7 @@ def _valid_evaluation(evaluation: dict[str, Any]) -> bool:
 class Weights:
     """A network with everything needed to use it: metadata, normalisation, where it came from."""
 
-    model: ResNet  # in eval mode
+    model: ResNet | Ensemble  # in eval mode (an Ensemble when meta.members names several networks)
     meta: WeightsMeta
     stats: NormStats  # the uint8 -> float affine of its inputs
     path: Path | None = None
@@ -320,8 +336,8 @@ def read_meta(source: str | Path) -> WeightsMeta:
     return WeightsMeta.from_json(raw, str(path))
 
 
-def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, list[int]]]) -> None:
-    """The file's tensors against the architecture its metadata names, built on the meta device."""
+def _check_stats_shapes(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, list[int]]]) -> None:
+    """The input normalisation's tensors (and each ensemble member's) are there, with their shapes."""
     for key in (MEAN_KEY, STD_KEY):
         if key not in shapes:
             raise CheckpointError(f"{path} lacks the tensor {key} (its input normalisation)")
@@ -332,6 +348,15 @@ def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, l
                 f"{path}: {key} has shape {tuple(dims)}, expected ({meta.in_chans}, 1, 1) per channel "
                 f"or ({meta.in_chans}, {size}, {size}) per pixel (in_chans, input_size)"
             )
+    for k in range(meta.ensemble):
+        for key, like in zip(member_stats_keys(k), (MEAN_KEY, STD_KEY), strict=True):
+            if key not in shapes or shapes[key][1] != shapes[like][1]:
+                raise CheckpointError(f"{path}: ensemble member {k} lacks {key} of shape {tuple(shapes[like][1])}")
+
+
+def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, list[int]]]) -> None:
+    """The file's tensors against the architecture its metadata names, built on the meta device."""
+    _check_stats_shapes(path, meta, shapes)
     try:
         with torch.device("meta"):
             skeleton = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
@@ -343,7 +368,10 @@ def _check_tensors(path: Path, meta: WeightsMeta, shapes: dict[str, tuple[str, l
             f"that {meta.model} needs"
         )
     expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
-    stored = {k: dims for k, (_, dims) in shapes.items() if k not in (MEAN_KEY, STD_KEY)}
+    if meta.ensemble:
+        expected = {f"members.{m}.{k}": dims for m in range(meta.ensemble) for k, dims in expected.items()}
+    stats_keys = {MEAN_KEY, STD_KEY, *(key for m in range(meta.ensemble) for key in member_stats_keys(m))}
+    stored = {k: dims for k, (_, dims) in shapes.items() if k not in stats_keys}
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     wrong = [k for k in expected.keys() & stored.keys() if expected[k] != stored[k]]
     if missing or unexpected or wrong:
@@ -368,13 +396,86 @@ def load_weights(source: str | Path, device: str | torch.device = "cpu") -> Weig
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc})") from None
-    mean, std = tensors.pop(MEAN_KEY).float(), tensors.pop(STD_KEY).float()
+    stats = _stats(path, tensors, MEAN_KEY, STD_KEY)
+    if meta.ensemble:
+        model = _ensemble(path, meta, tensors)
+    else:
+        model = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
+        _load_state(path, meta, model, tensors)
+    model.eval()
+    return Weights(model.to(device), meta, stats.to(device), path)
+
+
+def one_network(weights: Weights, needs: str) -> ResNet:
+    """The network of `weights`, which `needs` (Grad-CAM, embeddings, fine-tuning) one of: an
+    ensemble is refused in one line that names a member's file."""
+    if weights.meta.ensemble:
+        raise CheckpointError(
+            f"{weights.path} is an ensemble of {weights.meta.ensemble} networks, and {needs} needs one network: "
+            "give one fold's weights (RUN/fold-1/weights.safetensors)"
+        )
+    return weights.model
+
+
+def member_stats_keys(k: int) -> tuple[str, str]:
+    """The tensors of ensemble member k's input normalisation."""
+    return f"_members.{k}.mean", f"_members.{k}.std"
+
+
+def _stats(path: Path, tensors: dict[str, torch.Tensor], mean_key: str, std_key: str) -> NormStats:
+    """The normalisation popped from `tensors`, checked."""
+    mean, std = tensors.pop(mean_key).float(), tensors.pop(std_key).float()
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
         raise CheckpointError(f"{path}: its normalisation holds non-finite values or a std <= 0")
-    model = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
+    return NormStats(mean, std)
+
+
+def _load_state(path: Path, meta: WeightsMeta, model: ResNet, tensors: dict[str, torch.Tensor]) -> None:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not match {meta.model}: {str(exc).splitlines()[0]}") from None
-    model.eval()
-    return Weights(model.to(device), meta, NormStats(mean, std).to(device), path)
+
+
+def _ensemble(path: Path, meta: WeightsMeta, tensors: dict[str, torch.Tensor]) -> Ensemble:
+    """An ensemble file's members, each with its own normalisation and temperature, as one network."""
+    members, stats = [], []
+    for k in range(meta.ensemble):
+        stats.append(_stats(path, tensors, *member_stats_keys(k)))
+        prefix = f"members.{k}."
+        own = {key[len(prefix) :]: t for key, t in tensors.items() if key.startswith(prefix)}
+        member = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.options)
+        _load_state(path, meta, member, own)
+        members.append(member)
+    return Ensemble(members, [(st.mean, st.std) for st in stats], list(meta.members))
+
+
+def save_ensemble(path: str | Path, members: list[Weights], meta: WeightsMeta) -> Path:
+    """Write `members` (one architecture, input and classes) as one ensemble weights file, atomically;
+    `meta` describes the whole (its `members` are set here from the members' temperatures)."""
+    from reslab import __version__
+
+    first = members[0].meta
+    for w in members[1:]:
+        same = (w.meta.model, w.meta.num_classes, w.meta.in_chans, w.meta.options, w.meta.input_size, w.meta.resize)
+        if same != (first.model, first.num_classes, first.in_chans, first.options, first.input_size, first.resize):
+            raise CheckpointError(f"{w.path}: an ensemble's members must share architecture, classes and input")
+    meta.members = [float(w.meta.temperature) for w in members]
+    meta.reslab_version = meta.reslab_version or __version__
+    meta.check(str(path))
+    tensors = {
+        f"members.{k}.{key}": v.detach().to("cpu").contiguous()
+        for k, w in enumerate(members)
+        for key, v in w.model.state_dict().items()
+    }
+    for k, w in enumerate(members):
+        mean_key, std_key = member_stats_keys(k)
+        tensors[mean_key] = w.stats.mean.detach().to("cpu", torch.float32).contiguous()
+        tensors[std_key] = w.stats.std.detach().to("cpu", torch.float32).contiguous()
+    tensors[MEAN_KEY], tensors[STD_KEY] = (
+        tensors[member_stats_keys(0)[0]].clone(),
+        tensors[member_stats_keys(0)[1]].clone(),
+    )
+    payload = save(tensors, metadata={"reslab": json.dumps(asdict(meta)), "format": str(FORMAT_VERSION)})
+    atomic_write_bytes(Path(path), payload)
+    return Path(path)

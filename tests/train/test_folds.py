@@ -4,6 +4,7 @@ resumes where it stopped."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -16,6 +17,7 @@ from reslab.cli import main
 from reslab.data.array_dataset import stratified_fold_indices
 from reslab.evaluation import data_source
 from reslab.rundir import RunDir
+from reslab.weights import read_meta
 
 TREE = {"train": {"a": 10, "b": 7, "c": 5}, "test": {"a": 3, "b": 3, "c": 3}}  # no val/: the folds make it
 
@@ -96,3 +98,43 @@ def test_folds_refuse_a_tree_with_its_own_val_part(tmp_path: Path, capsys: pytes
 def test_folds_and_resume_together_is_one_line(capsys: pytest.CaptureFixture, folds_run: tuple[Path, Path]) -> None:
     assert main(["train", "--resume", str(folds_run[0]), "--folds", "3"]) == 2
     assert "drop --folds" in capsys.readouterr().err
+
+
+def _probabilities(weights: Path, files: list[Path], capsys: pytest.CaptureFixture, *backend: str) -> torch.Tensor:
+    """predict --json's probabilities of every class, (images, classes), without flip TTA."""
+    capsys.readouterr()
+    args = ["predict", str(weights), *map(str, files), "--json", "-k", "3", "--tta", "none", *backend]
+    assert main([*args, "--precision", "fp32"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    return torch.tensor(
+        [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])] for r in rows]
+    )
+
+
+def test_an_ensemble_averages_the_folds_probabilities(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--folds K --ensemble: RUN/weights.safetensors holds the K networks; predict (each backend),
+    eval and export give the mean of the folds' probabilities, each fold calibrated by its own
+    temperature; the ensemble's test evaluation is recorded in folds.json; what needs one network
+    is refused in one line."""
+    tree = tiny_tree(tmp_path / "tree", TREE)
+    args = tiny_run_args(tmp_path / "run", tree, "data.split=auto", "data.pad=0", extra=("--folds", "3", "--ensemble"))
+    assert main(args) == 0
+    run = RunDir(tmp_path / "run")
+    assert "3x one network's compute" in capsys.readouterr().err
+    files = sorted((tree / "test").rglob("*.png"))
+    folds = [_probabilities(run.fold(k).weights, files, capsys) for k in (1, 2, 3)]
+    assert len({read_meta(run.fold(k).weights).temperature for k in (1, 2, 3)}) == 3  # each fold its own
+    for backend in ("torch", "onnxruntime"):
+        got = _probabilities(run.weights, files, capsys, "--backend", backend)
+        torch.testing.assert_close(got, torch.stack(folds).mean(0), atol=2e-5, rtol=0)
+
+    summary = run.read_folds()
+    assert summary.ensemble and set(summary.ensemble_metrics) == {"test_top1_error", "test_top5_error", "test_loss"}
+    capsys.readouterr()
+    assert main(["eval", str(run.path), "--json"]) == 0  # the run directory, its recorded flip TTA
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["top1_error"] == pytest.approx(summary.ensemble_metrics["test_top1_error"])
+    assert main(["export", str(run.weights), "-o", str(tmp_path / "ensemble.onnx")]) == 0  # verified on export
+
+    assert main(["embed", str(run.weights), str(files[0]), "-o", str(tmp_path / "e.npy")]) == 2
+    assert "ensemble of 3 networks, and an embedding needs one network" in capsys.readouterr().err

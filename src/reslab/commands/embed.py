@@ -15,12 +15,13 @@ def embed_command(args: argparse.Namespace) -> int:
     from reslab.errors import ConfigError
     from reslab.infer.embed import embed_files, write_embeddings
     from reslab.infer.predict import collect_images
-    from reslab.weights import load_weights
+    from reslab.weights import load_weights, one_network
 
     if not str(args.output).endswith(".npy"):
         raise ConfigError(f"-o {args.output}: name a .npy file (the file list is written beside it as .json)")
     quiet_pillow_bomb_warning()  # --max-pixels is the limit; Pillow's would only add noise
     weights = load_weights(args.weights).to(resolve_device(args.device))
+    one_network(weights, "an embedding")
     embeddings = embed_files(
         weights, collect_images(args.images), batch_size=args.batch_size, max_pixels=args.max_pixels
     )

@@ -122,7 +122,7 @@ def _folds(args: argparse.Namespace) -> int:
         if args.resume:
             summary = resume_folds(args.resume, say)
         else:
-            summary = train_folds(resolve_new(args), args.run_dir, args.folds, say)
+            summary = train_folds(resolve_new(args), args.run_dir, args.folds, say, ensemble=args.ensemble)
     except Stopped as stop:
         parent = Path(stop.result["run_dir"]).parent
         say(f"fold {stop.k} was stopped; resume the K-fold run with: reslab train --resume {parent}")
@@ -135,6 +135,8 @@ def _folds(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from reslab.train.loop import RUNTIME_SETTINGS, resolve_resume, train
 
+    if args.ensemble and args.folds is None:
+        raise ConfigError("--ensemble keeps the K networks of --folds K as one: add --folds K")
     if args.folds is not None or (args.resume and RunDir(args.resume).folds_file.is_file()):
         if args.folds is not None and args.resume:
             raise ConfigError("--resume continues a K-fold run with the folds it was started with: drop --folds")
@@ -213,6 +215,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_folds(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--folds",
+        type=positive_int,
+        metavar="K",
+        help="K-fold cross-validation: K runs RUN/fold-1..K, each validating on one stratified fold of the "
+        "training images (test untouched), then every metric's mean and std over the folds (RUN/folds.json)",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="with --folds K: keep the K networks as one weights set (RUN/weights.safetensors); eval, predict, "
+        "serve and export average their probabilities (K times one network's compute)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run directory (default: train.out_dir/TIMESTAMP-MODEL-DATA)")
     p.add_argument("--data-dir", help="where the dataset files are (data.data_dir)")
@@ -248,13 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and the steps (and the schedule) fitted to it; replaces the recipe's epochs",
     )
     p.add_argument("--seed", type=int, help="train.seed")
-    p.add_argument(
-        "--folds",
-        type=positive_int,
-        metavar="K",
-        help="K-fold cross-validation: K runs RUN/fold-1..K, each validating on one stratified fold of the "
-        "training images (test untouched), then every metric's mean and std over the folds (RUN/folds.json)",
-    )
+    _add_folds(p)
     add_device(p, default=None)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -32,7 +32,7 @@ from reslab.errors import ConfigError
 from reslab.infer.backends import Predictor, is_onnx_file
 from reslab.infer.predict import Prediction, predict_batches
 from reslab.models.resnet import ResNet
-from reslab.weights import Weights, WeightsMeta, load_weights
+from reslab.weights import Weights, WeightsMeta, load_weights, one_network
 
 OVERLAY_MIN_SIDE = 224  # overlays of small inputs (28 x 28) are enlarged to at least this many pixels
 HEAT_ALPHA = 0.5  # weight of the heatmap colour over the image
@@ -175,7 +175,9 @@ def explainable_weights(source: str | Path) -> Weights:
             f"Grad-CAM needs gradients, hence PyTorch weights, and {source} is an ONNX file; give the "
             ".safetensors file, run directory or shipped name it was exported from"
         )
-    return load_weights(source)
+    weights = load_weights(source)
+    one_network(weights, "Grad-CAM")
+    return weights
 
 
 def predict_explained(

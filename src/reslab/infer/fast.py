@@ -102,7 +102,7 @@ def fold_batchnorm(model: ResNet, *, inplace: bool = False) -> ResNet:
         warnings.warn("fold_batchnorm: folding a model in training mode; using its running statistics", stacklevel=2)
     net = model if inplace else copy.deepcopy(model)
     net.eval()
-    folded = _fold_pair(net, "conv1", "bn1")
+    folded = sum(_fold_pair(m, "conv1", "bn1") for m in net.modules() if isinstance(m, ResNet))  # stems
     for module in net.modules():
         for conv_name, bn_name in FOLD_PAIRS.get(type(module), ()):
             folded += _fold_pair(module, conv_name, bn_name)

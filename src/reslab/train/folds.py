@@ -13,10 +13,13 @@ the ones not begun and skips the finished ones. A time budget (train.budget) is 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from reslab.config import Config, save_config, validate
 from reslab.errors import ConfigError
@@ -61,16 +64,19 @@ def summarize(run: RunDir, folds: int, seed: int) -> FoldsSummary:
     return FoldsSummary(folds=folds, seed=seed, finished=finished, per_fold=per_fold, stats=stats)
 
 
-def train_folds(cfg: Config, run_dir: str | Path | None, folds: int, say: Callable[[str], object]) -> FoldsSummary:
-    """Train the K folds of `cfg` into a new run directory; returns folds.json's content, or raises
-    `Stopped` when a signal stopped a fold (its checkpoint written: resume the whole with --resume)."""
+def train_folds(
+    cfg: Config, run_dir: str | Path | None, folds: int, say: Callable[[str], object], *, ensemble: bool = False
+) -> FoldsSummary:
+    """Train the K folds of `cfg` into a new run directory (`ensemble`: then keep the K networks as
+    one weights set); returns folds.json's content, or raises `Stopped` when a signal stopped a
+    fold (its checkpoint written: resume the whole with --resume)."""
     if not 2 <= folds <= MAX_FOLDS:
         raise ConfigError(f"--folds must be between 2 and {MAX_FOLDS}; got {folds}")
     check_folds(data_source(fold_config(cfg, folds, 1)))  # before anything is written
     run, _ = open_new_run(cfg, run_dir)
     save_config(cfg, run.config)  # what every fold shares
-    run.write_folds(FoldsSummary(folds=folds, seed=cfg.train.seed))
-    return _run_folds(run, cfg, folds, say)
+    run.write_folds(FoldsSummary(folds=folds, seed=cfg.train.seed, ensemble=ensemble))
+    return _run_folds(run, cfg, folds, say, ensemble=ensemble)
 
 
 def resume_folds(run_dir: str | Path, say: Callable[[str], object]) -> FoldsSummary:
@@ -81,7 +87,7 @@ def resume_folds(run_dir: str | Path, say: Callable[[str], object]) -> FoldsSumm
         raise ConfigError(f"{run} is not a K-fold run (no {run.folds_file.name})")
     cfg = run.load_config()
     validate(cfg)
-    return _run_folds(run, cfg, record.folds, say)
+    return _run_folds(run, cfg, record.folds, say, ensemble=record.ensemble)
 
 
 class Stopped(Exception):  # noqa: N818  (not an error: a signal asked the run to stop)
@@ -92,7 +98,9 @@ class Stopped(Exception):  # noqa: N818  (not an error: a signal asked the run t
         self.k, self.result = k, result
 
 
-def _run_folds(run: RunDir, cfg: Config, folds: int, say: Callable[[str], object]) -> FoldsSummary:
+def _run_folds(
+    run: RunDir, cfg: Config, folds: int, say: Callable[[str], object], *, ensemble: bool = False
+) -> FoldsSummary:
     for k in range(1, folds + 1):
         fold = run.fold(k)
         state = fold.state()
@@ -107,8 +115,43 @@ def _run_folds(run: RunDir, cfg: Config, folds: int, say: Callable[[str], object
         if "stopped" in result:
             raise Stopped(k, result)
     summary = summarize(run, folds, cfg.train.seed)
+    if ensemble:
+        summary.ensemble = True
+        summary.ensemble_metrics = write_ensemble(run, folds, say)
     run.write_folds(summary)
     return summary
+
+
+def write_ensemble(run: RunDir, folds: int, say: Callable[[str], object]) -> dict[str, float]:
+    """RUN/weights.safetensors: the K folds' kept networks as one (reslab.models.ensemble), flip TTA
+    where most folds kept it, evaluated once on the test part; returns that evaluation."""
+    from reslab.evaluation import EvalRequest, evaluate_weights, plan_evaluation
+    from reslab.weights import load_weights, save_ensemble, write_meta
+
+    members = [load_weights(run.fold(k).weights) for k in range(1, folds + 1)]
+    tta = 2 * sum(m.meta.tta_flip for m in members) > folds  # a tie: off (half the cost)
+    first = members[0].meta
+    meta = dataclasses.replace(
+        first,
+        metrics={},
+        evaluation={**first.evaluation, "tta_flip": tta},
+        temperature=1.0,
+        temperature_fit={},
+        command=f"{first.command} (the {folds} folds' networks as one ensemble)",
+    )
+    path = save_ensemble(run.weights, members, meta)
+    weights = load_weights(path)
+    plan = plan_evaluation(weights, run.fold(1), EvalRequest(tta_flip=tta))  # fold 1's data: the same test part
+    m = evaluate_weights(weights, plan, torch.device("cpu"))
+    part = plan.part
+    metrics = {f"{part}_top1_error": m["top1_error"], f"{part}_top5_error": m["top5_error"], f"{part}_loss": m["loss"]}
+    write_meta(path, dataclasses.replace(weights.meta, metrics={**metrics, "eval_tta_flip": float(tta)}))
+    say(
+        f"ensemble of {folds} folds: {path}, {part} top-1 error {100 * m['top1_error']:.2f}%"
+        f"{' (flip TTA, as most folds chose)' if tta else ''}; eval, predict, serve and export average the "
+        f"{folds} networks' probabilities: {folds}x one network's compute per image"
+    )
+    return metrics
 
 
 def folds_lines(summary: FoldsSummary) -> list[str]:

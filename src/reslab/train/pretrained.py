@@ -128,7 +128,7 @@ def _file_arch(sd: dict[str, torch.Tensor]) -> str | None:
 def _read(model: ResNet, source: str) -> tuple[dict[str, torch.Tensor], str, str | None]:
     """(state dict, what was read for the user, the architecture the file holds if known)."""
     from reslab.models.interop import read_state_dict
-    from reslab.weights import is_reslab_weights, load_weights, resolve_weights
+    from reslab.weights import is_reslab_weights, load_weights, one_network, resolve_weights
 
     if source.startswith(TORCHVISION):
         name = source[len(TORCHVISION) :]
@@ -150,7 +150,7 @@ def _read(model: ResNet, source: str) -> tuple[dict[str, torch.Tensor], str, str
         raise CheckpointError(f"{exc}{_torchvision_hint(source)}") from None
     if path.suffix == ".safetensors" and is_reslab_weights(path):
         weights = load_weights(path)  # checked: metadata, architecture, shapes
-        return weights.model.state_dict(), str(path), weights.meta.model
+        return one_network(weights, "fine-tuning").state_dict(), str(path), weights.meta.model
     sd = read_state_dict(path)
     return sd, str(path), _file_arch(sd)
 
