@@ -269,3 +269,18 @@ def test_torchrun_balanced_sampler_shares_the_epoch_and_resumes_bit_exact(tmp_pa
     torchrun("--resume", str(resumed), cwd=tmp_path)
     a, b = load_file(str(full / "weights.safetensors")), load_file(str(resumed / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_k_fold_run_with_ensemble(tmp_path: Path) -> None:
+    """--folds K --ensemble under torchrun: every fold trains on both processes (one process group
+    for all), rank 0 alone writes the K-fold run's files; the result is that of a finished K-fold
+    run, each fold's weights the same on every rank."""
+    run = tmp_path / "run"
+    result = torchrun(*ARGS, "--run-dir", str(run), "--folds", "2", "--ensemble", cwd=tmp_path)
+    assert result.stderr.count("fold 1 of 2: training") == 1  # rank 0 only
+    folds = RunDir(run).read_folds()
+    assert folds.finished == [1, 2] and folds.ensemble and "test_top1_error" in folds.ensemble_metrics
+    for k in (1, 2):
+        summary = json.loads((run / f"fold-{k}" / "summary.json").read_text())
+        assert len(set(summary["distributed"]["weights_sha256_per_rank"])) == 1
+    assert (run / "weights.safetensors").is_file()

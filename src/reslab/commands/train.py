@@ -127,8 +127,9 @@ def _folds(args: argparse.Namespace) -> int:
         parent = Path(stop.result["run_dir"]).parent
         say(f"fold {stop.k} was stopped; resume the K-fold run with: reslab train --resume {parent}")
         return 3
-    print(f"{summary.folds}-fold cross-validation (val = each fold of train in turn; kept weights' evaluations):")
-    print("\n".join(folds_lines(summary)))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+        print(f"{summary.folds}-fold cross-validation (val = each fold of train in turn; kept weights' evaluations):")
+        print("\n".join(folds_lines(summary)))
     return 0
 
 

@@ -12,11 +12,12 @@ the ones not begun and skips the finished ones. A time budget (train.budget) is 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from reslab.evaluation import data_source
 from reslab.machine import mark_command_start
 from reslab.rundir import FoldsSummary, FoldStats, RunDir
 from reslab.train.build import check_folds
+from reslab.train.distributed import Dist, init_distributed, on_rank0
 from reslab.train.loop import open_new_run, resolve_resume, train
 
 MAX_FOLDS = 20
@@ -73,10 +75,15 @@ def train_folds(
     if not 2 <= folds <= MAX_FOLDS:
         raise ConfigError(f"--folds must be between 2 and {MAX_FOLDS}; got {folds}")
     check_folds(data_source(fold_config(cfg, folds, 1)))  # before anything is written
-    run, _ = open_new_run(cfg, run_dir)
-    save_config(cfg, run.config)  # what every fold shares
-    run.write_folds(FoldsSummary(folds=folds, seed=cfg.train.seed, ensemble=ensemble))
-    return _run_folds(run, cfg, folds, say, ensemble=ensemble)
+
+    def start() -> RunDir:
+        run, _ = open_new_run(cfg, run_dir)
+        save_config(cfg, run.config)  # what every fold shares
+        run.write_folds(FoldsSummary(folds=folds, seed=cfg.train.seed, ensemble=ensemble))
+        return run
+
+    with process_group(cfg.train.device) as dist:
+        return _run_folds(on_rank0(dist, start), cfg, folds, say, dist, ensemble=ensemble)
 
 
 def resume_folds(run_dir: str | Path, say: Callable[[str], object]) -> FoldsSummary:
@@ -87,7 +94,20 @@ def resume_folds(run_dir: str | Path, say: Callable[[str], object]) -> FoldsSumm
         raise ConfigError(f"{run} is not a K-fold run (no {run.folds_file.name})")
     cfg = run.load_config()
     validate(cfg)
-    return _run_folds(run, cfg, record.folds, say, ensemble=record.ensemble)
+    with process_group(cfg.train.device) as dist:
+        return _run_folds(run, cfg, record.folds, say, dist, ensemble=record.ensemble)
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[Dist]:
+    """Under torchrun, one process group for all the folds (each fold's run joins it; rank 0 alone
+    writes the K-fold run's own files); a single process otherwise."""
+    dist = init_distributed(device)
+    try:
+        yield dist
+    finally:
+        if dist.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 class Stopped(Exception):  # noqa: N818  (not an error: a signal asked the run to stop)
@@ -99,14 +119,15 @@ class Stopped(Exception):  # noqa: N818  (not an error: a signal asked the run t
 
 
 def _run_folds(
-    run: RunDir, cfg: Config, folds: int, say: Callable[[str], object], *, ensemble: bool = False
+    run: RunDir, cfg: Config, folds: int, say: Callable[[str], object], dist: Dist, *, ensemble: bool = False
 ) -> FoldsSummary:
     for k in range(1, folds + 1):
         fold = run.fold(k)
-        state = fold.state()
+        state = on_rank0(dist, fold.state)  # every rank the same answer, read before any rank goes on
         if state == "finished":
             continue
-        say(f"fold {k} of {folds}: {'resuming' if state == 'partial' else 'training'} {fold}")
+        if dist.main:
+            say(f"fold {k} of {folds}: {'resuming' if state == 'partial' else 'training'} {fold}")
         mark_command_start()  # a budget is each fold's: its clock starts now
         if state == "partial":
             result = train(resolve_resume(fold.path), fold.path, resume=True)
@@ -114,12 +135,16 @@ def _run_folds(
             result = train(fold_config(cfg, folds, k), fold.path)
         if "stopped" in result:
             raise Stopped(k, result)
-    summary = summarize(run, folds, cfg.train.seed)
-    if ensemble:
-        summary.ensemble = True
-        summary.ensemble_metrics = write_ensemble(run, folds, say)
-    run.write_folds(summary)
-    return summary
+
+    def finish() -> FoldsSummary:
+        summary = summarize(run, folds, cfg.train.seed)
+        if ensemble:
+            summary.ensemble = True
+            summary.ensemble_metrics = write_ensemble(run, folds, say)
+        run.write_folds(summary)
+        return summary
+
+    return on_rank0(dist, finish)
 
 
 def write_ensemble(run: RunDir, folds: int, say: Callable[[str], object]) -> dict[str, float]:
