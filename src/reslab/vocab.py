@@ -61,3 +61,5 @@ ON_NONFINITE = ("stop", "skip")
 # `reslab predict` / `serve --backend`: "auto" runs PyTorch weights through their cached, verified
 # ONNX export under onnxruntime when it is installed (reslab.infer.onnx_cache), else PyTorch.
 INFER_BACKENDS = ("auto", "torch", "onnxruntime")
+
+DEFAULT_MAX_PIXELS = 40_000_000  # images above this are refused (decompression bombs); 40 MP is above any camera photo

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from reslab.commands.args import add_device, positive_int
-from reslab.data.decode import DEFAULT_MAX_PIXELS
+from reslab.vocab import DEFAULT_MAX_PIXELS
 
 
 def embed_command(args: argparse.Namespace) -> int:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reslab.commands.args import add_precision, add_tta, fraction, non_negative_float, positive_int
-from reslab.data.decode import DEFAULT_MAX_PIXELS
-from reslab.vocab import INFER_BACKENDS
+from reslab.vocab import DEFAULT_MAX_PIXELS, INFER_BACKENDS
 
 if TYPE_CHECKING:  # names for annotations only: building the parser imports no torch
     from reslab.infer.backends import Loaded

@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reslab.errors import DataError
+from reslab.vocab import DEFAULT_MAX_PIXELS  # its home is vocab, which the command line reads without torch
 
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: above any camera photo a user would classify
 IMAGE_SUFFIXES = frozenset(
     {
         ".jpg",

@@ -206,7 +206,8 @@ def eval_subsets(evals: dict[str, EvalBatches], images: int) -> dict[str, EvalBa
             f"train.eval_images={images} takes a subset of in-memory parts, and {', '.join(streamed)} is streamed "
             "from disk (data.in_memory=false or 10-crop evaluation): set train.eval_images=0"
         )
-    return {part: batches.subset(images) for part, batches in evals.items()}
+    subsets = {part: batches.subset(images) for part, batches in evals.items()}
+    return evals if all(subsets[p] is evals[p] for p in evals) else subsets  # no part larger: every image
 
 
 def check_folds(source: DataSource) -> None:
