@@ -139,6 +139,10 @@ class TrainConfig:
     eval_images: int = 0
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms; bit-exact resume on CPU
+    # Started again on a run directory that holds a run: resume it (from its newest good checkpoint)
+    # instead of refusing. Always on when torchrun's elastic agent restarted the workers
+    # (TORCHELASTIC_RESTART_COUNT > 0): a restarted group goes on where the run was.
+    auto_resume: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler) | auto: per machine, at run time: CUDA bf16
     # where the GPU has it, else fp16; CPU bf16 where it is native (AVX512-BF16 or AMX), else fp32

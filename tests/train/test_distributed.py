@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_resume import wait_for_checkpoint
 
 from reslab.checkpoint import load_checkpoint
 from reslab.cli import main
@@ -89,7 +91,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def torchrun_command(*args: str, cwd: Path, agent: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `torchrun --nproc_per_node=2 [agent options] -m reslab train ARGS`."""
     env = {**os.environ, "RESLAB_CACHE_DIR": str(cwd / "cache"), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -98,11 +101,17 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
+        *agent,
         "-m",
         "reslab",
         "train",
         *args,
     ]
+    return cmd, env
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd, env = torchrun_command(*args, cwd=cwd)
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -284,3 +293,53 @@ def test_torchrun_k_fold_run_with_ensemble(tmp_path: Path) -> None:
         summary = json.loads((run / f"fold-{k}" / "summary.json").read_text())
         assert len(set(summary["distributed"]["weights_sha256_per_rank"])) == 1
     assert (run / "weights.safetensors").is_file()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_elastic_restart_resumes_by_itself_bit_exact(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL mid-run: torchrun's elastic agent (--max-restarts=1) restarts the
+    group, which resumes from the newest checkpoint by itself (no --resume) and ends with weights
+    bit-identical to an uninterrupted run."""
+    longer = [*ARGS, "--set", "data.synthetic_size=512"]  # 16 steps at 1 checkpoint per step
+    reference = tmp_path / "reference"
+    torchrun(*longer, "--run-dir", str(reference), cwd=tmp_path)
+    run = tmp_path / "run"
+    cmd, env = torchrun_command(*longer, "--run-dir", str(run), cwd=tmp_path, agent=("--max-restarts=1",))
+    agent = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(agent, run / "checkpoints", 5)
+    workers = children(agent.pid)
+    assert workers, "no worker process found under the torchrun agent"
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = agent.communicate(timeout=300)
+    assert agent.returncode == 0, err[-3000:]
+    assert "auto-resume (torchrun restarted the workers)" in err and "resuming" in err
+    a, b = load_file(str(reference / "weights.safetensors")), load_file(str(run / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_resume_goes_on_with_a_stopped_run(tmp_path: Path, capsys) -> None:
+    """train.auto_resume=true: the same command started again on the run's directory resumes it (a
+    first start is a new run; a finished run is left as it is)."""
+    run = tmp_path / "run"
+    args = ["train", *ARGS, "--run-dir", str(run), "--set", "train.auto_resume=true"]
+    assert main(args) == 0
+    weights = (run / "weights.safetensors").read_bytes()
+    (run / "summary.json").unlink()  # as if stopped after its last checkpoint
+    (run / "weights.safetensors").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "auto-resume (train.auto_resume)" in capsys.readouterr().err
+    assert (run / "weights.safetensors").read_bytes() == weights
+    assert main(args) == 0 and "is finished: nothing to resume" in capsys.readouterr().err

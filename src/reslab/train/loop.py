@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from reslab.config import Config, apply_settings, parse_override, validate
 from reslab.device import resolve_device
 from reslab.errors import ConfigError, ReslabError
+from reslab.records import to_json
 from reslab.rundir import RunDir
 from reslab.train.budget import Speed
 from reslab.train.build import part_size
@@ -42,6 +44,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         device = resolve_device(cfg.train.device, dist.local_rank if dist.world_size > 1 else None)
         set_determinism(cfg)
         check_sync_bn(cfg, dist, device)
+        if not resume and run_dir is not None and auto_resume(cfg):
+            found = on_rank0(dist, lambda: _resumable(RunDir(run_dir)))  # decided once, by rank 0
+            if found == "finished":
+                return on_rank0(dist, lambda: _finished(RunDir(run_dir)))
+            if found is not None:
+                runtime = [f"train.threads={cfg.train.threads}", f"train.progress={str(cfg.train.progress).lower()}"]
+                cfg, resume = resolve_resume(Path(run_dir), runtime), True
         if resume:
             return Trainer(cfg, RunDir(run_dir), dist, device, resume=True).fit()
         run, created = on_rank0(dist, lambda: open_new_run(cfg, run_dir))
@@ -84,6 +93,33 @@ def measure(cfg: Config, seconds: float) -> RunCost:
             trainer.log.close()
         images = {part: part_size(batches) for part, batches in trainer.data.evals.items()}
         return RunCost(speed, len(trainer.data.train), images)
+
+
+def auto_resume(cfg: Config) -> bool:
+    """Whether a new run on a directory that holds one resumes it: train.auto_resume, or a worker
+    group that torchrun's elastic agent restarted."""
+    return cfg.train.auto_resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def _resumable(run: RunDir) -> str | None:
+    """What a run directory holds for auto-resume: "finished", "partial" (checkpoints), "new" (a
+    config.yaml and no checkpoint: the run starts again from step 0 with it), or None (no run)."""
+    if not run.config.is_file():
+        return None
+    state = run.state()
+    if state != "finished":
+        why = "torchrun restarted the workers" if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" else ""
+        print(f"auto-resume ({why or 'train.auto_resume'}): {run} holds a run: resuming it", file=sys.stderr)
+    return state
+
+
+def _finished(run: RunDir) -> dict[str, Any]:
+    """A finished run's summary, as `train` returns it (auto-resume of a run that had ended)."""
+    summary = run.read_summary()
+    if summary is None:
+        raise ConfigError(f"{run} is finished but its {run.summary.name} cannot be read; resume it with --resume")
+    print(f"{run} is finished: nothing to resume; its weights are {run.weights}", file=sys.stderr)
+    return to_json(summary)
 
 
 def set_determinism(cfg: Config) -> None:
