@@ -79,7 +79,7 @@ def test_budget_is_decided_once_recorded_and_followed_by_every_run(
 ) -> None:
     out = tmp_path / "exp"
     args = ["reproduce", "degradation", "--data", "synthetic", "--depths", "8", "--budget", "280s", "--out", str(out)]
-    args += ["--set", "data.synthetic_size=1200", "--set", "train.batch_size=8"]
+    args += ["--set", "data.synthetic_size=1200", "--set", "data.image_size=16", "--set", "train.batch_size=8"]
     assert main(args) == 0
     assert sorted(fixed_costs) == ["plain_cifar_8", "resnet_cifar_8"]  # each network measured once
     decision = json.loads((out / "experiment.json").read_text())["budget"]

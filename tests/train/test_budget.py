@@ -113,16 +113,16 @@ def test_kill_9_of_a_budgeted_run_resumes_without_measuring_and_matches(tmp_path
     )
     args = [a for a in args if a not in ("--run-dir", str(tmp_path / "run"))]
     run = tmp_path / "run"
-    proc = reslab(*args, "--deterministic", "--budget", "15s", "--run-dir", str(run), cwd=tmp_path)
+    proc = reslab(*args, "--deterministic", "--budget", "12s", "--run-dir", str(run), cwd=tmp_path)
     wait_for_checkpoint(proc, run / "checkpoints", 6)
     proc.send_signal(signal.SIGKILL)
     assert finish(proc)[0] == -signal.SIGKILL
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
-    assert saved["budget"] == "15s" and saved["iterations"] == saved["budget_steps"] > 6 and saved["epochs"] == 0
+    assert saved["budget"] == "12s" and saved["iterations"] == saved["budget_steps"] > 6 and saved["epochs"] == 0
 
     rc, out = finish(reslab("train", "--resume", str(run), cwd=tmp_path))
     assert rc == 0, out[-3000:]
-    assert "budget 15s" not in out and "measured" not in out  # the steps come from config.yaml
+    assert "budget 12s" not in out and "measured" not in out  # the steps come from config.yaml
     assert yaml.safe_load((run / "config.yaml").read_text())["train"] == saved
 
     # The same steps, asked for as iterations: every weight and state equal, bit for bit.
