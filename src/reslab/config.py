@@ -189,6 +189,11 @@ def list_recipes() -> list[str]:
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?")
 DURATION_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 MAX_BUDGET_S = 30 * 24 * 3600.0  # 30 days: longer is a typo
+# What a time budget keeps back and allows, for a run (reslab.train.budget) and an experiment
+# (reslab.analysis.budget) alike: a share of the budget for what is not measured and a shared
+# CPU's drift, and the share of the training steps' time evaluations may take.
+BUDGET_MARGIN = 0.05
+BUDGET_EVAL_SHARE = 0.15
 
 
 def budget_seconds(text: str) -> float:

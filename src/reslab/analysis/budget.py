@@ -29,13 +29,12 @@ from typing import Any
 
 import torch
 
-from reslab.config import budget_seconds, load_config
+from reslab.config import BUDGET_EVAL_SHARE, BUDGET_MARGIN, budget_seconds, load_config
 from reslab.errors import ConfigError
 from reslab.expdir import BudgetDecision
 from reslab.machine import command_seconds
 
-MARGIN = 0.05  # of the budget: what is not measured, and a shared CPU's drift
-EVAL_SHARE = 0.15  # curve points may take this share of the training steps' time (as `reslab train --budget`)
+MARGIN, EVAL_SHARE = BUDGET_MARGIN, BUDGET_EVAL_SHARE  # (reslab.config) as `reslab train --budget`
 MAX_POINTS, MIN_POINTS = 32, 8  # curve points per run (the paper's 64k iterations: one every 2,000)
 MIN_EVAL_IMAGES = 1_000  # images of each part a curve point uses, at least (fewer: too noisy a curve)
 MIN_ITERATIONS = 100  # a shorter run shows nothing of the paper's curves
@@ -68,8 +67,10 @@ class NetCost:
 @dataclass(frozen=True)
 class Choice:
     iterations: int
-    points: int
-    images: int  # of each part per curve point (the largest part's size: all)
+    points: int  # evaluations of each run (the curve points, the last one included)
+    eval_every: int  # iterations between them
+    images: int  # of each part per curve point
+    every_image: bool  # `images` covers the largest part: no subset
     train_images: int  # of the training-error curve (0: none)
     seconds: float  # the whole experiment's wall time, predicted
 
@@ -102,7 +103,7 @@ def _points_and_images(iterations: int, nets: list[NetCost], full: int) -> tuple
 
 def predict(iterations: int, nets: list[NetCost], slots: int, train_images: int, spent_s: float) -> Choice:
     """The experiment's wall time with runs of `iterations` (and the points and images that go with it)."""
-    full = max(max(n.part_images.values()) for n in nets)
+    full = _largest_part(nets)
     points, images = _points_and_images(iterations, nets, full)
     curve_images = min(train_images, images) if train_images else 0
     every = max(1, round(iterations / points))
@@ -122,7 +123,11 @@ def predict(iterations: int, nets: list[NetCost], slots: int, train_images: int,
         runs += [one] * n.runs  # measured with the threads each run has (1/K of the cores under --parallel K)
         curves += n.runs * checkpoints * curve_images * n.image_s()  # here, after training
     seconds = spent_s + makespan(runs, slots) + curves + REPORT_S
-    return Choice(iterations, evaluations, images, curve_images, seconds)
+    return Choice(iterations, evaluations, every, images, images >= full, curve_images, seconds)
+
+
+def _largest_part(nets: list[NetCost]) -> int:
+    return max(max(n.part_images.values()) for n in nets)
 
 
 def choose(budget_s: float, nets: list[NetCost], slots: int, train_images: int, spent_s: float) -> Choice:
@@ -173,21 +178,19 @@ def decide(budget: str, nets: list[NetCost], slots: int, train_images: int) -> t
     """The budget's decision for runs of `nets` trained `slots` at a time, counting the time this
     command has taken so far (`reslab.machine.command_seconds`)."""
     choice = choose(budget_seconds(budget), nets, slots, train_images, command_seconds(time.monotonic()))
-    every = max(1, round(choice.iterations / choice.points))
-    full = max(max(n.part_images.values()) for n in nets)
     runs = sum(n.runs for n in nets)
     line = (
         f"budget {budget}: {runs} run{'s' if runs != 1 else ''} of {choice.iterations:,} iterations, "
         f"{choice.points} curve points on "
-        + ("every image" if choice.images >= full else f"{choice.images:,} images of each part (the last on all)")
+        + ("every image" if choice.every_image else f"{choice.images:,} images of each part (the last on all)")
         + (f", training-error curve on {choice.train_images:,} images" if choice.train_images else "")
         + f"; {choice.seconds / 60:.1f} min predicted"
     )
     decision = BudgetDecision(
         budget=budget,
         iterations=choice.iterations,
-        eval_every=every,
-        eval_images=0 if choice.images >= full else choice.images,
+        eval_every=choice.eval_every,
+        eval_images=0 if choice.every_image else choice.images,
         train_images=choice.train_images,
         line=line,
     )

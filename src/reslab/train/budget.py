@@ -31,15 +31,14 @@ import torch
 from torch import nn
 
 from reslab.checkpoint import rng_states, set_rng_states
-from reslab.config import Config, budget_seconds
+from reslab.config import BUDGET_EVAL_SHARE, BUDGET_MARGIN, Config, budget_seconds
 from reslab.errors import ConfigError
 from reslab.evaluation import evaluate
 from reslab.train.build import Data
 from reslab.train.distributed import Dist, on_rank0
 from reslab.train.state import TrainingState
 
-MARGIN = 0.05  # of the budget: what is not measured, and the CPU's own drift (a shared machine's speed wanders by 10%)
-EVAL_SHARE = 0.15  # evaluations may take this share of the training steps' time; beyond it, fewer of them
+MARGIN, EVAL_SHARE = BUDGET_MARGIN, BUDGET_EVAL_SHARE  # (reslab.config) beyond EVAL_SHARE, fewer evaluations
 END_S = 1.0  # seconds for the end of a run besides its last evaluation (weights, summary, calibration)
 MEASURE_SHARE = 0.03  # of the budget spent measuring training steps (at least MIN_TIMED_STEPS of them)
 MIN_TIMED_STEPS, MAX_TIMED_STEPS, WARMUP_STEPS = 10, 400, 3
